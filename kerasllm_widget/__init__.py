@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from kerasllm_widget import _backend  # noqa: F401  (sets KERAS_BACKEND before keras loads)
 
@@ -52,12 +51,3 @@ def unload_ipython_extension(ipython) -> None:
 
     unload(ipython)
 
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kerasllm_widget.chat.chat_state import ChatState
-    from kerasllm_widget.checkpoints.errors import PresetError
-    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
-    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
-    from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
-    from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
-    from kerasllm_widget.widgets.chat_widget import ChatWidget

@@ -1,0 +1,153 @@
+"""Grouped-query self-attention with RoPE and a static key/value cache.
+
+Two paths give the same outputs:
+
+- the fast path (``return_probabilities=False``) hands the whole computation to
+  ``keras.ops.dot_product_attention`` so each backend can fuse it (cuDNN/flash on a GPU);
+- the explicit path (``return_probabilities=True``) writes the softmax out so the attention
+  probabilities can be returned to the inspectors. It is the reference's "eager" attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
+
+# A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
+# harmless uniform softmax instead of NaNs that would poison the rest of the batch.
+_MASK_VALUE = -1e9
+
+
+class Llama3Attention(keras.layers.Layer):
+    """Multi-head attention with ``num_key_value_heads`` shared K/V heads (GQA).
+
+    Example:
+        >>> import numpy as np
+        >>> layer = Llama3Attention(hidden_dim=16, num_query_heads=4, num_key_value_heads=2, head_dim=4,
+        ...                         inverse_frequencies=np.ones(2, "float32"))
+        >>> x = np.zeros((1, 3, 16), "float32")
+        >>> mask = np.tril(np.ones((1, 3, 3), bool))
+        >>> layer(x, positions=np.arange(3)[None], attention_mask=mask)[0].shape
+        (1, 3, 16)
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_query_heads: int,
+        num_key_value_heads: int,
+        head_dim: int,
+        inverse_frequencies,
+        use_bias: bool = False,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.inverse_frequencies = inverse_frequencies
+        self.use_bias = use_bias
+
+        def dense(units, name):
+            return keras.layers.Dense(
+                units,
+                use_bias=use_bias,
+                kernel_initializer=kernel_initializer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.query_dense = dense(num_query_heads * head_dim, "query")
+        self.key_dense = dense(num_key_value_heads * head_dim, "key")
+        self.value_dense = dense(num_key_value_heads * head_dim, "value")
+        self.output_dense = dense(hidden_dim, "attention_output")
+
+    def build(self, input_shape):
+        for layer in (self.query_dense, self.key_dense, self.value_dense):
+            layer.build(input_shape)
+        self.output_dense.build((*input_shape[:-1], self.num_query_heads * self.head_dim))
+        self.built = True
+
+    def call(
+        self,
+        x,
+        positions,
+        attention_mask,
+        cache=None,
+        cache_index=None,
+        return_probabilities: bool = False,
+    ):
+        """Returns ``(output, new_cache, probabilities_or_None)``.
+
+        Args:
+            x: ``[B, T, hidden]``.
+            positions: ``[B, T]`` integer RoPE positions.
+            attention_mask: ``[B, T, S]`` bool, True where query t may attend key s; S is T without
+                a cache, else the cache length.
+            cache: ``(keys, values)``, each ``[B, S, num_key_value_heads, head_dim]``, or None.
+            cache_index: where this call's T keys are written into the cache.
+            return_probabilities: use the explicit path and return ``[B, heads, T, S]``.
+        """
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        query = ops.reshape(self.query_dense(x), (batch, length, self.num_query_heads, self.head_dim))
+        key = ops.reshape(self.key_dense(x), (batch, length, self.num_key_value_heads, self.head_dim))
+        value = ops.reshape(
+            self.value_dense(x), (batch, length, self.num_key_value_heads, self.head_dim)
+        )
+        query = apply_rotary_embedding(query, positions, self.inverse_frequencies)
+        key = apply_rotary_embedding(key, positions, self.inverse_frequencies)
+
+        if cache is not None:
+            key_cache, value_cache = cache
+            start = (0, cache_index, 0, 0)
+            key = ops.slice_update(key_cache, start, ops.cast(key, key_cache.dtype))
+            value = ops.slice_update(value_cache, start, ops.cast(value, value_cache.dtype))
+            cache = (key, value)
+
+        if return_probabilities:
+            output, probabilities = self._explicit_attention(query, key, value, attention_mask)
+        else:
+            output = ops.dot_product_attention(
+                query,
+                key,
+                value,
+                mask=attention_mask[:, None, :, :],
+                scale=1.0 / math.sqrt(self.head_dim),
+            )
+            probabilities = None
+        output = ops.reshape(output, (batch, length, self.num_query_heads * self.head_dim))
+        return self.output_dense(output), cache, probabilities
+
+    def _explicit_attention(self, query, key, value, attention_mask):
+        """Softmax written out, in float32, grouped so that K/V heads are never repeated."""
+        batch, length = ops.shape(query)[0], ops.shape(query)[1]
+        groups = self.num_query_heads // self.num_key_value_heads
+        query = ops.reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
+        scores = ops.einsum("btkgd,bskd->bkgts", query, key)
+        scores = ops.cast(scores, "float32") * (1.0 / math.sqrt(self.head_dim))
+        mask = attention_mask[:, None, None, :, :]
+        scores = ops.where(mask, scores, _MASK_VALUE)
+        probabilities = ops.softmax(scores, axis=-1)
+        output = ops.einsum("bkgts,bskd->btkgd", ops.cast(probabilities, value.dtype), value)
+        probabilities = ops.reshape(
+            probabilities, (batch, self.num_query_heads, length, ops.shape(key)[1])
+        )
+        # Exact zeros on masked keys (the finite mask value leaves ~1e-400 there otherwise).
+        probabilities = ops.where(attention_mask[:, None, :, :], probabilities, 0.0)
+        return output, probabilities
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "use_bias": self.use_bias,
+        }

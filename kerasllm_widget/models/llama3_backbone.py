@@ -1,0 +1,223 @@
+"""The Llama transformer stack: token embedding, decoder blocks, final norm."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kerasllm_widget.models.llama3_decoder import Llama3TransformerDecoder
+from kerasllm_widget.models.reversible_embedding import ReversibleEmbedding
+from kerasllm_widget.models.rms_normalization import RMSNormalization
+from kerasllm_widget.models.rotary_embedding import rope_inverse_frequencies
+
+
+def causal_attention_mask(padding_mask):
+    """``[B, T] bool -> [B, T, T] bool``: query t sees real keys s <= t."""
+    length = ops.shape(padding_mask)[1]
+    causal = ops.arange(length)[:, None] >= ops.arange(length)[None, :]
+    return ops.logical_and(causal[None], ops.cast(padding_mask, "bool")[:, None, :])
+
+
+def positions_from_padding_mask(padding_mask):
+    """RoPE positions counting real tokens only, so left- and right-padded batches both work."""
+    counts = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1
+    return ops.maximum(counts, 0)
+
+
+class Llama3Backbone(keras.Model):
+    """Llama 2/3/3.1/3.2, SmolLM2 and TinyLlama: every Hugging Face ``model_type: "llama"``.
+
+    ``backbone({"token_ids": int[B, T], "padding_mask": bool[B, T]})`` returns the final hidden
+    states ``[B, T, hidden_dim]``, as keras_hub's backbones do.
+
+    Example:
+        >>> import numpy as np
+        >>> backbone = Llama3Backbone(vocabulary_size=32, num_layers=2, num_query_heads=4,
+        ...     num_key_value_heads=2, hidden_dim=16, intermediate_dim=32)
+        >>> x = {"token_ids": np.array([[1, 2, 3]]), "padding_mask": np.array([[1, 1, 1]], bool)}
+        >>> backbone(x).shape
+        (1, 3, 16)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        num_layers: int,
+        num_query_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        rope_max_wavelength: float = 10000.0,
+        rope_scaling: dict | None = None,
+        layer_norm_epsilon: float = 1e-5,
+        tie_word_embeddings: bool = False,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        max_sequence_length: int = 8192,
+        initializer_range: float = 0.02,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads or num_query_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.head_dim = head_dim or hidden_dim // num_query_heads
+        self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling = dict(rope_scaling) if rope_scaling else None
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.tie_word_embeddings = tie_word_embeddings
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.max_sequence_length = max_sequence_length
+        self.initializer_range = initializer_range
+        if num_query_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_query_heads ({num_query_heads}) must be a multiple of num_key_value_heads "
+                f"({self.num_key_value_heads})."
+            )
+
+        initializer = keras.initializers.RandomNormal(stddev=initializer_range)
+        policy = self.dtype_policy
+        self.inverse_frequencies = rope_inverse_frequencies(
+            self.head_dim, rope_max_wavelength, self.rope_scaling
+        )
+        self.token_embedding = ReversibleEmbedding(
+            vocabulary_size,
+            hidden_dim,
+            tie_weights=tie_word_embeddings,
+            embeddings_initializer=initializer,
+            dtype=policy,
+            name="token_embedding",
+        )
+        self.transformer_layers = [
+            Llama3TransformerDecoder(
+                hidden_dim=hidden_dim,
+                intermediate_dim=intermediate_dim,
+                num_query_heads=num_query_heads,
+                num_key_value_heads=self.num_key_value_heads,
+                head_dim=self.head_dim,
+                inverse_frequencies=self.inverse_frequencies,
+                layer_norm_epsilon=layer_norm_epsilon,
+                attention_bias=attention_bias,
+                mlp_bias=mlp_bias,
+                kernel_initializer=initializer,
+                dtype=policy,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.layer_norm = RMSNormalization(layer_norm_epsilon, dtype=policy, name="sequence_output_layernorm")
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        hidden_shape = (None, None, self.hidden_dim)
+        self.token_embedding.build((None, None))
+        for layer in self.transformer_layers:
+            layer.build(hidden_shape)
+        self.layer_norm.build(hidden_shape)
+        self.built = True
+
+    def call(self, inputs):
+        hidden, _, _ = self.forward(inputs["token_ids"], padding_mask=inputs["padding_mask"])
+        return hidden
+
+    def forward(
+        self,
+        token_ids,
+        padding_mask=None,
+        positions=None,
+        attention_mask=None,
+        cache=None,
+        cache_index=None,
+        attention_layers=(),
+    ):
+        """The whole stack, with the knobs generation and inspection need.
+
+        Args:
+            token_ids: ``[B, T]`` ints.
+            padding_mask: ``[B, T]`` bool; gives positions and the causal mask when those are None.
+            positions: ``[B, T]`` RoPE positions.
+            attention_mask: ``[B, T, S]`` bool (S = cache length when a cache is given).
+            cache: a list of ``(keys, values)`` per layer from `init_cache`, or None.
+            cache_index: where these T tokens are written into the cache.
+            attention_layers: indices of the layers whose attention probabilities to return; those
+                layers take the explicit-softmax path, the others stay fused.
+
+        Returns:
+            ``(hidden [B, T, hidden_dim], new_cache or None, {layer: probabilities [B, H, T, S]})``.
+        """
+        if padding_mask is None:
+            padding_mask = ops.ones(ops.shape(token_ids), dtype="bool")
+        if positions is None:
+            positions = positions_from_padding_mask(padding_mask)
+        if attention_mask is None:
+            attention_mask = causal_attention_mask(padding_mask)
+        x = self.token_embedding(token_ids)
+        new_cache = [] if cache is not None else None
+        probabilities = {}
+        for i, layer in enumerate(self.transformer_layers):
+            x, layer_cache, probs = layer(
+                x,
+                positions=positions,
+                attention_mask=attention_mask,
+                cache=None if cache is None else cache[i],
+                cache_index=cache_index,
+                return_probabilities=i in attention_layers,
+            )
+            if new_cache is not None:
+                new_cache.append(layer_cache)
+            if probs is not None:
+                probabilities[i] = probs
+        return self.layer_norm(x), new_cache, probabilities
+
+    def init_cache(self, batch_size: int, length: int, dtype=None):
+        """Zeroed key/value cache: a list of ``(keys, values)`` ``[B, length, kv_heads, head_dim]``."""
+        shape = (batch_size, length, self.num_key_value_heads, self.head_dim)
+        dtype = dtype or self.compute_dtype
+        return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(self.num_layers)]
+
+    @classmethod
+    def from_preset(cls, preset: str, dtype=None, load_weights: bool = True) -> Llama3Backbone:
+        """Builds the backbone described by a preset and loads its weights.
+
+        ``preset`` is ``"hf://org/name[@revision]"``, a local Hugging Face folder, a ``.gguf``
+        file, or a built-in name such as ``"smollm2-135m-instruct"``.
+
+        Example:
+            >>> backbone = Llama3Backbone.from_preset("smollm2-135m-instruct")  # doctest: +SKIP
+        """
+        from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
+        from kerasllm_widget.checkpoints.presets import load_checkpoint
+
+        ckpt = load_checkpoint(preset)
+        try:
+            return backbone_from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
+        finally:
+            ckpt.close()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "head_dim": self.head_dim,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling": self.rope_scaling,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "max_sequence_length": self.max_sequence_length,
+            "initializer_range": self.initializer_range,
+        }
