@@ -85,3 +85,131 @@ def write_random_llama_checkpoint(folder: Path, overrides: dict | None = None, s
 def random_llama32_checkpoint(tmp_path_factory) -> Path:
     """A random-weight Llama-3.2-shaped checkpoint folder, written by transformers."""
     return write_random_llama_checkpoint(tmp_path_factory.mktemp("llama32-tiny"))
+
+
+# --- Tokenizer, preprocessor and chat-template fixtures -----------------------------------------
+
+DATA_DIR = Path(__file__).parent / "data"
+
+# What meta-llama/Llama-3.2-1B-Instruct ships beside its tokenizer.json.
+LLAMA32_INSTRUCT_TOKENIZER_CONFIG = {
+    "bos_token": "<|begin_of_text|>",
+    "eos_token": "<|eot_id|>",
+    "clean_up_tokenization_spaces": True,
+    "model_max_length": 131072,
+    "tokenizer_class": "PreTrainedTokenizerFast",
+}
+LLAMA32_INSTRUCT_GENERATION_CONFIG = {
+    "bos_token_id": 128000,
+    "do_sample": True,
+    "eos_token_id": [128001, 128008, 128009],
+    "temperature": 0.6,
+    "top_p": 0.9,
+}
+
+
+@pytest.fixture(scope="session")
+def llama32_instruct_chat_template() -> str:
+    """The real chat template of Llama-3.2-1B/3B-Instruct (tokenizer_config.json)."""
+    return (DATA_DIR / "llama-3.2-instruct-chat-template.jinja").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def llama32_instruct_tokenizer_folder(
+    tmp_path_factory, llama3_tokenizer_json, llama32_instruct_chat_template
+) -> Path:
+    """A folder with the tokenizer files of Llama-3.2-1B-Instruct, built from the real Llama 3
+    tokenizer.json. The packaged tokenizer.json only has the byte-level post-processor; the
+    3.2 Instruct repo's one also prepends <|begin_of_text|>, so that is written here."""
+    import json
+
+    folder = tmp_path_factory.mktemp("llama32-instruct-tokenizer")
+    data = json.loads(llama3_tokenizer_json.read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
+    data["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+            {
+                "type": "TemplateProcessing",
+                "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [
+                    bos,
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                ],
+                "special_tokens": {
+                    "<|begin_of_text|>": {
+                        "id": "<|begin_of_text|>",
+                        "ids": [128000],
+                        "tokens": ["<|begin_of_text|>"],
+                    }
+                },
+            },
+        ],
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config = {**LLAMA32_INSTRUCT_TOKENIZER_CONFIG, "chat_template": llama32_instruct_chat_template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "generation_config.json").write_text(
+        json.dumps(LLAMA32_INSTRUCT_GENERATION_CONFIG), encoding="utf-8"
+    )
+    return folder
+
+
+def tokenizer_only_checkpoint(folder: Path, name: str = "test-checkpoint"):
+    """A `Checkpoint` with a folder's tokenizer files and no tensors."""
+    import json
+
+    from kerasllm_widget.checkpoints.checkpoint import Checkpoint
+
+    def read_json(filename: str) -> dict:
+        path = folder / filename
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def no_tensors(name: str):
+        raise KeyError(name)
+
+    return Checkpoint(
+        name=name,
+        source=str(folder),
+        config={"model_type": "llama", "vocab_size": 128256},
+        tensor_infos={},
+        read_tensor=no_tensors,
+        tokenizer_json=(folder / "tokenizer.json").read_text(encoding="utf-8"),
+        tokenizer_config=read_json("tokenizer_config.json"),
+        generation_config=read_json("generation_config.json"),
+    )
+
+
+@pytest.fixture(scope="session")
+def llama32_instruct_checkpoint(llama32_instruct_tokenizer_folder):
+    """A tensor-less `Checkpoint` with Llama-3.2-1B-Instruct's tokenizer files."""
+    return tokenizer_only_checkpoint(llama32_instruct_tokenizer_folder, "llama-3.2-1b-instruct-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def llama32_instruct_tokenizer(llama32_instruct_checkpoint):
+    """`Llama3Tokenizer` configured as Llama-3.2-1B-Instruct is (BOS 128000, EOS 128009)."""
+    from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
+
+    return Llama3Tokenizer.from_checkpoint(llama32_instruct_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def smollm2_chat_template(smollm2_gguf, request) -> str:
+    """The chat template in the SmolLM2 GGUF's metadata (``tokenizer.chat_template``).
+
+    GGUFReader parses the whole file (seconds), so the text is kept in pytest's cache, keyed by
+    the file's path, size and modification time."""
+    stat = smollm2_gguf.stat()
+    key = f"kerasllm_widget/smollm2_chat_template/{stat.st_size}-{stat.st_mtime_ns}"
+    cached = request.config.cache.get(key, None)
+    if cached is not None and cached.get("path") == str(smollm2_gguf):
+        return cached["template"]
+    from gguf import GGUFReader
+
+    template = GGUFReader(str(smollm2_gguf)).fields["tokenizer.chat_template"].contents()
+    request.config.cache.set(key, {"path": str(smollm2_gguf), "template": template})
+    return template
