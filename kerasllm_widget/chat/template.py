@@ -1,0 +1,212 @@
+"""Chat templates: a conversation rendered into the one string the model reads.
+
+Checkpoints carry their chat template as Jinja (``chat_template`` in ``tokenizer_config.json`` or
+``tokenizer.chat_template`` in GGUF metadata). We render it the way Hugging Face transformers
+does (``apply_chat_template``): a sandboxed, immutable Jinja environment with ``trim_blocks`` and
+``lstrip_blocks``, the ``loopcontrols`` extension, a ``tojson`` filter that does not escape HTML,
+and the ``raise_exception`` and ``strftime_now`` globals. Same template and messages, same string.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+__all__ = [
+    "ChatTemplateError",
+    "compile_chat_template",
+    "LLAMA3_CHAT_TEMPLATE",
+    "LLAMA3_BOS_TOKEN",
+    "render_chat_template",
+    "select_chat_template",
+]
+
+LLAMA3_BOS_TOKEN = "<|begin_of_text|>"
+
+# Meta-Llama-3-Instruct's own template: the header format of the seed document. Used when a
+# checkpoint has no template of its own.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}"
+    "{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+class ChatTemplateError(TemplateError, ValueError):
+    """A chat template failed to compile or raised while rendering; the message says why.
+
+    Example:
+        >>> try:
+        ...     render_chat_template("{{ raise_exception('no system role') }}", [])
+        ... except ChatTemplateError as error:
+        ...     print(error)
+        chat template raised an error: no system role
+    """
+
+
+class _RaisedByTemplate(TemplateError):
+    """What ``raise_exception`` raises inside a template, told apart from Jinja's own errors."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _RaisedByTemplate(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # Jinja's own tojson escapes <, >, & and ' for HTML; chat templates need plain JSON.
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+@lru_cache(maxsize=32)
+def compile_chat_template(template: str) -> jinja2.Template:
+    """Compiles a chat template once (later calls with the same text return the same object).
+
+    Example:
+        >>> compile_chat_template("{{ messages | length }}").render(messages=[1, 2])
+        '2'
+    """
+    # Templates come from checkpoints downloaded from the internet: the sandbox keeps them from
+    # reaching Python internals; compiling once per template keeps each chat turn cheap.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise ChatTemplateError(
+            f"chat template does not compile (line {error.lineno}): {error.message}. "
+            "Check the checkpoint's `chat_template` or pass a template of your own."
+        ) from error
+
+
+def _plain(value: Any) -> Any:
+    # What the template sees is rebuilt from plain JSON types, so that it cannot call methods of
+    # rich objects (arrays, dataclasses) passed in by the caller.
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _plain(value.item())
+    return f"<{type(value).__name__}>"
+
+
+def _normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    normalized = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(
+                f"chat message {index} should be a dict like {{'role': 'user', 'content': '...'}}, "
+                f"got {type(message).__name__}"
+            )
+        # Keys set to None are dropped, as transformers does: templates test `is defined`.
+        normalized.append({k: _plain(v) for k, v in message.items() if v is not None})
+    return normalized
+
+
+def select_chat_template(chat_template: Any, name: str = "default") -> str | None:
+    """Picks one template from a ``tokenizer_config.json`` ``chat_template`` value.
+
+    The value is a string, or a list of ``{"name": ..., "template": ...}`` (checkpoints with
+    tool-use variants); the one called ``name`` is returned, else the first.
+
+    Example:
+        >>> select_chat_template([{"name": "default", "template": "{{ messages }}"}])
+        '{{ messages }}'
+    """
+    if chat_template is None or isinstance(chat_template, str):
+        return chat_template
+    if isinstance(chat_template, Mapping):
+        chat_template = [{"name": k, "template": v} for k, v in chat_template.items()]
+    if isinstance(chat_template, Sequence):
+        templates = {item.get("name"): item.get("template") for item in chat_template}
+        if name in templates:
+            return templates[name]
+        return next(iter(templates.values()), None)
+    raise TypeError(
+        f"chat_template should be a string or a list of named templates, got {chat_template!r}"
+    )
+
+
+def render_chat_template(
+    template: str | None,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str | None = None,
+    eos_token: str | None = "",
+    **extra: Any,
+) -> str:
+    """Renders a conversation with a checkpoint's Jinja chat template, as transformers does.
+
+    ``template=None`` uses the Llama 3 Instruct template (the header format of the seed
+    document); ``bos_token=None`` then means ``<|begin_of_text|>`` (and ``""`` for any other
+    template). ``extra`` reaches the template as variables (``tools``, ``date_string``, ...).
+    Raises `ChatTemplateError` when the template does not compile or raises.
+
+    Example:
+        >>> render_chat_template(None, [{"role": "user", "content": "Hello "}])
+        '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n'
+    """
+    if template is None:
+        template = LLAMA3_CHAT_TEMPLATE
+        bos_token = LLAMA3_BOS_TOKEN if bos_token is None else bos_token
+    compiled = compile_chat_template(template)
+    variables: dict[str, Any] = {"tools": None, "documents": None}
+    variables.update(_plain(extra))
+    variables.update(
+        messages=_normalize_messages(messages),
+        add_generation_prompt=bool(add_generation_prompt),
+        bos_token="" if bos_token is None else bos_token,
+        eos_token="" if eos_token is None else eos_token,
+    )
+    try:
+        return compiled.render(**variables)
+    except _RaisedByTemplate as error:
+        raise ChatTemplateError(f"chat template raised an error: {error.message}") from error
+    except TemplateError as error:
+        raise ChatTemplateError(
+            f"chat template failed while rendering {len(messages)} message(s): "
+            f"{type(error).__name__}: {error.message}"
+        ) from error
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise ChatTemplateError(
+            f"chat template failed while rendering {len(messages)} message(s): "
+            f"{type(error).__name__}: {error}"
+        ) from error
