@@ -1,0 +1,244 @@
+// The list of user and assistant bubbles.
+//
+// Entries are keyed by id and redrawn only when what they show changed, so that a reply streaming
+// at the bottom does not re-render the whole conversation on every batch. User text is set as text;
+// assistant text goes through the Markdown sanitizer.
+
+import { copyText, h } from "../shared/dom";
+import { formatRate } from "../shared/format";
+import { renderMarkdown } from "../shared/markdown";
+import type { StopReason, TranscriptEntry } from "../shared/protocol";
+
+export interface TranscriptActions {
+  regenerate(): void;
+  edit(entry: TranscriptEntry, text: string): void;
+}
+
+interface Row {
+  el: HTMLElement;
+  signature: string;
+}
+
+const STOP_LABELS: Partial<Record<StopReason, string>> = {
+  cancelled: "stopped",
+  max_new_tokens: "stopped at max new tokens",
+  context_full: "stopped: context full",
+};
+
+export class TranscriptView {
+  readonly el: HTMLElement;
+  private readonly list: HTMLElement;
+  private readonly empty: HTMLElement;
+  private rows = new Map<string, Row>();
+  private editing: string | null = null;
+  private busy = false;
+
+  constructor(private readonly actions: TranscriptActions) {
+    this.empty = h("div", { class: "kw-empty" }, "Ask the model something to start.");
+    this.list = h("div", { class: "kw-list", role: "log", "aria-live": "polite" });
+    this.el = h("div", { class: "kw-transcript" }, this.empty, this.list);
+  }
+
+  /**
+   * Draws `entries`; `streamingText` replaces the content of the reply now streaming (the traitlet
+   * only has it once the reply is done).
+   */
+  update(entries: TranscriptEntry[], busy: boolean, streaming: Map<string, string>): void {
+    const stick = this.atBottom();
+    this.busy = busy;
+    this.empty.hidden = entries.length > 0;
+    const lastAssistant = [...entries].reverse().find((e) => e.role === "assistant");
+    const seen = new Set<string>();
+    let previous: HTMLElement | null = null;
+    for (const entry of entries) {
+      seen.add(entry.id);
+      const text = streaming.get(entry.id) ?? entry.content;
+      const isLast = entry.id === lastAssistant?.id;
+      const signature = JSON.stringify([
+        text,
+        entry.status,
+        entry.error,
+        entry.notice,
+        entry.stop_reason,
+        entry.stats?.decode_tokens_per_s,
+        isLast,
+        busy,
+        this.editing === entry.id,
+      ]);
+      let row = this.rows.get(entry.id);
+      if (!row || row.signature !== signature) {
+        const el = this.renderEntry(entry, text, isLast);
+        if (row) row.el.replaceWith(el);
+        row = { el, signature };
+        this.rows.set(entry.id, row);
+      }
+      const expected: ChildNode | null = previous ? previous.nextSibling : this.list.firstChild;
+      if (expected !== row.el) {
+        if (previous) previous.after(row.el);
+        else this.list.prepend(row.el);
+      }
+      previous = row.el;
+    }
+    for (const [id, row] of this.rows) {
+      if (!seen.has(id)) {
+        row.el.remove();
+        this.rows.delete(id);
+        if (this.editing === id) this.editing = null;
+      }
+    }
+    if (stick) this.scrollToBottom();
+  }
+
+  scrollToBottom(): void {
+    this.el.scrollTop = this.el.scrollHeight;
+  }
+
+  private atBottom(): boolean {
+    return this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 40;
+  }
+
+  private renderEntry(entry: TranscriptEntry, text: string, isLast: boolean): HTMLElement {
+    return entry.role === "user"
+      ? this.renderUser(entry, text)
+      : this.renderAssistant(entry, text, isLast);
+  }
+
+  private renderUser(entry: TranscriptEntry, text: string): HTMLElement {
+    const row = h("div", {
+      class: "kw-msg kw-user",
+      "data-role": "user",
+      "data-status": entry.status,
+      "data-id": entry.id,
+    });
+    if (this.editing === entry.id) {
+      const area = h("textarea", { class: "kw-edit-input", rows: 3, "aria-label": "Edit message" });
+      area.value = text;
+      const save = () => {
+        const value = area.value.trim();
+        if (!value) return;
+        this.editing = null;
+        this.actions.edit(entry, value);
+      };
+      const cancel = () => {
+        this.editing = null;
+        row.replaceWith(this.renderUser(entry, text));
+      };
+      area.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+          event.preventDefault();
+          save();
+        } else if (event.key === "Escape") {
+          event.stopPropagation();
+          cancel();
+        }
+      });
+      row.append(
+        h(
+          "div",
+          { class: "kw-bubble kw-editing" },
+          area,
+          h(
+            "div",
+            { class: "kw-edit-actions" },
+            h("button", { class: "kw-btn kw-primary kw-edit-save", onclick: save }, "Send"),
+            h("button", { class: "kw-btn kw-edit-cancel", onclick: cancel }, "Cancel"),
+          ),
+        ),
+      );
+      queueMicrotask(() => area.focus());
+      return row;
+    }
+    const bubble = h("div", { class: "kw-bubble" }, h("div", { class: "kw-text" }, text));
+    if (entry.status === "queued") bubble.append(h("span", { class: "kw-tag" }, "queued"));
+    row.append(
+      bubble,
+      h(
+        "div",
+        { class: "kw-actions" },
+        h(
+          "button",
+          {
+            class: "kw-icon kw-edit",
+            title: this.busy ? "Wait for the reply to finish to edit" : "Edit and resend",
+            disabled: this.busy || entry.status === "queued",
+            onclick: () => {
+              this.editing = entry.id;
+              row.replaceWith(this.renderUser(entry, text));
+            },
+          },
+          "Edit",
+        ),
+        this.copyButton(text),
+      ),
+    );
+    return row;
+  }
+
+  private renderAssistant(entry: TranscriptEntry, text: string, isLast: boolean): HTMLElement {
+    const row = h("div", {
+      class: "kw-msg kw-assistant",
+      "data-role": "assistant",
+      "data-status": entry.status,
+      "data-id": entry.id,
+    });
+    if (entry.notice) row.append(h("div", { class: "kw-notice", role: "note" }, entry.notice));
+    const body = h("div", { class: "kw-markdown" });
+    if (text) body.innerHTML = renderMarkdown(text);
+    const bubble = h("div", { class: "kw-bubble" }, body);
+    const pending = entry.status === "streaming" || entry.status === "sent";
+    if (pending && !text) bubble.append(h("span", { class: "kw-thinking" }, "Thinking"));
+    if (entry.status === "streaming" && text) bubble.append(h("span", { class: "kw-caret" }));
+    row.append(bubble);
+    if (entry.status === "error") {
+      row.append(
+        h(
+          "div",
+          { class: "kw-error", role: "alert" },
+          h("strong", {}, "Generation failed: "),
+          entry.error ?? "unknown error",
+        ),
+      );
+    }
+    const meta: string[] = [];
+    const stopLabel = entry.stop_reason ? STOP_LABELS[entry.stop_reason] : undefined;
+    if (stopLabel) meta.push(stopLabel);
+    if (entry.stats && !pending) {
+      meta.push(`${entry.stats.generated_tokens} tokens`);
+      if (entry.stats.decode_tokens_per_s) meta.push(formatRate(entry.stats.decode_tokens_per_s));
+    }
+    const actions = h("div", { class: "kw-actions" });
+    if (!pending) {
+      if (text) actions.append(this.copyButton(text));
+      if (isLast) {
+        actions.append(
+          h(
+            "button",
+            {
+              class: "kw-icon kw-regenerate",
+              title: "Generate this reply again",
+              disabled: this.busy,
+              onclick: () => this.actions.regenerate(),
+            },
+            "Regenerate",
+          ),
+        );
+      }
+    }
+    if (meta.length) actions.prepend(h("span", { class: "kw-meta" }, meta.join(" · ")));
+    row.append(actions);
+    return row;
+  }
+
+  private copyButton(text: string): HTMLElement {
+    const button = h("button", { class: "kw-icon kw-copy", title: "Copy message" }, "Copy");
+    button.addEventListener("click", () => {
+      void copyText(text).then((ok) => {
+        button.textContent = ok ? "Copied" : "Copy failed";
+        setTimeout(() => {
+          button.textContent = "Copy";
+        }, 1200);
+      });
+    });
+    return button;
+  }
+}

@@ -1,0 +1,15 @@
+// The tabs of the ChatWidget. Chat is the first; the inspectors (Tokens, Attention, Probabilities)
+// register here as they are built, each acting on the same model and conversation.
+
+import type { AnyModel } from "@anywidget/types";
+import { renderChat } from "../chat/chat_view";
+import type { ChatModel } from "../shared/protocol";
+
+export interface TabDefinition {
+  id: string;
+  label: string;
+  /** Draws the tab into `el`; returns its cleanup. Called the first time the tab is shown. */
+  render(model: AnyModel<ChatModel>, el: HTMLElement): () => void;
+}
+
+export const TABS: TabDefinition[] = [{ id: "chat", label: "Chat", render: renderChat }];

@@ -1,0 +1,251 @@
+// The chat widget's message protocol, mirrored from kerasllm_widget/widgets/protocol.py.
+// Kinds are named here once; tests/test_chat_widget.py checks that both files list the same kinds.
+//
+// Every custom message is an envelope `{kind, id, ...}`. `id` is the request the message belongs to:
+// the id a view chose for its `chat.send`, or one the kernel chose for a send made from Python.
+// Durable state (transcript, status, settings, model info) is in traitlets, not in messages; the
+// messages carry what is transient (token deltas, errors of one request, catch-up snapshots).
+
+export const PROTOCOL_VERSION = 1;
+
+/** Front end to kernel. */
+export const REQUEST = {
+  send: "chat.send",
+  regenerate: "chat.regenerate",
+  edit: "chat.edit",
+  cancel: "chat.cancel",
+  clear: "chat.clear",
+  sync: "chat.sync",
+} as const;
+
+/** Kernel to front end. */
+export const RESPONSE = {
+  token: "chat.token",
+  done: "chat.done",
+  error: "chat.error",
+  snapshot: "chat.snapshot",
+} as const;
+
+export type RequestKind = (typeof REQUEST)[keyof typeof REQUEST];
+export type ResponseKind = (typeof RESPONSE)[keyof typeof RESPONSE];
+
+/** Why a request failed; `generation` errors also land in the transcript as an error bubble. */
+export type ErrorCode = "bad_request" | "not_ready" | "nothing_to_do" | "generation" | "load";
+
+export type StopReason =
+  | "stop_token"
+  | "stop_string"
+  | "max_new_tokens"
+  | "cancelled"
+  | "context_full"
+  | "error";
+
+// ---- requests ----
+
+export interface SendRequest {
+  kind: "chat.send";
+  id: string;
+  text: string;
+}
+export interface RegenerateRequest {
+  kind: "chat.regenerate";
+  id: string;
+}
+export interface EditRequest {
+  kind: "chat.edit";
+  id: string;
+  message_id: string;
+  text: string;
+}
+export interface CancelRequest {
+  kind: "chat.cancel";
+  id: string;
+}
+export interface ClearRequest {
+  kind: "chat.clear";
+  id: string;
+}
+export interface SyncRequest {
+  kind: "chat.sync";
+  id: string;
+}
+export type Request =
+  | SendRequest
+  | RegenerateRequest
+  | EditRequest
+  | CancelRequest
+  | ClearRequest
+  | SyncRequest;
+
+// ---- responses ----
+
+export interface Alternative {
+  token_id: number;
+  text: string;
+  prob: number;
+}
+
+/** One generated token, as `TokenEvent.to_dict()` writes it. */
+export interface TokenRecord {
+  index: number;
+  token_id: number;
+  text: string;
+  logprob: number | null;
+  top_k: Alternative[];
+}
+
+export interface TokenBatch {
+  kind: "chat.token";
+  id: string;
+  reply_id: string;
+  tokens: TokenRecord[];
+}
+
+export interface ReplyStats {
+  prompt_tokens: number;
+  generated_tokens: number;
+  time_to_first_token_s: number | null;
+  prefill_tokens_per_s: number | null;
+  decode_tokens_per_s: number | null;
+}
+
+export interface DoneMessage {
+  kind: "chat.done";
+  id: string;
+  reply_id: string;
+  stop_reason: StopReason;
+  text: string;
+  notice: string;
+  stats: ReplyStats;
+}
+
+export interface ErrorMessage {
+  kind: "chat.error";
+  id: string;
+  reply_id: string | null;
+  code: ErrorCode;
+  message: string;
+}
+
+/** The reply being generated, whole so far: a view opened mid-reply starts from it. */
+export interface SnapshotMessage {
+  kind: "chat.snapshot";
+  id: string;
+  reply_id: string | null;
+  text: string;
+  count: number;
+  tokens: TokenRecord[];
+}
+
+export type Response = TokenBatch | DoneMessage | ErrorMessage | SnapshotMessage;
+
+// ---- durable state (traitlets) ----
+
+export type EntryStatus = "queued" | "sent" | "streaming" | "done" | "cancelled" | "error";
+
+export interface TranscriptEntry {
+  id: string;
+  role: "user" | "assistant";
+  content: string;
+  status: EntryStatus;
+  request_id: string;
+  stop_reason?: StopReason;
+  notice?: string;
+  error?: string;
+  stats?: ReplyStats;
+}
+
+export type WidgetState = "loading" | "ready" | "generating" | "error";
+
+export interface Status {
+  state: WidgetState;
+  message: string;
+  tokens_used: number;
+  context_length: number;
+  queued: number;
+  time_to_first_token_s: number | null;
+  decode_tokens_per_s: number | null;
+  loading_since: number | null;
+}
+
+export interface ModelInfo {
+  name?: string;
+  dtype?: string;
+  backend?: string;
+  device?: string;
+  context_length?: number;
+}
+
+/** The traitlets the chat front end reads and writes (names as in chat_widget.py). */
+export interface ChatModel {
+  transcript: TranscriptEntry[];
+  status: Status;
+  model_info: ModelInfo;
+  system_prompt: string;
+  temperature: number;
+  top_p: number;
+  top_k: number;
+  min_p: number;
+  repetition_penalty: number;
+  max_new_tokens: number;
+  seed: number | null;
+  [key: string]: unknown;
+}
+
+const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Narrows a custom message to a response this view understands, or returns null. Messages from a
+ * newer kernel with kinds this bundle does not know are ignored rather than thrown on.
+ */
+export function parseResponse(message: unknown): Response | null {
+  if (!isRecord(message)) return null;
+  const { kind, id } = message;
+  if (typeof kind !== "string" || typeof id !== "string" || !RESPONSE_KINDS.has(kind)) return null;
+  switch (kind) {
+    case RESPONSE.token:
+      if (typeof message.reply_id !== "string" || !Array.isArray(message.tokens)) return null;
+      if (!message.tokens.every(isTokenRecord)) return null;
+      return message as unknown as TokenBatch;
+    case RESPONSE.done:
+      if (typeof message.reply_id !== "string" || typeof message.text !== "string") return null;
+      return message as unknown as DoneMessage;
+    case RESPONSE.error:
+      if (typeof message.message !== "string" || typeof message.code !== "string") return null;
+      return message as unknown as ErrorMessage;
+    case RESPONSE.snapshot:
+      if (typeof message.text !== "string" || typeof message.count !== "number") return null;
+      return message as unknown as SnapshotMessage;
+    default:
+      return null;
+  }
+}
+
+function isTokenRecord(value: unknown): value is TokenRecord {
+  return (
+    isRecord(value) &&
+    typeof value.index === "number" &&
+    typeof value.text === "string" &&
+    typeof value.token_id === "number"
+  );
+}
+
+let counter = 0;
+const session = Math.random().toString(36).slice(2, 8);
+
+/** A request id unique across the views of this page (`crypto.randomUUID` needs a secure context). */
+export function newRequestId(): string {
+  counter += 1;
+  return `v${session}-${counter}`;
+}
+
+export function request<K extends Request["kind"]>(
+  kind: K,
+  fields: Omit<Extract<Request, { kind: K }>, "kind" | "id">,
+): Extract<Request, { kind: K }> {
+  return { kind, id: newRequestId(), ...fields } as Extract<Request, { kind: K }>;
+}
