@@ -213,3 +213,35 @@ def smollm2_chat_template(smollm2_gguf, request) -> str:
     template = GGUFReader(str(smollm2_gguf)).fields["tokenizer.chat_template"].contents()
     request.config.cache.set(key, {"path": str(smollm2_gguf), "template": template})
     return template
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_style_tokenizer_json() -> str:
+    """A tiny tokenizer.json built like Llama 2's and TinyLlama's: SentencePiece-style BPE with
+    "▁" for spaces, byte fallback (<0xF0> tokens for characters outside the vocabulary), and a
+    decoder that strips the first leading space. ``<s>`` is 1, ``</s>`` is 2."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in "▁abcdefghijklmnopqrstuvwxyzHWT,.!?é":
+        vocab.setdefault(char, len(vocab))
+    merges = [("▁", "H"), ("e", "l"), ("el", "l"), ("ell", "o"), ("▁H", "ello"), ("▁", "w")]
+    merges += [("o", "r"), ("▁w", "or"), ("l", "d"), ("▁wor", "ld")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    model = models.BPE(
+        vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True
+    )
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in ("<s>", "</s>")]
+    )
+    return tokenizer.to_str()
