@@ -7,6 +7,7 @@ implementation makes, with no TensorFlow in the way.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -198,7 +199,11 @@ class Llama3Tokenizer:
         """
         from kerasllm_widget.checkpoints.presets import load_checkpoint
 
-        checkpoint = load_checkpoint(preset, load_tensors=False)
+        # The tokenizer needs no weights: ask the loader not to open them where it can.
+        options = {}
+        if "load_tensors" in inspect.signature(load_checkpoint).parameters:
+            options["load_tensors"] = False
+        checkpoint = load_checkpoint(preset, **options)
         try:
             return cls.from_checkpoint(checkpoint)
         finally:
