@@ -204,6 +204,15 @@ def test_stop_ids_from_generation_config(tiny_json_with_bos):
     assert Llama3Tokenizer.from_checkpoint(from_model_config).stop_token_ids == (2, 1)
 
 
+def test_without_tokenizer_config_the_model_config_names_bos_and_eos(tiny_json_with_bos):
+    checkpoint = bare_checkpoint(tiny_json_with_bos)
+    checkpoint.config.update(bos_token_id=1, eos_token_id=[2, 0])
+    tokenizer = Llama3Tokenizer.from_checkpoint(checkpoint)
+    assert (tokenizer.start_token_id, tokenizer.end_token_id) == (1, 2)
+    assert tokenizer.stop_token_ids == (2, 0)
+    assert tokenizer.add_bos is True
+
+
 def test_bad_checkpoints_give_clear_errors(tiny_json_with_bos):
     with pytest.raises(PresetError, match="broken: the checkpoint has no tokenizer"):
         Llama3Tokenizer.from_checkpoint(bare_checkpoint(None, name="broken"))

@@ -169,16 +169,25 @@ class Llama3Tokenizer:
                 f"{checkpoint.source}); add the tokenizer.json of the model it was trained with"
             )
         config = checkpoint.tokenizer_config or {}
+        model_config = checkpoint.config or {}
         generation_eos = (checkpoint.generation_config or {}).get("eos_token_id")
         if generation_eos is None:
-            generation_eos = checkpoint.config.get("eos_token_id") if checkpoint.config else None
+            generation_eos = model_config.get("eos_token_id")
         if isinstance(generation_eos, int):
             generation_eos = [generation_eos]
+        # Without tokenizer_config.json, config.json's ids name BOS and EOS (as transformers'
+        # generate does); the tokenizer config wins where it has them.
+        bos_token = _token_text(config.get("bos_token"))
+        if bos_token is None and isinstance(model_config.get("bos_token_id"), int):
+            bos_token = model_config["bos_token_id"]
+        eos_token = _token_text(config.get("eos_token"))
+        if eos_token is None and generation_eos:
+            eos_token = generation_eos[0]
         try:
             return cls(
                 checkpoint.tokenizer_json,
-                bos_token=_token_text(config.get("bos_token")),
-                eos_token=_token_text(config.get("eos_token")),
+                bos_token=bos_token,
+                eos_token=eos_token,
                 pad_token=_token_text(config.get("pad_token")),
                 add_bos=config.get("add_bos_token"),
                 chat_template=select_chat_template(config.get("chat_template")),
