@@ -12,7 +12,12 @@ space) see it, and it slides forward, so each token costs O(1) however long the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenizers import Tokenizer
+
+    from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
 
 __all__ = ["IncrementalDetokenizer"]
 
@@ -25,7 +30,7 @@ class _Decoder(Protocol):
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-def _backend(tokenizer) -> _Decoder:
+def _backend(tokenizer: Llama3Tokenizer | Tokenizer) -> _Decoder:
     # A Llama3Tokenizer exposes its Rust tokenizer as `.backend`; a bare `tokenizers.Tokenizer`
     # is used as is. Calling the Rust decode directly skips numpy conversions on the hot path.
     return getattr(tokenizer, "backend", tokenizer)
@@ -42,13 +47,13 @@ class IncrementalDetokenizer:
 
     Example:
         >>> detok = IncrementalDetokenizer(tokenizer)  # doctest: +SKIP
-        >>> [detok.push(i) for i in tokenizer("Hi 😀")] + [detok.flush()]  # doctest: +SKIP
-        ['Hi', '', ' 😀', '']
+        >>> [detok.push(i) for i in tokenizer("Hi 🐍")] + [detok.flush()]  # doctest: +SKIP
+        ['Hi', ' ', '', '🐍', '']
     """
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Llama3Tokenizer | Tokenizer,
         *,
         skip_special_tokens: bool = False,
         context_ids: Iterable[int] | None = None,
