@@ -162,6 +162,8 @@ def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> 
     """Reads, converts and assigns every tensor, one at a time (peak memory ~ one tensor)."""
     from tqdm.auto import tqdm
 
+    from kerasllm_widget.distribution import place_on_shards
+
     mapping = weight_map(backbone)
     check_tensors(ckpt, mapping)
     bar = tqdm(total=len(mapping), desc=f"Loading {ckpt.name}", unit="tensor", disable=not progress,
@@ -170,7 +172,9 @@ def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> 
         array = transform(ckpt.read_tensor(name))
         # Cast here (bfloat16/float16 via ml_dtypes) so that no float32 copy of the whole model
         # is ever made when a 16-bit model is asked for.
-        variable.assign(np.ascontiguousarray(array, dtype=np.dtype(ml_dtypes_name(variable.dtype))))
+        array = np.ascontiguousarray(array, dtype=np.dtype(ml_dtypes_name(variable.dtype)))
+        # Straight onto the variable's shards (under keras.distribution), never whole on one device.
+        variable.assign(place_on_shards(variable, array))
         del array
         bar.update(1)
     bar.close()

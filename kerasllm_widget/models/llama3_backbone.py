@@ -24,6 +24,7 @@ def positions_from_padding_mask(padding_mask):
     return ops.maximum(counts, 0)
 
 
+@keras.saving.register_keras_serializable(package="kerasllm_widget")
 class Llama3Backbone(keras.Model):
     """Llama 2/3/3.1/3.2, SmolLM2 and TinyLlama: every Hugging Face ``model_type: "llama"``.
 
@@ -221,3 +222,73 @@ class Llama3Backbone(keras.Model):
             "max_sequence_length": self.max_sequence_length,
             "initializer_range": self.initializer_range,
         }
+
+    # ----------------------------------------------------------------- LoRA, distribution, export
+    def enable_lora(self, rank: int, target_names=None, lora_alpha: float | None = None) -> list[str]:
+        """Freezes every weight and adds rank-``rank`` LoRA adapters (Keras ``Dense.enable_lora``)
+        to the query and value projections, or to ``target_names``.
+
+        Example:
+            >>> backbone.enable_lora(4)  # doctest: +SKIP
+            >>> [w.path for w in backbone.trainable_weights][:1]  # doctest: +SKIP
+            ['llama3_backbone/transformer_layer_0/attention/query/lora_kernel_a']
+        """
+        from kerasllm_widget.models.llama3_lora import enable_lora
+
+        return enable_lora(self, rank, target_names, lora_alpha=lora_alpha)
+
+    def save_lora_weights(self, directory) -> None:
+        """Writes the LoRA adapters as a PEFT folder (``adapter_config.json``,
+        ``adapter_model.safetensors``).
+
+        Example:
+            >>> backbone.save_lora_weights("my-adapter")  # doctest: +SKIP
+        """
+        from kerasllm_widget.models.llama3_lora import save_lora_weights
+
+        save_lora_weights(self, directory)
+
+    def load_lora_weights(self, directory) -> None:
+        """Loads adapters saved by `save_lora_weights` (enabling LoRA first if needed).
+
+        Example:
+            >>> backbone.load_lora_weights("my-adapter")  # doctest: +SKIP
+        """
+        from kerasllm_widget.models.llama3_lora import load_lora_weights
+
+        load_lora_weights(self, directory)
+
+    def merge_lora_weights(self) -> None:
+        """Folds the adapters into the base kernels (same outputs; LoRA restarts from zero).
+
+        Example:
+            >>> backbone.merge_lora_weights()  # doctest: +SKIP
+        """
+        from kerasllm_widget.models.llama3_lora import merge_lora_weights
+
+        merge_lora_weights(self)
+
+    @staticmethod
+    def get_layout_map(device_mesh, model_parallel_dim_name: str = "model",
+                       data_parallel_dim_name: str | None = "batch"):
+        """A `keras.distribution.LayoutMap` sharding this model over a ("batch", "model") mesh.
+
+        Example:
+            >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+            ...                                      keras.distribution.list_devices())  # doctest: +SKIP
+            >>> distribution = keras.distribution.ModelParallel(
+            ...     layout_map=Llama3Backbone.get_layout_map(mesh), batch_dim_name="batch")  # doctest: +SKIP
+        """
+        from kerasllm_widget.distribution import llama3_layout_map
+
+        return llama3_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
+    def save_to_preset(self, preset_dir, dtype=None, max_shard_size="5GB") -> None:
+        """Writes ``config.json`` and safetensors weights in Hugging Face layout (LoRA merged).
+
+        Example:
+            >>> backbone.save_to_preset("my-backbone")  # doctest: +SKIP
+        """
+        from kerasllm_widget.checkpoints.export import export_preset
+
+        export_preset(self, preset_dir, dtype=dtype, max_shard_size=max_shard_size)

@@ -25,6 +25,7 @@ def _device_description() -> str:
     return "cpu"
 
 
+@keras.saving.register_keras_serializable(package="kerasllm_widget")
 class Llama3CausalLM(keras.Model):
     """Llama for text generation, with keras_hub's names: `backbone`, `preprocessor`, `generate`.
 
@@ -104,6 +105,125 @@ class Llama3CausalLM(keras.Model):
         return {
             **super().get_config(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "preprocessor": None,
+            # The preprocessor is plain Python (tokenizer.json text included), not a Keras layer.
+            "preprocessor": None if self.preprocessor is None else self.preprocessor.get_config(),
             "preset_name": self.preset_name,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the model (and its preprocessor) from `get_config`, as `keras.saving` does.
+
+        Example:
+            >>> clone = Llama3CausalLM.from_config(model.get_config())  # doctest: +SKIP
+        """
+        config = dict(config)
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        preprocessor = config.pop("preprocessor", None)
+        if preprocessor is not None:
+            from kerasllm_widget.models.llama3_causal_lm_preprocessor import (
+                Llama3CausalLMPreprocessor,
+            )
+
+            preprocessor = Llama3CausalLMPreprocessor.from_config(preprocessor)
+        config.pop("dtype", None)  # the model takes its dtype policy from the backbone
+        return cls(backbone, preprocessor, **config)
+
+    # ----------------------------------------------------------------- training (Keras' trainer)
+    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
+        """Keras ``compile`` with defaults for language modelling.
+
+        ``"auto"``: AdamW (learning rate 5e-5, weight decay 0.01, none on norms and biases);
+        sparse cross-entropy from logits averaged over the weighted tokens; next-token accuracy.
+
+        Example:
+            >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4))  # doctest: +SKIP
+        """
+        from kerasllm_widget.training.defaults import compile_arguments
+
+        super().compile(**compile_arguments(optimizer, loss, weighted_metrics), **kwargs)
+
+    def _compile_if_needed(self) -> None:
+        if not self.compiled:
+            self.compile()
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
+            validation_data=None, shuffle=True, **kwargs):
+        """Keras ``fit``, also on text: strings, conversations, or iterables of them.
+
+        Text is preprocessed batch by batch into ``(x, labels, sample_weight)`` (loss on real
+        tokens only; on the assistant's tokens for conversations). Compiles with the defaults
+        if `compile` was not called.
+
+        Example:
+            >>> model.fit(["The sky is blue.", "Grass is green."], batch_size=2, epochs=3)  # doctest: +SKIP
+        """
+        from kerasllm_widget.training.trainer import prepare_inputs, prepare_validation_data
+
+        self._compile_if_needed()
+        validation_data = prepare_validation_data(self, validation_data, batch_size)
+        x, y, batch_size, sample_weight = prepare_inputs(
+            self, x, y, batch_size, sample_weight, shuffle=shuffle
+        )
+        return super().fit(x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
+                           validation_data=validation_data, shuffle=shuffle, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        """Keras ``evaluate``, also on text (see `fit`).
+
+        Example:
+            >>> model.evaluate(["The sky is blue."], return_dict=True)["loss"]  # doctest: +SKIP
+        """
+        from kerasllm_widget.training.trainer import prepare_inputs
+
+        self._compile_if_needed()
+        x, y, batch_size, sample_weight = prepare_inputs(self, x, y, batch_size, sample_weight)
+        return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """Keras ``predict``, also on text: logits ``[N, T, vocabulary_size]`` of the
+        preprocessed inputs (every batch padded to one length ``T``).
+
+        Example:
+            >>> model.predict(["Hello", "Hi!"]).shape  # doctest: +SKIP
+            (2, 16, 128256)
+        """
+        from kerasllm_widget.training.trainer import prepare_inputs
+
+        x, _, batch_size, _ = prepare_inputs(self, x, None, batch_size, for_predict=True)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
+    # ----------------------------------------------------------------- saving and sharing
+    def save_to_preset(self, preset_dir, dtype=None, max_shard_size="5GB") -> None:
+        """Writes a Hugging Face model folder: ``config.json``, safetensors weights (sharded
+        with an index when larger than ``max_shard_size``, LoRA merged in), tokenizer files
+        with the chat template, and ``generation_config.json``. Both transformers'
+        ``AutoModelForCausalLM.from_pretrained`` and `from_preset` load it.
+
+        Example:
+            >>> model.save_to_preset("my-llama")  # doctest: +SKIP
+        """
+        from kerasllm_widget.checkpoints.export import export_preset
+
+        export_preset(self.backbone, preset_dir, tokenizer=self.tokenizer, dtype=dtype,
+                      max_shard_size=max_shard_size)
+
+    def upload_preset(self, uri: str, private: bool = False, commit_message: str | None = None,
+                      token: str | None = None, dtype=None) -> str:
+        """Saves the model with `save_to_preset` and uploads it to ``"hf://user/repo"``.
+
+        Returns the commit URL. Needs a token with write access (``HF_TOKEN`` or
+        ``hf auth login``); the repo is created (``private`` or not) if it does not exist.
+
+        Example:
+            >>> model.upload_preset("hf://me/llama-3.2-1b-pirate", private=True)  # doctest: +SKIP
+        """
+        import tempfile
+
+        from kerasllm_widget.checkpoints.upload import check_upload, upload_preset
+
+        check_upload(uri, token)  # fail before writing gigabytes when the upload cannot happen
+        with tempfile.TemporaryDirectory(prefix="kerasllm-upload-") as folder:
+            self.save_to_preset(folder, dtype=dtype)
+            return upload_preset(uri, folder, private=private, commit_message=commit_message,
+                                 token=token)

@@ -1,0 +1,115 @@
+"""Multi-device Llama with Keras' own distribution API (``keras.distribution``, JAX backend).
+
+`llama3_layout_map` says how each weight of a `Llama3Backbone` is cut over a device mesh with a
+``"batch"`` and a ``"model"`` axis (Megatron-style: the projections that fan out are split by
+output columns, those that fan in by input rows, so each block needs one reduction per half), and
+`place_on_shards` puts a host array straight onto the shards of the variable it is loaded into.
+
+Typical use (8 devices, 2-way data parallel x 4-way model parallel)::
+
+    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"), keras.distribution.list_devices())
+    keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        layout_map=Llama3Backbone.get_layout_map(mesh), batch_dim_name="batch"))
+    model = Llama3CausalLM.from_preset("hf://meta-llama/Llama-3.2-1B-Instruct")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["describe_sharding", "llama3_layout_map", "place_on_shards"]
+
+_LAYER = r".*transformer_layer_\d+/"
+
+
+def llama3_layout_map(
+    device_mesh: keras.distribution.DeviceMesh,
+    model_parallel_dim_name: str = "model",
+    data_parallel_dim_name: str | None = "batch",
+) -> keras.distribution.LayoutMap:
+    """A `keras.distribution.LayoutMap` for `Llama3Backbone` weights.
+
+    Kernels are split over ``model_parallel_dim_name`` along their head/intermediate/vocabulary
+    dimension, and over ``data_parallel_dim_name`` along the other one (each data-parallel replica
+    keeps a slice, as in FSDP, and XLA gathers it when needed); pass ``data_parallel_dim_name=None``
+    to replicate over the batch axis instead. Norm scales are replicated. Every split dimension
+    must be divisible by the size of its mesh axis.
+
+    Example:
+        >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"),
+        ...                                      keras.distribution.list_devices()[:1])
+        >>> layout_map = llama3_layout_map(mesh)
+        >>> layout_map["llama3_backbone/transformer_layer_0/attention/query/kernel"].axes
+        ('batch', 'model')
+    """
+    for name in (model_parallel_dim_name, data_parallel_dim_name):
+        if name is not None and name not in device_mesh.axis_names:
+            raise ValueError(
+                f"Mesh axis {name!r} not in the device mesh's axes {tuple(device_mesh.axis_names)}; "
+                "build the mesh with axis_names=('batch', 'model') or pass the names used."
+            )
+    model, data = model_parallel_dim_name, data_parallel_dim_name
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    # Vocabulary over "model": the embedding lookup and the logits are both split by token id.
+    layout_map[r".*token_embedding/embeddings"] = (model, data)
+    layout_map[r".*token_embedding/reverse_embeddings"] = (data, model)
+    # Fan-out projections: split by output columns (heads, intermediate units).
+    layout_map[_LAYER + r"attention/(query|key|value)/kernel"] = (data, model)
+    layout_map[_LAYER + r"attention/(query|key|value)/bias"] = (model,)
+    layout_map[_LAYER + r"(ffn_gate|ffn_up)/kernel"] = (data, model)
+    layout_map[_LAYER + r"(ffn_gate|ffn_up)/bias"] = (model,)
+    # Fan-in projections: split by input rows, so they consume the split activations directly.
+    layout_map[_LAYER + r"attention/attention_output/kernel"] = (model, data)
+    layout_map[_LAYER + r"ffn_down/kernel"] = (model, data)
+    return layout_map
+
+
+def place_on_shards(variable, array: np.ndarray):
+    """Puts a host array where ``variable`` lives, each device receiving only its own shard.
+
+    With JAX, ``jax.device_put`` of a numpy array with the variable's sharding copies each slice
+    straight to its device, so loading a checkpoint never materialises a whole tensor on one
+    accelerator. Other backends get the array back unchanged.
+
+    Example:
+        >>> import numpy as np
+        >>> v = keras.Variable(np.zeros((4, 2), "float32"))
+        >>> v.assign(place_on_shards(v, np.ones((4, 2), "float32")))  # doctest: +ELLIPSIS
+        Array(...)
+    """
+    if keras.backend.backend() != "jax":
+        return array
+    import jax
+
+    sharding = getattr(variable.value, "sharding", None)
+    if sharding is None:
+        return array
+    return jax.device_put(array, sharding)
+
+
+def describe_sharding(model) -> dict[str, dict[str, Any]]:
+    """Per weight: its global shape, its partition spec and the shape of one device's shard.
+
+    Example:
+        >>> describe_sharding(model.backbone)["llama3_backbone/token_embedding/embeddings"]  # doctest: +SKIP
+        {'shape': (128256, 2048), 'spec': ('model', 'batch'), 'shard_shape': (32064, 1024), 'devices': 8}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for variable in model.weights:
+        value = variable.value
+        sharding = getattr(value, "sharding", None)
+        shape = tuple(variable.shape)
+        if sharding is None:
+            out[variable.path] = {"shape": shape, "spec": None, "shard_shape": shape, "devices": 1}
+            continue
+        spec = getattr(sharding, "spec", None)
+        out[variable.path] = {
+            "shape": shape,
+            "spec": None if spec is None else tuple(spec),
+            "shard_shape": tuple(sharding.shard_shape(shape)),
+            "devices": len(sharding.device_set),
+        }
+    return out
