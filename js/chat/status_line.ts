@@ -62,8 +62,12 @@ export class StatusLine {
     this.context.textContent = contextLength
       ? `${formatCount(used)} / ${formatCount(contextLength)} tokens`
       : "";
-    this.ttft.textContent = `TTFT ${formatSeconds(status.time_to_first_token_s)}`;
+    const ttft = status.time_to_first_token_s;
+    this.ttft.textContent =
+      ttft === null || ttft === undefined ? "" : `TTFT ${formatSeconds(ttft)}`;
     const rate = live?.rate ?? status.decode_tokens_per_s;
-    this.rate.textContent = formatRate(rate);
+    this.rate.textContent = rate === null || rate === undefined ? "" : formatRate(rate);
+    this.ttft.hidden = this.ttft.textContent === "";
+    this.rate.hidden = this.rate.textContent === "";
   }
 }

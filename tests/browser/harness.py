@@ -1,0 +1,341 @@
+"""End-to-end harness: a Jupyter server on loopback with a token, headless Chromium driven by
+Playwright, and helpers to run notebook cells and read the chat panel.
+
+Used by the browser tests beside this file and by ``bench/widget.py``. Chromium is Debian's
+(``/usr/bin/chromium``): Playwright's own browser download is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # Timers of a page in the background must keep running: the tests read DOM states as they come.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    """Writes a notebook of code cells (nbformat 4) without executing it."""
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"cell-{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for i, source in enumerate(cells)
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook, indent=1), encoding="utf-8")
+    return path
+
+
+class JupyterServer:
+    """`jupyter lab` in a folder, on 127.0.0.1 with a random token; it also serves Notebook 7."""
+
+    def __init__(self, root_dir: Path, log_path: Path | None = None) -> None:
+        self.root_dir = root_dir
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        self.log_path = log_path or (root_dir / "jupyter-server.log")
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def lab_url(self, notebook: str) -> str:
+        return f"{self.base_url}/lab/tree/{notebook}?token={self.token}"
+
+    def notebook7_url(self, notebook: str) -> str:
+        return f"{self.base_url}/notebooks/{notebook}?token={self.token}"
+
+    def start(self, timeout: float = 90) -> None:
+        env = dict(os.environ)
+        # The kernel imports the package from this checkout even where it is not pip-installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("KERAS_BACKEND", "jax")
+        env["JUPYTER_PLATFORM_DIRS"] = "1"
+        env["JUPYTER_RUNTIME_DIR"] = str(self.root_dir / ".jupyter-runtime")
+        env["HF_HUB_OFFLINE"] = "1"
+        # Its own settings and workspace folder, so no user layout or dialog gets in the way.
+        settings = self.root_dir / ".jupyter-settings"
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(settings / "settings")
+        env["JUPYTERLAB_WORKSPACES_DIR"] = str(settings / "workspaces")
+        _write_lab_settings(settings / "settings")
+        command = [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command.append("--allow-root")  # CI containers run as root
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (kept open while the server runs)
+        self._process = subprocess.Popen(
+            command,
+            cwd=self.root_dir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited early; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(
+                    f"{self.base_url}/api/status?token={self.token}", timeout=2
+                ) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"jupyter lab did not start in {timeout} s; see {self.log_path}")
+
+    def api(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def shutdown_kernels(self) -> None:
+        """Ends every session and its kernel (frees the model's memory between tests)."""
+        for session in self.api("GET", "/api/sessions") or []:
+            self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def stop(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            # The server and the kernels it started share its process group.
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        if self._log is not None:
+            self._log.close()
+        self._process = None
+
+
+def _write_lab_settings(folder: Path) -> None:
+    """No announcements or news popup; no autosave dialogs when the test closes."""
+    plugins = {
+        "@jupyterlab/apputils-extension/notification": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+    }
+    for plugin, values in plugins.items():
+        package, name = plugin.rsplit("/", 1)
+        target = folder / package / f"{name}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values), encoding="utf-8")
+
+
+@contextmanager
+def jupyter_server(root_dir: Path) -> Iterator[JupyterServer]:
+    server = JupyterServer(root_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """A headless Debian Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# ---- driving a notebook ----
+
+
+class NotebookPage:
+    """A notebook open in JupyterLab or Notebook 7, with helpers that work in both."""
+
+    def __init__(self, page: Any, flavour: str) -> None:
+        self.page = page
+        self.flavour = flavour  # "lab" or "notebook7"
+
+    def kernel_status(self) -> str:
+        return self.page.evaluate(
+            """() => document.querySelector('.jp-Notebook-ExecutionIndicator')
+                       ?.getAttribute('data-status') || ''"""
+        )
+
+    def wait_for_kernel_idle(self, timeout_s: float = 120, stable_s: float = 1.5) -> None:
+        """Waits until the kernel shows idle and stays so for `stable_s` (the indicator reads idle
+        for a moment before the kernel connects)."""
+        self.page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=timeout_s * 1000)
+        deadline = time.monotonic() + timeout_s
+        idle_since = None
+        while time.monotonic() < deadline:
+            if self.kernel_status() == "idle":
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= stable_s:
+                    return
+            else:
+                idle_since = None
+            time.sleep(0.2)
+        raise TimeoutError(f"the kernel was not idle after {timeout_s} s")
+
+    def _prompt(self, index: int) -> str:
+        cell = self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+        return cell.locator(".jp-InputPrompt").inner_text().strip()
+
+    def run_cell(self, index: int, attempts: int = 3) -> None:
+        """Selects cell `index` and runs it with Shift+Enter, as a user does; checks that it started
+        (its prompt turns to [*] or a number) and tries again if the key press was lost."""
+        cell = self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+        before = self._prompt(index)
+        for _ in range(attempts):
+            cell.locator(".jp-InputPrompt").click()
+            self.page.keyboard.press("Escape")  # command mode: Shift+Enter runs the cell
+            cell.locator(".jp-InputPrompt").click()
+            self.page.keyboard.press("Shift+Enter")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                now = self._prompt(index)
+                if now != before and re.search(r"\[(\*|\d+)\]", now):
+                    return
+                time.sleep(0.1)
+        raise RuntimeError(f"cell {index} did not start running (prompt {self._prompt(index)!r})")
+
+    def wait_for_cell(self, index: int, timeout_s: float = 120) -> None:
+        """Waits until cell `index` finished running (its prompt shows an execution count)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if re.search(r"\[\d+\]", self._prompt(index)):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"cell {index} still running after {timeout_s} s")
+
+    def cell_output_text(self, index: int, contains: str, timeout_s: float = 60) -> str:
+        cell = self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+        output = cell.locator(".jp-OutputArea-output", has_text=contains).first
+        output.wait_for(timeout=timeout_s * 1000)
+        return output.inner_text()
+
+
+def open_notebook(browser: Any, url: str, flavour: str, viewport=(1280, 1000)) -> NotebookPage:
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    page.goto(url, wait_until="domcontentloaded")
+    notebook = NotebookPage(page, flavour)
+    notebook.wait_for_kernel_idle()
+    return notebook
+
+
+# ---- reading the chat panel ----
+
+# Installed in the page: records every distinct text the streaming reply shows, with a timestamp,
+# so a test can check that the reply arrived in steps rather than all at once.
+RECORDER_JS = """
+() => {
+  const root = document.querySelector('.kerasllm-widget');
+  const states = [];
+  window.__kwStates = states;
+  let last = null;
+  const observer = new MutationObserver(() => {
+    const bubble = root.querySelector('.kw-assistant[data-status="streaming"] .kw-markdown');
+    if (!bubble) return;
+    const text = bubble.textContent || '';
+    if (text && text !== last) {
+      last = text;
+      states.push({ t: performance.now(), text });
+    }
+  });
+  observer.observe(root, { subtree: true, childList: true, characterData: true });
+  window.__kwStopRecorder = () => observer.disconnect();
+}
+"""
+
+
+def assistant_entries(page: Any) -> list[dict[str, str]]:
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.kerasllm-widget .kw-assistant')].map(el => ({
+            id: el.dataset.id, status: el.dataset.status,
+            text: (el.querySelector('.kw-markdown')?.textContent || '').trim(),
+        }))"""
+    )
+
+
+def screenshot(locator: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    locator.screenshot(path=str(path))
+    return path
