@@ -130,17 +130,22 @@ class Llama3CausalLM(keras.Model):
         return cls(backbone, preprocessor, **config)
 
     # ----------------------------------------------------------------- training (Keras' trainer)
-    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", sampler=None,
+                **kwargs):
         """Keras ``compile`` with defaults for language modelling.
 
         ``"auto"``: AdamW (learning rate 5e-5, weight decay 0.01, none on norms and biases);
         sparse cross-entropy from logits averaged over the weighted tokens; next-token accuracy.
+        ``sampler`` (as in keras_hub): the default sampler of `generate`/`stream`, a name
+        (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"random"``, ``"min_p"``) or a `Sampler`.
 
         Example:
             >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4))  # doctest: +SKIP
         """
         from kerasllm_widget.training.defaults import compile_arguments
 
+        if sampler is not None:
+            self.sampler = sampler
         super().compile(**compile_arguments(optimizer, loss, weighted_metrics), **kwargs)
 
     def _compile_if_needed(self) -> None:
@@ -227,3 +232,53 @@ class Llama3CausalLM(keras.Model):
             self.save_to_preset(folder, dtype=dtype)
             return upload_preset(uri, folder, private=private, commit_message=commit_message,
                                  token=token)
+
+    # ----------------------------------------------------------------- generation (streaming engine)
+    @property
+    def sampler(self):
+        """The default sampler of `generate`/`stream` (greedy unless `compile(sampler=...)` or an
+        assignment changed it); a name (``"top_p"``) or a `Sampler` can be assigned.
+
+        Example:
+            >>> model.sampler = "top_k"  # doctest: +SKIP
+        """
+        from kerasllm_widget.generation.engine import engine_for
+
+        return engine_for(self).sampler
+
+    @sampler.setter
+    def sampler(self, sampler) -> None:
+        from kerasllm_widget.generation.engine import engine_for
+        from kerasllm_widget.generation.samplers import get_sampler
+
+        engine_for(self).sampler = get_sampler(sampler)
+
+    def stream(self, prompt, **options):
+        """Yields a `TokenEvent` per generated token, then one `DoneEvent` (stop reason, timings).
+
+        ``prompt``: text, a conversation (list of ``{"role", "content"}``) or token ids.
+        ``options``: ``max_new_tokens``, ``sampler``, ``temperature``, ``top_k``, ``top_p``,
+        ``min_p``, ``repetition_penalty``, ``seed``, ``stop_token_ids`` (besides the
+        checkpoint's), ``stop_strings``, ``top_k_alternatives``, ``cancel_event``.
+
+        Example:
+            >>> for event in model.stream("Hi there!", max_new_tokens=16):  # doctest: +SKIP
+            ...     print(getattr(event, "text", ""), end="")
+        """
+        from kerasllm_widget.generation.api import stream
+
+        return stream(self, prompt, **options)
+
+    def generate(self, inputs, max_new_tokens=None, max_length=None, sampler=None, **options):
+        """keras_hub's ``generate``: a string, a list of strings (batched) or preprocessed
+        ``{"token_ids", "padding_mask"}``, continued by the model. Strings come back as the
+        prompt followed by the reply (``strip_prompt=True``: the reply only); ``max_length``
+        counts the prompt, ``max_new_tokens`` does not. Other options as in `stream`.
+
+        Example:
+            >>> model.generate("Hi there!", max_new_tokens=16)  # doctest: +SKIP
+        """
+        from kerasllm_widget.generation.api import generate
+
+        return generate(self, inputs, max_new_tokens=max_new_tokens, max_length=max_length,
+                        sampler=sampler, **options)

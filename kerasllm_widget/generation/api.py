@@ -1,0 +1,394 @@
+"""Text in, events or text out: what `Llama3CausalLM.stream`/`generate` and `ChatState` call.
+
+`stream_ids` turns the engine's token chunks into `TokenEvent`s (text deltas that are UTF-8
+safe and hold back possible stop strings, log-probabilities, top alternatives) and one final
+`DoneEvent`; `stream` and `generate` add tokenization on top.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kerasllm_widget.generation.detokenizer import IncrementalDetokenizer
+from kerasllm_widget.generation.engine import RequestTimings, engine_for
+from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
+from kerasllm_widget.generation.samplers import Sampler, get_sampler
+from kerasllm_widget.generation.stopping import StopStringMatcher
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "generate", "make_sampler", "stream", "stream_ids"]
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def make_sampler(
+    base: str | Sampler | None = None,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | None = None,
+) -> Sampler:
+    """A sampler from a name or object, with any knob overridden.
+
+    Example:
+        >>> make_sampler("greedy", temperature=0.7, top_p=0.9).top_p
+        0.9
+    """
+    sampler = get_sampler(base)
+    return sampler.replace(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+
+
+def _stop_ids(tokenizer, extra: Sequence[int] | None) -> list[int]:
+    ids = list(getattr(tokenizer, "stop_token_ids", ()) or ()) if tokenizer is not None else []
+    end = getattr(tokenizer, "end_token_id", None) if tokenizer is not None else None
+    if end is not None:
+        ids.append(end)
+    return sorted({int(i) for i in [*ids, *(extra or ())]})
+
+
+class _PieceNames:
+    """Readable text of single tokens for the alternatives, decoded once per id."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self.tokenizer.detokenize([token_id]) if self.tokenizer is not None else str(token_id)
+            self._cache[token_id] = text
+        return text
+
+
+_piece_names: dict[int, _PieceNames] = {}
+
+
+def _pieces(tokenizer) -> _PieceNames:
+    names = _piece_names.get(id(tokenizer))
+    if names is None or names.tokenizer is not tokenizer:
+        names = _piece_names[id(tokenizer)] = _PieceNames(tokenizer)
+    return names
+
+
+def stream_ids(
+    model,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampler: str | Sampler | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    stop_strings: Sequence[str] | None = None,
+    top_k_alternatives: int = 0,
+    cancel_event: threading.Event | None = None,
+    seed: int | None = None,
+    started: float | None = None,
+) -> Iterator[TokenEvent | DoneEvent]:
+    """Events for one prompt given as token ids (the whole prompt, special tokens included).
+
+    Example:
+        >>> for event in stream_ids(model, [1, 2, 3], max_new_tokens=4):  # doctest: +SKIP
+        ...     print(event)
+    """
+    tokenizer = model.tokenizer
+    engine = engine_for(model)
+    sampler = get_sampler(sampler) if sampler is not None else engine.sampler
+    prompt_ids = [int(i) for i in prompt_ids]
+    stops = _stop_ids(tokenizer, stop_token_ids)
+    stop_set = set(stops)
+    timings = RequestTimings(started=started or time.perf_counter())
+    detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
+    matcher = StopStringMatcher(stop_strings or ())
+    names = _pieces(tokenizer)
+    reply_ids: list[int] = []
+    reason = "max_new_tokens"
+    index = 0
+    context = int(model.backbone.max_sequence_length)
+    max_new_tokens = int(max_new_tokens)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    chunks = engine.generate_tokens(
+        [prompt_ids],
+        max_new_tokens=max_new_tokens,
+        sampler=sampler,
+        stop_token_ids=stops,
+        num_alternatives=int(top_k_alternatives or 0),
+        cancel_event=cancel_event,
+        seed=seed,
+        timings=timings,
+    )
+    # An event whose token left text held back (half a character, or the start of what may be
+    # a stop string) waits for the next token, so that whatever the end of the stream releases
+    # can still go into it: the deltas always join up to the reply.
+    pending: TokenEvent | None = None
+    utf8 = _Utf8Tracker(tokenizer)
+    try:
+        for chunk in chunks:
+            finished = False
+            for step in range(chunk.tokens.shape[1]):
+                token_id = int(chunk.tokens[0, step])
+                if token_id in stop_set:
+                    reason, finished = "stop_token", True
+                    break
+                reply_ids.append(token_id)
+                text = matcher.push(detokenizer.push(token_id) if detokenizer else "")
+                alternatives = [
+                    Alternative(int(i), names(int(i)), math.exp(float(lp)))
+                    for i, lp in zip(
+                        chunk.alternative_ids[0, step], chunk.alternative_logprobs[0, step], strict=True
+                    )
+                ]
+                event = TokenEvent(index, token_id, text, float(chunk.logprobs[0, step]), alternatives)
+                index += 1
+                if pending is not None:
+                    yield pending
+                    pending = None
+                if matcher.stopped:
+                    pending, reason, finished = event, "stop_string", True
+                    break
+                if utf8.push(token_id) or matcher.holding:
+                    pending = event
+                else:
+                    yield event
+            if finished:
+                break
+        else:
+            if _cancelled(cancel_event):
+                reason = "cancelled"
+            elif index < max_new_tokens and len(prompt_ids) + index >= context:
+                reason = "context_full"
+    finally:
+        chunks.close()
+    if not matcher.stopped and detokenizer is not None:
+        tail = matcher.push(detokenizer.flush()) + matcher.flush()
+        if pending is not None:
+            pending.text += tail
+    if pending is not None:
+        yield pending
+    notice = ""
+    if reason == "context_full":
+        notice = f"The reply stopped at the model's context length ({context} tokens)."
+    yield DoneEvent(
+        stop_reason=reason,
+        text=matcher.text,
+        token_ids=reply_ids,
+        prompt_tokens=timings.prompt_tokens,
+        generated_tokens=len(reply_ids),
+        time_to_first_token_s=timings.time_to_first_token_s,
+        prefill_tokens_per_s=timings.prefill_tokens_per_s,
+        decode_tokens_per_s=timings.decode_tokens_per_s,
+        notice=notice,
+    )
+
+
+class _Utf8Tracker:
+    """Says whether the bytes of the tokens so far end in the middle of a UTF-8 character."""
+
+    def __init__(self, tokenizer):
+        self._token_bytes = getattr(tokenizer, "token_bytes", None)
+        self._partial = b""
+
+    def push(self, token_id: int) -> bool:
+        if self._token_bytes is None:
+            return False
+        data = self._partial + self._token_bytes(token_id)
+        try:
+            data.decode("utf-8")
+            self._partial = b""
+        except UnicodeDecodeError as error:
+            # Only a truncated character at the end is "incomplete"; invalid bytes are final.
+            self._partial = data[error.start :] if error.reason == "unexpected end of data" else b""
+            self._partial = self._partial[-4:]
+        return bool(self._partial)
+
+
+def _cancelled(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
+
+
+def _prompt_ids(model, prompt: Any) -> list[int]:
+    """Token ids of one prompt: a string or a conversation (through the preprocessor, which adds
+    the start token the checkpoint wants) or ids as they are."""
+    if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "iu":
+        prompt = prompt.tolist()
+    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (int, np.integer)):
+        return [int(i) for i in prompt]
+    if model.preprocessor is None:
+        raise ValueError("This model has no preprocessor: pass token ids instead of text.")
+    if isinstance(prompt, str) and not prompt:
+        raise ValueError("The prompt is empty; give the model some text to continue.")
+    ids = np.asarray(model.preprocessor.generate_preprocess(prompt)["token_ids"])
+    return ids.reshape(-1).tolist()
+
+
+def stream(
+    model,
+    prompt: Any,
+    *,
+    max_new_tokens: int | None = None,
+    sampler: str | Sampler | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    stop_strings: Sequence[str] | None = None,
+    top_k_alternatives: int = 0,
+    cancel_event: threading.Event | None = None,
+) -> Iterator[TokenEvent | DoneEvent]:
+    """Streams a reply to ``prompt`` (text, a conversation, or token ids) as events.
+
+    Example:
+        >>> text = "".join(e.text for e in stream(model, "Hi!") if isinstance(e, TokenEvent))  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    base = sampler if sampler is not None else engine_for(model).sampler
+    chosen = make_sampler(
+        base,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )
+    yield from stream_ids(
+        model,
+        _prompt_ids(model, prompt),
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+        sampler=chosen,
+        stop_token_ids=stop_token_ids,
+        stop_strings=stop_strings,
+        top_k_alternatives=top_k_alternatives,
+        cancel_event=cancel_event,
+        seed=seed,
+        started=started,
+    )
+
+
+def _batch_rows(model, inputs: Any) -> tuple[list[list[int]], str]:
+    """Prompt rows and the input kind: "string", "strings" or "preprocessed"."""
+    if isinstance(inputs, Mapping):
+        token_ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
+        mask = inputs.get("padding_mask")
+        mask = np.ones(token_ids.shape, bool) if mask is None else np.atleast_2d(np.asarray(mask, bool))
+        return [row[m].astype(np.int64).tolist() for row, m in zip(token_ids, mask, strict=True)], "preprocessed"
+    if isinstance(inputs, str):
+        return [_prompt_ids(model, inputs)], "string"
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "US":
+        inputs = inputs.tolist()
+    if isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs):
+        return [_prompt_ids(model, x) for x in inputs], "strings"
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Mapping):
+        return [_prompt_ids(model, inputs)], "string"  # one conversation
+    raise TypeError(
+        "generate() takes a string, a list of strings, or {'token_ids', 'padding_mask'}; "
+        f"got {type(inputs).__name__}."
+    )
+
+
+def generate(
+    model,
+    inputs: Any,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+    sampler: str | Sampler | None = None,
+    *,
+    stop_token_ids: Sequence[int] | None = None,
+    stop_strings: Sequence[str] | None = None,
+    strip_prompt: bool = False,
+    seed: int | None = None,
+    cancel_event: threading.Event | None = None,
+    **sampling: Any,
+) -> Any:
+    """keras_hub's ``generate``: the prompt followed by its continuation, for a string, a list of
+    strings (batched) or preprocessed ``{"token_ids", "padding_mask"}`` (returned in that form).
+
+    ``max_length`` counts the prompt too (keras_hub); ``max_new_tokens`` counts only new tokens.
+    ``strip_prompt=True`` returns only the continuation.
+
+    Example:
+        >>> generate(model, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+        'The capital of France is Paris...'
+    """
+    rows, kind = _batch_rows(model, inputs)
+    if max_length is not None:
+        rows = [r[: max(1, int(max_length) - 1)] for r in rows]
+        budgets = [int(max_length) - len(r) for r in rows]
+    else:
+        budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else int(max_new_tokens)
+        budgets = [budget] * len(rows)
+    if max_new_tokens is not None:
+        budgets = [min(b, int(max_new_tokens)) for b in budgets]
+    base = sampler if sampler is not None else engine_for(model).sampler
+    chosen = make_sampler(base, **sampling)
+    tokenizer = model.tokenizer
+    stops = _stop_ids(tokenizer, stop_token_ids)
+    replies: list[list[int]] = []
+    if len(rows) == 1:
+        for event in stream_ids(
+            model, rows[0], max_new_tokens=max(1, budgets[0]), sampler=chosen,
+            stop_token_ids=stops, stop_strings=stop_strings, cancel_event=cancel_event, seed=seed,
+        ):
+            if isinstance(event, DoneEvent):
+                replies.append(event.token_ids)
+                texts = [event.text]
+    else:
+        engine = engine_for(model)
+        collected = [[] for _ in rows]
+        for chunk in engine.generate_tokens(
+            rows, max_new_tokens=max(1, max(budgets)), sampler=chosen, stop_token_ids=stops,
+            cancel_event=cancel_event, seed=seed,
+        ):
+            for row, tokens in enumerate(chunk.tokens.tolist()):
+                collected[row].extend(tokens)
+        stop_set = set(stops)
+        for row, tokens in enumerate(collected):
+            cut = next((i for i, t in enumerate(tokens) if t in stop_set), len(tokens))
+            replies.append(tokens[: min(cut, budgets[row])])
+        texts = [tokenizer.detokenize(r) if tokenizer else "" for r in replies]
+        if stop_strings:
+            texts = [_cut_at_stop_string(t, stop_strings) for t in texts]
+    if kind == "preprocessed":
+        full = [r + g for r, g in zip(rows, replies, strict=True)]
+        width = max(len(f) for f in full)
+        token_ids = np.zeros((len(full), width), np.int32)
+        padding_mask = np.zeros((len(full), width), bool)
+        for i, f in enumerate(full):
+            token_ids[i, : len(f)] = f
+            padding_mask[i, : len(f)] = True
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+    if not strip_prompt:
+        prompts = [_prompt_text(model, r) for r in rows]
+        texts = [p + t for p, t in zip(prompts, texts, strict=True)]
+    return texts[0] if kind == "string" else texts
+
+
+def _prompt_text(model, ids: list[int]) -> str:
+    """The prompt as keras_hub's ``generate_postprocess`` shows it (start token dropped)."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        return ""
+    start = getattr(tokenizer, "start_token_id", None)
+    return tokenizer.detokenize([i for i in ids if i != start])
+
+
+def _cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str:
+    found = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return text[: min(found)] if found else text

@@ -1,0 +1,625 @@
+"""Token generation on a static key/value cache: a jitted prefill and a jitted k-token decode.
+
+The shape of the work, gpt-fast style:
+
+- `prefill` runs the model once over the real prompt (padded up to a power-of-two bucket, so
+  every prompt length inside a bucket reuses one compiled program), fills the cache and picks
+  the first token.
+- `decode_one_token` feeds one token per row and picks the next; `decode_n_tokens` runs it up to
+  ``k`` times inside one ``lax.while_loop``, stopping early when every row has hit a stop token,
+  so that dispatch costs are paid once per chunk while tokens still stream chunk by chunk.
+- The cache is donated to each call and handed back, so it is updated in place. After a
+  request, the engine keeps the cache with the token ids it holds: the next single-row request
+  that starts with the same tokens (the next turn of a chat) only prefills what is new.
+
+The model's weights are arguments of the compiled functions (read through a Keras
+`StatelessScope`), never constants baked into the program, and Keras' layer machinery only runs
+while tracing. The sampler's knobs are traced too: a new temperature does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from kerasllm_widget.generation.samplers import (
+    Sampler,
+    SamplerParams,
+    SamplerPlan,
+    sample_next_token,
+)
+
+__all__ = [
+    "DecodeState",
+    "GenerationEngine",
+    "StepOutputs",
+    "enable_compilation_cache",
+    "engine_for",
+    "prompt_bucket",
+]
+
+MIN_PROMPT_BUCKET = 16
+MIN_CACHE_BUCKET = 256
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
+    """The padded length a prompt of ``length`` tokens is prefilled at.
+
+    Example:
+        >>> [prompt_bucket(n) for n in (1, 16, 17, 100)]
+        [16, 16, 32, 128]
+    """
+    return max(minimum, _next_power_of_two(length))
+
+
+def default_cache_dir() -> Path:
+    """Where compiled programs are kept between kernels: ``$XDG_CACHE_HOME/kerasllm_widget/jax``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kerasllm_widget" / "jax"
+
+
+_compilation_cache_lock = threading.Lock()
+_compilation_cache_done = False
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turns JAX's persistent compilation cache on, so a restarted kernel skips compile time.
+
+    Leaves a cache directory the user configured alone. Set ``KERASLLM_COMPILATION_CACHE=0`` to
+    keep it off. Returns the directory in use (None when off).
+
+    Example:
+        >>> enable_compilation_cache()  # doctest: +SKIP
+        PosixPath('/home/me/.cache/kerasllm_widget/jax')
+    """
+    global _compilation_cache_done
+    with _compilation_cache_lock:
+        current = jax.config.jax_compilation_cache_dir
+        if current:
+            return Path(current)
+        if os.environ.get("KERASLLM_COMPILATION_CACHE", "1") == "0":
+            return None
+        folder = Path(path) if path is not None else default_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None  # a read-only home: compile every time rather than fail
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        # Our programs take seconds to compile; cache them all, however small.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        _compilation_cache_done = True
+        return folder
+
+
+class DecodeState(NamedTuple):
+    """Everything a decode step carries forward, all on the device."""
+
+    cache: list  # per layer (keys, values), each [B, S, kv_heads, head_dim]
+    valid: jax.Array  # [B, S] bool: slots holding a real token's keys
+    seen: jax.Array  # [B, V] bool: tokens in prompt or reply (repetition penalty)
+    token: jax.Array  # [B] int32: the last picked token, not yet in the cache
+    position: jax.Array  # [B] int32: its RoPE position
+    index: jax.Array  # [] int32: the cache slot it goes to
+    done: jax.Array  # [B] bool: the row picked a stop token
+    key: jax.Array  # PRNG key
+
+
+class StepOutputs(NamedTuple):
+    """What each generated token comes with ([B, n] or [B, n, K] arrays)."""
+
+    tokens: Any
+    logprobs: Any
+    alternative_ids: Any
+    alternative_logprobs: Any
+
+
+@dataclasses.dataclass
+class RequestTimings:
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0  # what prefill computed (less than prompt_tokens with a reused prefix)
+    started: float = 0.0
+    first_token: float = 0.0
+    last_token: float = 0.0
+    generated: int = 0
+
+    @property
+    def time_to_first_token_s(self) -> float:
+        return max(0.0, self.first_token - self.started) if self.first_token else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        ttft = self.time_to_first_token_s
+        return self.prefilled_tokens / ttft if ttft > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        span = self.last_token - self.first_token
+        return (self.generated - 1) / span if self.generated > 1 and span > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- pure functions
+# These run under `jax.jit`; `model` is bound with functools.partial and static.
+
+
+def _forward(model, variables, weights, token_ids, positions, attention_mask, cache, cache_index):
+    """Hidden states ``[B, T, D]`` and the updated cache, with `weights` standing in for the
+    model's variables (so they are jit arguments, not constants)."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, weights, strict=True))):
+        hidden, cache, _ = model.backbone.forward(
+            token_ids,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=cache,
+            cache_index=cache_index,
+        )
+    return hidden, cache
+
+
+def _logits(model, variables, weights, hidden):
+    with keras.StatelessScope(state_mapping=list(zip(variables, weights, strict=True))):
+        logits = model.backbone.token_embedding(hidden, reverse=True)
+    return logits.astype(jnp.float32)
+
+
+def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alternatives: int):
+    """Samples one token per row and reports its log-probability and the top alternatives, both
+    under the model's own (unmodified) distribution."""
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    token = sample_next_token(logits, key, plan, params, seen)
+    logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+    if num_alternatives:
+        alt_logprobs, alt_ids = jax.lax.top_k(logprobs, num_alternatives)
+    else:
+        batch = logits.shape[0]
+        alt_logprobs = jnp.zeros((batch, 0), jnp.float32)
+        alt_ids = jnp.zeros((batch, 0), jnp.int32)
+    return token, logprob, alt_ids.astype(jnp.int32), alt_logprobs
+
+
+def _mark_seen(seen, token):
+    return seen.at[jnp.arange(seen.shape[0]), token].set(True)
+
+
+def prefill(
+    model,
+    variables,
+    counter,
+    weights,
+    token_ids,
+    token_valid,
+    positions,
+    last_index,
+    start,
+    cache,
+    seen,
+    key,
+    stop_ids,
+    params,
+    *,
+    plan: SamplerPlan,
+    num_alternatives: int,
+):
+    """Runs the prompt chunk ``token_ids [B, T]`` into cache slots ``[start, start + T)`` and picks
+    the first token. Slots before ``start`` hold an earlier request's keys for the same prefix.
+
+    Returns ``(DecodeState, StepOutputs)`` with one token per row.
+    """
+    counter["prefill"] += 1  # runs once per trace: counts compilations
+    batch, length = token_ids.shape
+    cache_length = cache[0][0].shape[1]
+    slots = jnp.arange(cache_length)
+    valid = jnp.broadcast_to(slots[None, :] < start, (batch, cache_length))
+    valid = jax.lax.dynamic_update_slice(valid, token_valid, (0, start))
+    query_slots = start + jnp.arange(length)
+    attention_mask = valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
+    hidden, cache = _forward(model, variables, weights, token_ids, positions, attention_mask, cache, start)
+    # Only the last real position's logits are needed: skip the [T, V] projection.
+    last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)
+    logits = _logits(model, variables, weights, last_hidden)[:, 0]
+    key, subkey = jax.random.split(key)
+    token, logprob, alt_ids, alt_logprobs = _pick(logits, subkey, seen, plan, params, num_alternatives)
+    state = DecodeState(
+        cache=cache,
+        valid=valid,
+        seen=_mark_seen(seen, token),
+        token=token,
+        position=jnp.take_along_axis(positions, last_index[:, None], axis=1)[:, 0] + 1,
+        index=(start + jnp.max(last_index) + 1).astype(jnp.int32),
+        done=jnp.isin(token, stop_ids),
+        key=key,
+    )
+    outputs = StepOutputs(token[:, None], logprob[:, None], alt_ids[:, None], alt_logprobs[:, None])
+    return state, outputs
+
+
+def decode_one_token(model, variables, weights, state: DecodeState, plan, params, num_alternatives):
+    """Feeds ``state.token`` at cache slot ``state.index`` and picks the next token."""
+    valid = jax.lax.dynamic_update_slice(
+        state.valid, jnp.ones((state.valid.shape[0], 1), bool), (0, state.index)
+    )
+    hidden, cache = _forward(
+        model,
+        variables,
+        weights,
+        state.token[:, None],
+        state.position[:, None],
+        valid[:, None, :],
+        state.cache,
+        state.index,
+    )
+    logits = _logits(model, variables, weights, hidden)[:, 0]
+    key, subkey = jax.random.split(state.key)
+    token, logprob, alt_ids, alt_logprobs = _pick(logits, subkey, state.seen, plan, params, num_alternatives)
+    new_state = DecodeState(
+        cache=cache,
+        valid=valid,
+        seen=_mark_seen(state.seen, token),
+        token=token,
+        position=state.position + 1,
+        index=state.index + 1,
+        done=state.done,
+        key=key,
+    )
+    return new_state, (token, logprob, alt_ids, alt_logprobs)
+
+
+def decode_n_tokens(
+    model,
+    variables,
+    counter,
+    weights,
+    state: DecodeState,
+    num_steps,
+    stop_ids,
+    params,
+    *,
+    plan: SamplerPlan,
+    num_alternatives: int,
+    chunk: int,
+):
+    """Up to ``num_steps`` (<= ``chunk``) decode steps in one program; stops early once every
+    row is done or the cache is full. Returns ``(state, StepOutputs [B, chunk], steps_run)``."""
+    counter["decode"] += 1
+    batch = state.token.shape[0]
+    cache_length = state.valid.shape[1]
+    buffers = StepOutputs(
+        jnp.zeros((batch, chunk), jnp.int32),
+        jnp.zeros((batch, chunk), jnp.float32),
+        jnp.zeros((batch, chunk, num_alternatives), jnp.int32),
+        jnp.zeros((batch, chunk, num_alternatives), jnp.float32),
+    )
+
+    def keep_going(carry):
+        step, state, _ = carry
+        return (step < num_steps) & ~jnp.all(state.done) & (state.index < cache_length)
+
+    def one_step(carry):
+        step, state, buffers = carry
+        state, picked = decode_one_token(model, variables, weights, state, plan, params, num_alternatives)
+        state = state._replace(done=state.done | jnp.isin(picked[0], stop_ids))
+        buffers = StepOutputs(*(b.at[:, step].set(v) for b, v in zip(buffers, picked, strict=True)))
+        return step + 1, state, buffers
+
+    steps, state, buffers = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), state, buffers))
+    return state, buffers, steps
+
+
+@partial(jax.jit, static_argnums=1, donate_argnums=0)
+def _grow_cache(cache, new_length: int):
+    """Pads a cache to ``new_length`` slots, keeping what it holds."""
+    widths = ((0, 0), (0, new_length - cache[0][0].shape[1]), (0, 0), (0, 0))
+    return [(jnp.pad(k, widths), jnp.pad(v, widths)) for k, v in cache]
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclasses.dataclass
+class _KeptCache:
+    cache: list
+    token_ids: list[int]  # what slots [0, len) hold (batch 1 only; empty for batches)
+    batch: int
+    length: int
+    dtype: str
+
+
+class GenerationEngine:
+    """Compiled prefill/decode programs and a reusable cache for one model.
+
+    Get one with `engine_for(model)`; `Llama3CausalLM.stream`/`generate` and `ChatState` use it.
+    `trace_counts` says how many programs were compiled (``{"prefill": n, "decode": m}``).
+
+    Example:
+        >>> engine = engine_for(model)  # doctest: +SKIP
+        >>> for outputs in engine.generate_tokens([[1, 2, 3]], max_new_tokens=8):  # doctest: +SKIP
+        ...     print(outputs.tokens)
+    """
+
+    def __init__(self, model, chunk_size: int | None = None, cache_dtype=None):
+        enable_compilation_cache()
+        self.model = model
+        self.trace_counts: Counter = Counter()
+        on_accelerator = jax.default_backend() != "cpu"
+        # Tokens per decode call: on an accelerator dispatch is the cost to amortise; on a CPU a
+        # step takes milliseconds, and small chunks keep the stream smooth.
+        self.chunk_size = chunk_size or (16 if on_accelerator else 4)
+        self.cache_dtype = cache_dtype or model.backbone.compute_dtype
+        # The default for `stream`/`generate` when no sampler is given; `compile(sampler=...)`
+        # sets it. Greedy: the same prompt gives the same text.
+        self.sampler: Sampler = Sampler(temperature=0.0)
+        self._kept: _KeptCache | None = None
+        self._lock = threading.Lock()
+        self._variables = None
+        self._jit_prefill = None
+        self._jit_decode = None
+
+    # -- compiled functions ------------------------------------------------------------------
+    def _compiled(self):
+        variables = list(self.model.variables)
+        if self._variables is None or len(variables) != len(self._variables) or any(
+            a is not b for a, b in zip(variables, self._variables, strict=True)
+        ):
+            # New variables (LoRA enabled, quantized): trace afresh against them.
+            self._variables = variables
+            self._jit_prefill = jax.jit(
+                partial(prefill, self.model, variables, self.trace_counts),
+                static_argnames=("plan", "num_alternatives"),
+                donate_argnames=("cache",),
+            )
+            self._jit_decode = jax.jit(
+                partial(decode_n_tokens, self.model, variables, self.trace_counts),
+                static_argnames=("plan", "num_alternatives", "chunk"),
+                donate_argnames=("state",),
+            )
+            self._kept = None
+        return self._jit_prefill, self._jit_decode
+
+    def weights(self) -> list:
+        """The current variable values, read at each request (training may have changed them)."""
+        return [v.value for v in self._variables]
+
+    # -- cache management --------------------------------------------------------------------
+    def cache_length_for(self, needed: int) -> int:
+        context = int(self.model.backbone.max_sequence_length)
+        return min(context, max(MIN_CACHE_BUCKET, _next_power_of_two(needed)))
+
+    def _take_cache(self, prompts: list[list[int]], max_new_tokens: int):
+        """A cache for this request and how many leading prompt tokens it already holds.
+
+        A single row whose prompt starts with the tokens of the kept cache reuses them (the next
+        turn of a chat prefills only the new turn); otherwise a cache of the right bucket is
+        made, reusing the kept buffers when they have that shape.
+        """
+        with self._lock:
+            kept, self._kept = self._kept, None
+        batch, dtype = len(prompts), str(self.cache_dtype)
+        if kept is not None and (kept.batch != batch or kept.dtype != dtype):
+            kept = None
+        reuse = 0
+        if kept is not None and batch == 1 and kept.token_ids:
+            prompt = prompts[0]
+            limit = min(len(prompt) - 1, len(kept.token_ids))  # prefill needs >= 1 token
+            while reuse < limit and prompt[reuse] == kept.token_ids[reuse]:
+                reuse += 1
+        longest = max(len(p) for p in prompts)
+        needed = reuse + prompt_bucket(longest - reuse) + max_new_tokens
+        length = self.cache_length_for(needed)
+        if reuse and kept.length >= min(needed, length):
+            return kept.cache, reuse
+        if reuse:  # a longer chat: the kept keys move into a larger cache
+            return _grow_cache(kept.cache, length), reuse
+        if kept is not None and kept.length == length:
+            return kept.cache, 0  # same shape: reuse the buffers
+        del kept  # free the old buffers before the new ones are made
+        return self.model.backbone.init_cache(batch, length, dtype=dtype), 0
+
+    def _keep_cache(self, cache, token_ids: list[int], batch: int):
+        with self._lock:
+            self._kept = _KeptCache(
+                cache=cache,
+                token_ids=token_ids if batch == 1 else [],
+                batch=batch,
+                length=int(cache[0][0].shape[1]),
+                dtype=str(self.cache_dtype),
+            )
+
+    def clear_cache(self) -> None:
+        """Frees the kept cache (its memory), e.g. before loading other weights."""
+        with self._lock:
+            self._kept = None
+
+    # -- one request -------------------------------------------------------------------------
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampler: Sampler | None = None,
+        stop_token_ids: Sequence[int] = (),
+        num_alternatives: int = 0,
+        cancel_event: threading.Event | None = None,
+        seed: int | None = None,
+        timings: RequestTimings | None = None,
+    ) -> Iterator[StepOutputs]:
+        """Yields `StepOutputs` of numpy arrays (``[B, n]``) chunk by chunk as tokens are made.
+
+        Rows stop at their first stop token (which is yielded; callers drop it). The generator
+        ends after ``max_new_tokens`` tokens, when every row stopped, when the cache is full
+        (the model's context), or when ``cancel_event`` is set. Closing it early is safe: the
+        chunk in flight is waited for and the cache is kept for the next request.
+        """
+        sampler = sampler or Sampler(temperature=0.0)
+        batch = len(prompts)
+        prompts = [[int(t) for t in p] for p in prompts]
+        if batch == 0 or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        timings = timings or RequestTimings()
+        timings.started = timings.started or time.perf_counter()
+        jit_prefill, jit_decode = self._compiled()
+        weights = self.weights()
+        context = int(self.model.backbone.max_sequence_length)
+        longest = max(len(p) for p in prompts)
+        if longest >= context:
+            raise ValueError(
+                f"The prompt has {longest} tokens; the model's context is {context}. Shorten it."
+            )
+
+        # Plan the prompt chunk: one row reuses a kept prefix and is right-padded; a batch is
+        # left-padded so that every row's next token goes to the same cache slot.
+        cache, start = self._take_cache(prompts, max_new_tokens)
+        cache_length = int(cache[0][0].shape[1])
+        fresh = [p[start:] for p in prompts]
+        length = max(len(p) for p in fresh)
+        bucket = min(prompt_bucket(length), cache_length - start)
+        token_ids = np.zeros((batch, bucket), np.int32)
+        token_valid = np.zeros((batch, bucket), bool)
+        positions = np.zeros((batch, bucket), np.int32)
+        if batch == 1:
+            token_ids[0, :length] = fresh[0]
+            token_valid[0, :length] = True
+            positions[0] = start + np.arange(bucket)
+            last_index = np.array([length - 1], np.int32)
+        else:
+            for row, ids in enumerate(fresh):
+                token_ids[row, bucket - len(ids) :] = ids
+                token_valid[row, bucket - len(ids) :] = True
+                positions[row] = np.maximum(np.arange(bucket) - (bucket - len(ids)), 0)
+            last_index = np.full((batch,), bucket - 1, np.int32)
+        vocab = int(self.model.backbone.vocabulary_size)
+        seen = np.zeros((batch, vocab), bool)
+        for row, ids in enumerate(prompts):
+            seen[row, np.asarray(ids, np.int64) % vocab] = True
+        stops = sorted({int(t) for t in stop_token_ids})
+        stop_ids = np.full((max(8, _next_power_of_two(len(stops))),), -1, np.int32)
+        stop_ids[: len(stops)] = stops
+        seed = seed if seed is not None else sampler.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        key = jax.random.key(seed)
+        plan, params = sampler.plan, sampler.params()
+        timings.prompt_tokens = longest
+        timings.prefilled_tokens = length
+
+        state, first = jit_prefill(
+            weights,
+            token_ids,
+            token_valid,
+            positions,
+            last_index,
+            np.int32(start),
+            cache,
+            seen,
+            key,
+            stop_ids,
+            params,
+            plan=plan,
+            num_alternatives=num_alternatives,
+        )
+        # For one row: every token id in order, to know what the kept cache will hold.
+        generated = [list(prompts[0])] if batch == 1 else None
+        in_flight = None
+        produced = 0
+        try:
+            first = StepOutputs(*jax.device_get(first))
+            timings.first_token = timings.last_token = time.perf_counter()
+            produced = 1
+            timings.generated = 1
+            if generated is not None:
+                generated[0].append(int(first.tokens[0, 0]))
+            yield first
+            done = np.isin(first.tokens[:, 0], stops)
+            # Each chunk is dispatched before the previous one's tokens are read back, so the
+            # device keeps working while the host turns tokens into events.
+            chunk = 1
+            if produced < max_new_tokens and not done.all() and not _cancelled(cancel_event):
+                in_flight = jit_decode(
+                    weights, state, np.int32(min(chunk, max_new_tokens - produced)), stop_ids, params,
+                    plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                )
+                state = None  # donated
+                planned = produced + min(chunk, max_new_tokens - produced)
+            while in_flight is not None:
+                state, outputs, steps = in_flight
+                in_flight = None
+                # Chunks grow (1, 2, 4, ...) so the second token shows fast, then dispatch is
+                # amortised over up to `chunk_size` tokens.
+                chunk = min(self.chunk_size, chunk * 2)
+                if planned < max_new_tokens and not _cancelled(cancel_event):
+                    count = min(chunk, max_new_tokens - planned)
+                    in_flight = jit_decode(
+                        weights, state, np.int32(count), stop_ids, params,
+                        plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                    )
+                    planned += count
+                    state = None
+                steps, outputs = jax.device_get((steps, outputs))
+                steps = int(steps)
+                if steps == 0:
+                    break  # every row stopped, or the cache is full
+                outputs = StepOutputs(*(o[:, :steps] for o in outputs))
+                timings.last_token = time.perf_counter()
+                produced += steps
+                timings.generated = produced
+                if generated is not None:
+                    generated[0].extend(int(t) for t in outputs.tokens[0])
+                if _cancelled(cancel_event):
+                    break
+                yield outputs
+                done |= np.isin(outputs.tokens, stops).any(axis=1)
+                if done.all() or _cancelled(cancel_event):
+                    break
+        finally:
+            # Wait for the chunk in flight (at most one) so the cache comes back whole.
+            if in_flight is not None:
+                state, outputs, steps = in_flight
+                steps = int(steps)
+                if generated is not None:
+                    generated[0].extend(int(t) for t in np.asarray(outputs.tokens)[0, :steps])
+            if state is not None:
+                index = int(state.index)
+                held = generated[0][:index] if generated is not None else []
+                self._keep_cache(state.cache, held, batch)
+
+    def cache_slots_left(self) -> int | None:
+        """Free slots in the kept cache (None when nothing is kept)."""
+        kept = self._kept
+        return None if kept is None else kept.length - len(kept.token_ids)
+
+
+def _cancelled(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
+
+
+_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_engines_lock = threading.Lock()
+
+
+def engine_for(model) -> GenerationEngine:
+    """The model's `GenerationEngine` (one per model, made on first use).
+
+    Example:
+        >>> engine_for(model) is engine_for(model)  # doctest: +SKIP
+        True
+    """
+    with _engines_lock:
+        engine = _engines.get(model)
+        if engine is None:
+            engine = GenerationEngine(model)
+            _engines[model] = engine
+        return engine

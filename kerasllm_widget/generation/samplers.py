@@ -1,0 +1,275 @@
+"""Samplers: how the next token is picked from the model's logits.
+
+Every sampler is one function of traced parameters (temperature, top-k, top-p, min-p,
+repetition penalty), so that moving a slider in the chat panel never recompiles the decode
+program. Only the *plan* (greedy or sampled; whether a full vocabulary sort is needed) is static.
+keras_hub's names work as strings or objects: ``"greedy"``, ``"random"``, ``"top_k"``,
+``"top_p"``, plus ``"min_p"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Sampler",
+    "GreedySampler",
+    "RandomSampler",
+    "TopKSampler",
+    "TopPSampler",
+    "MinPSampler",
+    "SamplerPlan",
+    "SamplerParams",
+    "get_sampler",
+    "sample_next_token",
+]
+
+
+# top-k up to this k is found with `lax.top_k` (a static width) instead of a vocabulary sort.
+_TOP_K_WIDTH = 64
+
+
+class SamplerPlan(NamedTuple):
+    """The static part of a sampler: a change here compiles a new decode program."""
+
+    greedy: bool
+    sort: bool  # top-p needs the whole distribution sorted; top-k and min-p do not
+
+
+class SamplerParams(NamedTuple):
+    """The traced part of a sampler (float32/int32 scalars): changes never recompile."""
+
+    temperature: Any
+    top_k: Any  # 0: off
+    top_p: Any  # 1.0: off
+    min_p: Any  # 0.0: off
+    repetition_penalty: Any  # 1.0: off
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampling strategy, with every knob in one place.
+
+    ``temperature == 0`` is greedy decoding. ``top_k`` keeps the k most likely tokens, ``top_p``
+    the smallest set whose probability reaches p, ``min_p`` the tokens at least ``min_p`` times
+    as likely as the best one. ``repetition_penalty`` divides the positive logits (multiplies the
+    negative ones) of every token already in the prompt or the reply, as transformers does.
+    ``seed`` makes sampling reproducible (None: a fresh seed per request).
+
+    Example:
+        >>> sampler = Sampler(temperature=0.7, top_p=0.9, seed=0)
+        >>> sampler.plan
+        SamplerPlan(greedy=False, sort=True)
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def plan(self) -> SamplerPlan:
+        greedy = self.is_greedy
+        # A full sort of the vocabulary is only paid for top-p, or a top-k too wide for the
+        # cheaper fixed-width `lax.top_k` path.
+        wants_top_p = self.top_p is not None and self.top_p < 1.0
+        wide_top_k = (self.top_k or 0) > _TOP_K_WIDTH
+        return SamplerPlan(greedy=greedy, sort=not greedy and (wants_top_p or wide_top_k))
+
+    def params(self) -> SamplerParams:
+        """The traced knobs as numpy scalars (off values where a knob is unset)."""
+        return SamplerParams(
+            temperature=np.float32(self.temperature if self.temperature > 0 else 1.0),
+            top_k=np.int32(self.top_k or 0),
+            top_p=np.float32(1.0 if self.top_p is None else self.top_p),
+            min_p=np.float32(self.min_p or 0.0),
+            repetition_penalty=np.float32(self.repetition_penalty or 1.0),
+        )
+
+    def replace(self, **changes: Any) -> Sampler:
+        """A copy with some knobs changed (None values are ignored).
+
+        Example:
+            >>> Sampler(temperature=0.7).replace(top_k=40, top_p=None).top_k
+            40
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+
+def GreedySampler() -> Sampler:  # noqa: N802  (keras_hub's class name)
+    """Always the most likely token.
+
+    Example:
+        >>> GreedySampler().is_greedy
+        True
+    """
+    return Sampler(temperature=0.0)
+
+
+def RandomSampler(temperature: float = 1.0, seed: int | None = None) -> Sampler:  # noqa: N802
+    """Samples from the whole (temperature-scaled) distribution.
+
+    Example:
+        >>> RandomSampler(temperature=0.8).plan.greedy
+        False
+    """
+    return Sampler(temperature=temperature, seed=seed)
+
+
+def TopKSampler(k: int = 5, temperature: float = 1.0, seed: int | None = None) -> Sampler:  # noqa: N802
+    """Samples among the ``k`` most likely tokens (keras_hub's default sampler, k=5).
+
+    Example:
+        >>> TopKSampler(k=40).top_k
+        40
+    """
+    return Sampler(temperature=temperature, top_k=k, seed=seed)
+
+
+def TopPSampler(  # noqa: N802
+    p: float = 0.1, k: int | None = None, temperature: float = 1.0, seed: int | None = None
+) -> Sampler:
+    """Nucleus sampling: the smallest set of tokens whose probability reaches ``p``.
+
+    Example:
+        >>> TopPSampler(p=0.9).top_p
+        0.9
+    """
+    return Sampler(temperature=temperature, top_p=p, top_k=k, seed=seed)
+
+
+def MinPSampler(p: float = 0.05, temperature: float = 1.0, seed: int | None = None) -> Sampler:  # noqa: N802
+    """Keeps tokens at least ``p`` times as likely as the most likely one.
+
+    Example:
+        >>> MinPSampler(0.1).min_p
+        0.1
+    """
+    return Sampler(temperature=temperature, min_p=p, seed=seed)
+
+
+_BY_NAME = {
+    "greedy": GreedySampler,
+    "random": RandomSampler,
+    "top_k": TopKSampler,
+    "top_p": TopPSampler,
+    "min_p": MinPSampler,
+}
+
+
+def get_sampler(sampler: str | Sampler | None) -> Sampler:
+    """A `Sampler` from a name (keras_hub's ``"greedy"``, ``"top_k"``, ...) or a sampler object.
+
+    Objects with keras_hub's attributes (``k``, ``p``, ``temperature``, ``seed``) are accepted too.
+
+    Example:
+        >>> get_sampler("top_k").top_k
+        5
+    """
+    if sampler is None:
+        return GreedySampler()
+    if isinstance(sampler, Sampler):
+        return sampler
+    if isinstance(sampler, str):
+        key = sampler.lower().replace("-", "_").removesuffix("_sampler")
+        factory = _BY_NAME.get(key)
+        if factory is None:
+            raise ValueError(f"Unknown sampler {sampler!r}; known: {', '.join(sorted(_BY_NAME))}.")
+        return factory()
+    # A keras_hub sampler object: read its public knobs.
+    name = type(sampler).__name__
+    temperature = float(getattr(sampler, "temperature", 1.0))
+    seed = getattr(sampler, "seed", None)
+    if name == "GreedySampler":
+        return GreedySampler()
+    if name == "TopKSampler":
+        return TopKSampler(int(sampler.k), temperature, seed)
+    if name == "TopPSampler":
+        return TopPSampler(float(sampler.p), getattr(sampler, "k", None), temperature, seed)
+    if name == "RandomSampler":
+        return RandomSampler(temperature, seed)
+    raise TypeError(f"Cannot use {sampler!r} as a sampler; pass a name or a `Sampler`.")
+
+
+def apply_repetition_penalty(logits, seen, penalty):
+    """transformers' rule: divide positive logits of seen tokens by ``penalty``, multiply negatives."""
+    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalized, logits)
+
+
+def _filter_without_sort(logits, params: SamplerParams):
+    """top-k and min-p masks; top-k through its k-th largest value, found without a full sort."""
+    # `lax.top_k` needs a static k: the k-th value comes out of a fixed-width top list (the plan
+    # switches to the sorting path for wider k).
+    width = min(_TOP_K_WIDTH, logits.shape[-1])
+    top_values = jax.lax.top_k(logits, width)[0]
+    k = jnp.clip(params.top_k, 1, width)
+    kth = jnp.take_along_axis(top_values, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], -1)
+    keep_top_k = jnp.where(params.top_k > 0, logits >= kth, True)
+    best = top_values[..., :1]
+    # min-p in log space: p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
+    keep_min_p = logits >= best + jnp.log(jnp.maximum(params.min_p, 1e-30))
+    return jnp.where(keep_top_k & keep_min_p, logits, -jnp.inf)
+
+
+def _filter_with_sort(logits, params: SamplerParams):
+    """top-k, top-p and min-p with one sort of the vocabulary (needed for top-p)."""
+    vocab = logits.shape[-1]
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, -1)
+    ranks = jnp.arange(vocab)
+    keep = jnp.where(params.top_k > 0, ranks < params.top_k, True)
+    keep &= sorted_logits >= sorted_logits[..., :1] + jnp.log(jnp.maximum(params.min_p, 1e-30))
+    masked = jnp.where(keep, sorted_logits, -jnp.inf)
+    probs = jax.nn.softmax(masked, axis=-1)
+    # Keep a token while the mass *before* it is below p: the top token always survives.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep &= mass_before < params.top_p
+    sorted_filtered = jnp.where(keep, sorted_logits, -jnp.inf)
+    inverse = jnp.argsort(order, axis=-1)
+    return jnp.take_along_axis(sorted_filtered, inverse, -1)
+
+
+def sample_next_token(logits, key, plan: SamplerPlan, params: SamplerParams, seen=None):
+    """Picks one token per row of ``logits [B, V]`` (float32); returns int32 ``[B]``.
+
+    Example:
+        >>> import jax
+        >>> logits = jnp.array([[0.0, 3.0, 1.0]])
+        >>> plan, params = Sampler(temperature=0).plan, Sampler(temperature=0).params()
+        >>> int(sample_next_token(logits, jax.random.key(0), plan, params)[0])
+        1
+    """
+    logits = logits.astype(jnp.float32)
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if plan.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / params.temperature
+    filtered = _filter_with_sort(logits, params) if plan.sort else _filter_without_sort(logits, params)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
