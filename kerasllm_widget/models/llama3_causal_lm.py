@@ -148,6 +148,14 @@ class Llama3CausalLM(keras.Model):
             self.sampler = sampler
         super().compile(**compile_arguments(optimizer, loss, weighted_metrics), **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compiles a model loaded from a ``.keras`` file with the optimizer, loss and metrics
+        it was saved with (Keras skips this for models whose `compile` is overridden)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
     def _compile_if_needed(self) -> None:
         if not self.compiled:
             self.compile()
