@@ -82,7 +82,13 @@ class Llama3Backbone(keras.Model):
                 f"({self.num_key_value_heads})."
             )
 
-        initializer = keras.initializers.RandomNormal(stddev=initializer_range)
+        # initializer_range 0 means "weights are about to be loaded": zeros cost nothing, while
+        # drawing random normals for every weight takes longer than reading the checkpoint.
+        initializer = (
+            keras.initializers.RandomNormal(stddev=initializer_range)
+            if initializer_range > 0
+            else keras.initializers.Zeros()
+        )
         policy = self.dtype_policy
         self.inverse_frequencies = rope_inverse_frequencies(
             self.head_dim, rope_max_wavelength, self.rope_scaling
