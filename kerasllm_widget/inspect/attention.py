@@ -1,0 +1,154 @@
+"""Attention probabilities of a token sequence, one layer at a time and only when asked.
+
+The generation path keeps every layer's attention fused. Here a separate, non-cached pass runs
+the stack on the fused path and remembers the residual stream entering each layer; asking for a
+layer then recomputes only that layer's attention with the explicit softmax. A second layer
+(or a second head of the same layer) therefore costs one attention block, not a new forward pass.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+
+from kerasllm_widget.inspect._compiled import InspectionPass
+from kerasllm_widget.inspect._sources import backbone_of
+from kerasllm_widget.inspect.quantize import downsample_max
+
+Head = int | Literal["mean"] | None
+
+
+class AttentionMaps:
+    """Lazily computed attention probabilities for one batch of token ids.
+
+    Args:
+        model: a `Llama3CausalLM` or `Llama3Backbone`.
+        token_ids: ``[T]`` or ``[B, T]`` ints.
+        padding_mask: same shape, True on real tokens (default: all real).
+        max_cached_layers: how many layers' probabilities to keep (each is ``B*H*T*T`` float32).
+
+    Example:
+        >>> maps = AttentionMaps(model, tokenizer("The cat sat on the mat"))  # doctest: +SKIP
+        >>> maps.head(layer=3, head=0).shape  # doctest: +SKIP
+        (6, 6)
+    """
+
+    def __init__(self, model, token_ids, padding_mask=None, max_cached_layers: int = 2):
+        self.backbone = backbone_of(model)
+        token_ids = np.asarray(token_ids, dtype=np.int32)
+        self.batched = token_ids.ndim == 2
+        if token_ids.ndim == 1:
+            token_ids = token_ids[None]
+        if token_ids.ndim != 2 or token_ids.shape[1] == 0:
+            raise ValueError(f"token_ids must be [T] or [B, T] with T > 0, got shape {token_ids.shape}")
+        if padding_mask is None:
+            padding_mask = np.ones(token_ids.shape, dtype=bool)
+        padding_mask = np.asarray(padding_mask, dtype=bool).reshape(token_ids.shape)
+        self.token_ids = token_ids
+        self.padding_mask = padding_mask
+        self._pass = InspectionPass(self.backbone, token_ids, padding_mask)
+        self.max_cached_layers = max(1, int(max_cached_layers))
+        self._probabilities: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone.transformer_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.backbone.num_query_heads)
+
+    @property
+    def length(self) -> int:
+        return int(self.token_ids.shape[1])
+
+    def _check_layer(self, layer: int) -> int:
+        index = int(layer)
+        if index < 0:
+            index += self.num_layers
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {layer} is out of range for a model of {self.num_layers} layers")
+        return index
+
+    def layer(self, layer: int) -> np.ndarray:
+        """Float32 probabilities of every head of one layer: ``[H, T, T]`` (``[B, H, T, T]`` for a
+        batch). Each real query's row sums to one; masked keys are exactly zero.
+
+        Example:
+            >>> maps.layer(0).sum(-1).round(5).min()  # doctest: +SKIP
+            1.0
+        """
+        index = self._check_layer(layer)
+        if index in self._probabilities:
+            self._probabilities.move_to_end(index)
+        else:
+            self._probabilities[index] = self._pass.probabilities(index)
+            while len(self._probabilities) > self.max_cached_layers:
+                self._probabilities.popitem(last=False)
+        result = self._probabilities[index]
+        return result if self.batched else result[0]
+
+    def head(self, layer: int, head: Head = "mean") -> np.ndarray:
+        """One head's ``[T, T]`` map, or the average over heads with ``head="mean"``.
+
+        Example:
+            >>> maps.head(0, 2)[-1].argmax()  # doctest: +SKIP
+            0
+        """
+        probabilities = self.layer(layer)
+        if head is None or head == "mean":
+            return probabilities.mean(axis=-3)
+        h = int(head)
+        if not -self.num_heads <= h < self.num_heads:
+            raise IndexError(f"head {head} is out of range for {self.num_heads} heads")
+        return probabilities[..., h, :, :]
+
+    def thumbnails(self, layer: int, size: int = 48) -> np.ndarray:
+        """Every head of one layer shrunk to at most ``size x size`` (block maximum): ``[H, s, s]``.
+
+        Example:
+            >>> maps.thumbnails(0, size=32).shape  # doctest: +SKIP
+            (9, 32, 32)
+        """
+        probabilities = self.layer(layer)
+        if self.batched:
+            probabilities = probabilities[0]
+        return downsample_max(probabilities, size)
+
+    def query_row(self, layer: int, query: int, head: Head = "mean") -> np.ndarray:
+        """What one token attends to: the ``query``-th row of a head's map (``[S]``).
+
+        Example:
+            >>> maps.query_row(0, query=-1).sum().round(5)  # doctest: +SKIP
+            1.0
+        """
+        matrix = self.head(layer, head)
+        if self.batched:
+            matrix = matrix[0]
+        return matrix[int(query)]
+
+
+def attention(
+    model,
+    token_ids,
+    layer: int,
+    head: Head = None,
+    padding_mask=None,
+) -> np.ndarray:
+    """Attention probabilities of one layer from the explicit-softmax path, as numpy.
+
+    Returns ``[H, T, T]`` for ``head=None``, ``[T, T]`` for one head or ``head="mean"``; a leading
+    batch axis when ``token_ids`` is ``[B, T]``. Row ``t`` is how query ``t`` spreads its attention
+    over keys ``0..t``. To look at several layers of the same text, keep an `AttentionMaps`.
+
+    Example:
+        >>> ids = model.preprocessor.tokenizer("The cat sat")  # doctest: +SKIP
+        >>> attention(model, ids, layer=0, head=0).shape  # doctest: +SKIP
+        (3, 3)
+    """
+    maps = AttentionMaps(model, token_ids, padding_mask=padding_mask, max_cached_layers=1)
+    if head is None:
+        return maps.layer(layer)
+    return maps.head(layer, head)

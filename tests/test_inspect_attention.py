@@ -1,0 +1,172 @@
+"""Attention probabilities from the inspection path against the reference implementation.
+
+The reference is transformers' eager attention (`attn_implementation="eager"`,
+`output_attentions=True`), which writes out the softmax exactly as our explicit path does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from inspect_support import smollm2_model, smollm2_reference
+
+from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
+from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.inspect import AttentionMaps, attention
+
+TOLERANCE = 1e-5
+
+
+def reference_attentions(model, token_ids, padding_mask=None):
+    import torch
+
+    mask = None if padding_mask is None else torch.tensor(np.asarray(padding_mask, dtype=np.int64))
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(np.asarray(token_ids, dtype=np.int64)),
+            attention_mask=mask,
+            output_attentions=True,
+        )
+    return [a.numpy() for a in out.attentions]
+
+
+def eager_reference(*args, **kwargs):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        *args, attn_implementation="eager", dtype=torch.float32, **kwargs
+    ).eval()
+
+
+def assert_is_attention(probabilities, padding_mask):
+    """Rows of real queries sum to one; keys a query may not see (future or padding) are zero."""
+    length = probabilities.shape[-1]
+    causal = np.tril(np.ones((length, length), bool))
+    allowed = causal[None] & padding_mask[:, None, :]  # [B, T, S]
+    real_rows = padding_mask  # [B, T]
+    sums = probabilities.sum(-1)  # [B, H, T]
+    assert np.abs(sums.transpose(0, 2, 1)[real_rows] - 1.0).max() < 1e-5
+    assert (probabilities.transpose(0, 2, 3, 1)[~allowed] == 0.0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny(random_llama32_checkpoint):
+    backbone = backbone_from_checkpoint(load_checkpoint(str(random_llama32_checkpoint)), progress=False)
+    return backbone, eager_reference(random_llama32_checkpoint)
+
+
+@pytest.mark.reference
+def test_random_llama32_attention_matches_reference_on_a_padded_batch(tiny):
+    backbone, reference = tiny
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(0, 512, size=(2, 90))
+    padding_mask = np.ones((2, 90), bool)
+    padding_mask[1, 61:] = False  # the second row is right-padded
+    token_ids[1, 61:] = 0
+    expected = reference_attentions(reference, token_ids, padding_mask)
+    maps = AttentionMaps(backbone, token_ids, padding_mask)
+    for layer, reference_layer in enumerate(expected):
+        actual = maps.layer(layer)
+        assert actual.shape == reference_layer.shape == (2, 8, 90, 90)
+        # Padded query rows are undefined in both implementations; real rows must agree.
+        real = padding_mask[:, None, :, None] & np.ones_like(actual, bool)
+        assert np.abs(actual[real] - reference_layer[real]).max() < TOLERANCE, layer
+        assert_is_attention(actual, padding_mask)
+        # Not a degenerate comparison: the heads do not all attend uniformly.
+        assert actual[0].max(-1).mean() > 0.2
+
+
+SMOLLM2_TEXT = (
+    "<|im_start|>user\nWhat does the attention of a language model show?<|im_end|>\n"
+    "<|im_start|>assistant\nIt shows which earlier tokens each token looks at. 🤗"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2_run():
+    import torch
+
+    reference, tokenizer = smollm2_reference()
+    token_ids = np.asarray([tokenizer(SMOLLM2_TEXT, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = reference(
+            input_ids=torch.tensor(token_ids), output_attentions=True, output_hidden_states=True
+        )
+    expected = [a.numpy() for a in out.attentions]
+    hidden_inputs = [h.numpy() for h in out.hidden_states]  # [i] is the input of block i
+    return smollm2_model().backbone, token_ids, expected, hidden_inputs
+
+
+@pytest.mark.reference
+def test_smollm2_attention_path_matches_reference_layer_by_layer(smollm2_run):
+    """Each block's attention from the same residual stream the reference block received."""
+    from kerasllm_widget.inspect._compiled import runner_for
+    from kerasllm_widget.models.llama3_backbone import (
+        causal_attention_mask,
+        positions_from_padding_mask,
+    )
+
+    backbone, token_ids, expected, hidden_inputs = smollm2_run
+    mask = np.ones(token_ids.shape, bool)
+    positions, attention_mask = positions_from_padding_mask(mask), causal_attention_mask(mask)
+    runner = runner_for(backbone)
+    assert len(expected) == backbone.num_layers == 30
+    for layer, reference_layer in enumerate(expected):
+        actual = runner.probabilities(layer, hidden_inputs[layer], positions, attention_mask)
+        assert np.abs(actual - reference_layer).max() < TOLERANCE, layer
+        assert_is_attention(actual, mask)
+
+
+@pytest.mark.reference
+def test_smollm2_attention_matches_reference_end_to_end(smollm2_run):
+    """Through our own residual stream. SmolLM2's stream reaches values of 2.5e4, where float32
+    steps are 2e-3; two correct implementations drift apart by a few such steps (different
+    summation orders), which moves a few probabilities of the deeper layers by ~1e-5."""
+    backbone, token_ids, expected, _ = smollm2_run
+    maps = AttentionMaps(backbone, token_ids)
+    errors = [float(np.abs(maps.layer(i) - ref).max()) for i, ref in enumerate(expected)]
+    assert errors[0] < 2e-6  # no drift before the first block
+    assert np.median(errors) < TOLERANCE
+    assert max(errors) < 5 * TOLERANCE
+    single = attention(backbone, token_ids[0], layer=7, head=3)
+    assert np.abs(single - expected[7][0, 3]).max() < TOLERANCE
+    mean = attention(backbone, token_ids[0], layer=7, head="mean")
+    assert np.abs(mean - expected[7][0].mean(0)).max() < TOLERANCE
+
+
+def test_attention_maps_views_and_errors(tiny):
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(1).integers(0, 512, size=70)
+    maps = AttentionMaps(backbone, token_ids, max_cached_layers=1)
+    whole = maps.layer(1)
+    assert whole.shape == (8, 70, 70) and whole.dtype == np.float32
+    assert np.array_equal(maps.head(1, 5), whole[5])
+    assert np.allclose(maps.head(1, "mean"), whole.mean(0))
+    assert np.array_equal(maps.query_row(1, 69, head=2), whole[2, 69])
+    assert np.array_equal(maps.layer(-1), whole)  # negative layers count from the end
+    with pytest.raises(IndexError, match="layer 2"):
+        maps.layer(2)
+    with pytest.raises(IndexError, match="head 8"):
+        maps.head(0, 8)
+    with pytest.raises(ValueError, match="T > 0"):
+        AttentionMaps(backbone, np.zeros((0,), np.int32))
+
+
+def test_attention_does_not_depend_on_the_padded_bucket(tiny):
+    """Lengths are padded to a bucket for compilation; the real rows must not see the padding."""
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(2).integers(0, 512, size=65)  # just past the 64 bucket
+    long_run = attention(backbone, token_ids, layer=1)
+    short_run = attention(backbone, token_ids[:40], layer=1)
+    assert long_run.shape == (8, 65, 65)
+    assert np.abs(long_run[:, :40, :40] - short_run).max() < 1e-6
+
+
+def test_thumbnails_keep_sharp_lines(tiny):
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(3).integers(0, 512, size=100)
+    maps = AttentionMaps(backbone, token_ids)
+    thumbs = maps.thumbnails(0, size=16)
+    assert thumbs.shape == (8, 15, 15)  # 100 tokens in blocks of 7
+    assert np.allclose(thumbs.max(axis=(-2, -1)), maps.layer(0).max(axis=(-2, -1)))
