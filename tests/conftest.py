@@ -245,3 +245,19 @@ def sentencepiece_style_tokenizer_json() -> str:
         [AddedToken(t, special=True, normalized=False) for t in ("<s>", "</s>")]
     )
     return tokenizer.to_str()
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf):
+    """transformers' own load of the SmolLM2 GGUF, ``(model, tokenizer)``, once per test run.
+
+    Dequantizing the GGUF in transformers takes tens of seconds, so every test shares this one.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    return model, tokenizer

@@ -116,6 +116,11 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
             ) from None
 
     tokenizer_path = folder / "tokenizer.json"
+    tokenizer_config = _read_json(folder / "tokenizer_config.json", required=False)
+    # transformers 5 writes the chat template to its own file instead of tokenizer_config.json.
+    template_path = folder / "chat_template.jinja"
+    if not tokenizer_config.get("chat_template") and template_path.exists():
+        tokenizer_config["chat_template"] = template_path.read_text(encoding="utf-8")
     return Checkpoint(
         name=name or str(folder),
         source=str(folder),
@@ -123,6 +128,6 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
         tensor_infos=infos,
         read_tensor=read_tensor,
         tokenizer_json=tokenizer_path.read_text(encoding="utf-8") if tokenizer_path.exists() else None,
-        tokenizer_config=_read_json(folder / "tokenizer_config.json", required=False),
+        tokenizer_config=tokenizer_config,
         generation_config=_read_json(folder / "generation_config.json", required=False),
     )
