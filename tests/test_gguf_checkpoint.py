@@ -197,16 +197,9 @@ def smollm2(smollm2_gguf):
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_gguf):
-    """transformers' model and tokenizer, loaded from the same GGUF (about 40 s on CPU)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder, filename = smollm2_gguf.parent, smollm2_gguf.name
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=filename, dtype=torch.float32
-    )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    return model, tokenizer
+def reference(smollm2_reference):
+    """transformers' model and tokenizer, loaded from the same GGUF (shared by the whole run)."""
+    return smollm2_reference
 
 
 @pytest.mark.reference
