@@ -65,7 +65,7 @@ def smollm2_template(smollm2_chat_template) -> str:
 @pytest.fixture(scope="module")
 def hf_tokenizer(llama3_tokenizer_json):
     """transformers' tokenizer object, only used for its `apply_chat_template`."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(llama3_tokenizer_json), bos_token=LLAMA_BOS, eos_token=LLAMA_EOS
     )
