@@ -249,3 +249,370 @@ def test_worker_close_stops_a_running_stream():
     assert task.finished and task.result.stop_reason == "cancelled"
     with pytest.raises(RuntimeError, match="closed"):
         worker.submit(Task(endless))
+
+
+# ---- the widget, on a real (tiny, random-weight) model, driven through its message handlers ----
+
+
+class FrontEnd:
+    """Plays the browser's side of the comm: records what the kernel sends, sends requests."""
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.messages: list[dict] = []
+        self._lock = threading.Lock()
+        widget.comm.send = self._record  # the comm is the transport; the widget stays real
+        self._counter = 0
+
+    def _record(self, data=None, metadata=None, buffers=None) -> None:
+        if data and data.get("method") == "custom":
+            with self._lock:
+                self.messages.append(data["content"])
+
+    def request(self, kind: str, **fields) -> str:
+        self._counter += 1
+        request_id = f"view-{self._counter}"
+        content = {"kind": kind, "id": request_id, **fields}
+        self.widget.comm.handle_msg(
+            {"content": {"data": {"method": "custom", "content": content}}, "buffers": []}
+        )
+        return request_id
+
+    def of_kind(self, kind: str, request_id: str | None = None) -> list[dict]:
+        with self._lock:
+            return [
+                m
+                for m in self.messages
+                if m["kind"] == kind and (request_id is None or m["id"] == request_id)
+            ]
+
+
+def _wait_for(predicate, timeout: float = 180, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _idle(widget) -> bool:
+    entries = widget.transcript
+    return (
+        widget.status.get("state") == "ready"
+        and not widget._worker.busy
+        and all(e["status"] not in ("queued", "streaming") for e in entries)
+    )
+
+
+def _tiny_chat_model(**backbone_overrides):
+    """A random-weight Llama (2 layers, hidden 64) whose vocabulary is exactly its tokenizer's,
+    so that every id it samples decodes."""
+    import keras
+    from tiny_llama import TINY_BACKBONE, tiny_tokenizer
+
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+    from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
+
+    keras.utils.set_random_seed(0)
+    tokenizer = tiny_tokenizer()
+    backbone = Llama3Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(), **{**TINY_BACKBONE, **backbone_overrides}
+    )
+    return Llama3CausalLM(backbone, Llama3CausalLMPreprocessor(tokenizer), preset_name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return _tiny_chat_model()
+
+
+@pytest.fixture
+def chat(tiny_model):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    widget = ChatWidget(tiny_model, temperature=0.0, max_new_tokens=8)
+    yield widget
+    widget.close()
+
+
+def test_send_from_the_front_end_streams_tokens_then_done(chat, tiny_model):
+    view = FrontEnd(chat)
+    request_id = view.request("chat.send", text="Hello there")
+    _wait_for(lambda: _idle(chat) and len(chat.transcript) == 2, what="the reply")
+
+    user, reply = chat.transcript
+    assert (user["role"], user["content"]) == ("user", "Hello there")
+    assert reply["role"] == "assistant" and reply["status"] == "done"
+    batches = view.of_kind("chat.token", request_id)
+    assert batches and all(b["reply_id"] == reply["id"] for b in batches)
+    tokens = [t for b in batches for t in b["tokens"]]
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    # The deltas build the reply; the engine may hand bytes it held back (an incomplete UTF-8
+    # character at the very end) only to the DoneEvent's whole text, which the transcript keeps.
+    assert reply["content"].startswith("".join(t["text"] for t in tokens))
+    (done,) = view.of_kind("chat.done", request_id)
+    assert done["text"] == reply["content"] and done["reply_id"] == reply["id"]
+    assert done["stats"]["generated_tokens"] == len(tokens) == reply["stats"]["generated_tokens"]
+    assert chat.status["tokens_used"] == chat.chat_state.context_tokens() > 0
+    assert chat.status["context_length"] == tiny_model.info["context_length"]
+    assert chat.model_info["backend"] == "jax"
+    # Batches are the last thing before done: nothing streams after the end.
+    kinds = [m["kind"] for m in view.messages]
+    assert kinds[-1] == "chat.done" and set(kinds[:-1]) == {"chat.token"}
+
+
+def test_python_send_returns_a_handle_and_calls_the_callbacks(chat):
+    tokens, dones = [], []
+    chat.on_token(tokens.append)
+    chat.on_done(dones.append)
+    handle = chat.send("What is a cat?")
+    text = handle.result(timeout=180)
+    assert handle.done and handle.event.stop_reason in ("max_new_tokens", "stop_token")
+    assert text == dones[0].text and text.startswith("".join(t.text for t in tokens))
+    assert chat.history == [
+        {"role": "user", "content": "What is a cat?"},
+        {"role": "assistant", "content": text},
+    ]
+    chat.on_token(tokens.append, remove=True)
+    chat.send("More?").result(timeout=180)
+    assert len(dones) == 2 and len(tokens) == dones[0].generated_tokens
+    with pytest.raises(ValueError, match="non-empty"):
+        chat.send("   ")
+
+
+def _hold_first_reply(chat):
+    """Blocks the first reply on its first token until the test lets it go."""
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(event):
+        if not reached.is_set():
+            reached.set()
+            release.wait(60)
+
+    chat.on_token(hold)
+    return reached, release
+
+
+def test_a_second_send_while_generating_is_queued_visibly_and_runs_next(chat):
+    view = FrontEnd(chat)
+    reached, release = _hold_first_reply(chat)
+    first = view.request("chat.send", text="First question")
+    assert reached.wait(180)
+    second = view.request("chat.send", text="Second question")
+    queued = chat.transcript[-1]
+    assert (queued["content"], queued["status"]) == ("Second question", "queued")
+    assert chat.status["state"] == "generating" and chat.status["queued"] == 1
+    release.set()
+    _wait_for(lambda: _idle(chat) and len(chat.transcript) == 4, what="both replies")
+    assert [(e["role"], e["request_id"]) for e in chat.transcript] == [
+        ("user", first),
+        ("assistant", first),
+        ("user", second),
+        ("assistant", second),
+    ]
+    assert chat.transcript[2]["status"] == "sent" and chat.status["queued"] == 0
+    assert len(view.of_kind("chat.done")) == 2
+
+
+def test_stop_from_the_front_end_ends_the_reply_and_keeps_what_was_said(chat):
+    chat.max_new_tokens = 256
+    view = FrontEnd(chat)
+    reached, release = _hold_first_reply(chat)
+    request_id = view.request("chat.send", text="Tell me a long story")
+    assert reached.wait(180)
+    view.request("chat.cancel")
+    release.set()
+    _wait_for(lambda: _idle(chat), what="the stopped reply")
+    (done,) = view.of_kind("chat.done", request_id)
+    assert done["stop_reason"] == "cancelled"
+    assert 0 < done["stats"]["generated_tokens"] < 256
+    reply = chat.transcript[-1]
+    assert reply["status"] == "cancelled" and reply["content"] == done["text"]
+    if done["text"]:  # ChatState keeps a stopped reply as the assistant's turn
+        assert chat.history[-1] == {"role": "assistant", "content": done["text"]}
+
+
+def test_a_view_opened_mid_reply_catches_up_from_a_snapshot(chat):
+    chat.max_new_tokens = 24
+    first_view = FrontEnd(chat)
+    reached, release = threading.Event(), threading.Event()
+    count = [0]
+
+    def hold(event):
+        count[0] += 1
+        if count[0] == 12:
+            reached.set()
+            release.wait(60)
+
+    chat.on_token(hold)
+    first_view.request("chat.send", text="Count to ten")
+    assert reached.wait(180)
+    time.sleep(0.1)  # let the flusher send what it holds, so the snapshot is not empty
+    sync_id = first_view.request("chat.sync")
+    (snapshot,) = first_view.of_kind("chat.snapshot", sync_id)
+    release.set()
+    _wait_for(lambda: _idle(chat), what="the reply")
+    streamed = [t for b in first_view.of_kind("chat.token") for t in b["tokens"]]
+    assert snapshot["reply_id"] == chat.transcript[-1]["id"]
+    assert 0 < snapshot["count"] < len(streamed)
+    assert snapshot["tokens"] == streamed[: snapshot["count"]]
+    assert snapshot["text"] == "".join(t["text"] for t in snapshot["tokens"])
+    # After the reply, a sync has nothing to catch up on.
+    idle_sync = first_view.request("chat.sync")
+    assert first_view.of_kind("chat.snapshot", idle_sync)[0]["reply_id"] is None
+
+
+def test_requests_that_cannot_be_served_are_answered_with_errors(chat):
+    view = FrontEnd(chat)
+    bad = view.request("chat.unknown")
+    empty = view.request("chat.send", text="  ")
+    no_text = view.request("chat.send")
+    nothing = view.request("chat.regenerate")
+    ghost = view.request("chat.edit", message_id="nope", text="hi")
+    codes = {m["id"]: m["code"] for m in view.of_kind("chat.error")}
+    assert codes == {
+        bad: "bad_request",
+        empty: "bad_request",
+        no_text: "bad_request",
+        nothing: "nothing_to_do",
+        ghost: "bad_request",
+    }
+    assert chat.transcript == [] and not chat._worker.busy
+
+
+def test_regenerate_and_edit_rewind_the_conversation(chat):
+    view = FrontEnd(chat)
+    chat.send("One").result(timeout=180)
+    chat.send("Two").result(timeout=180)
+    before = [dict(e) for e in chat.transcript]
+
+    again = view.request("chat.regenerate")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", again), what="regenerating")
+    after = chat.transcript
+    assert [e["content"] for e in after[:3]] == [e["content"] for e in before[:3]]
+    assert after[3]["id"] != before[3]["id"]
+    # Greedy decoding on the same conversation says the same thing again.
+    assert after[3]["content"] == before[3]["content"]
+    assert [m["content"] for m in chat.history[::2]] == ["One", "Two"]
+
+    edit = view.request("chat.edit", message_id=before[0]["id"], text="Uno")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", edit), what="the edit")
+    assert [(e["role"], e["content"]) for e in chat.transcript][0] == ("user", "Uno")
+    assert len(chat.transcript) == 2
+    assert chat.history == [
+        {"role": "user", "content": "Uno"},
+        {"role": "assistant", "content": chat.transcript[1]["content"]},
+    ]
+
+    view.request("chat.clear")
+    _wait_for(lambda: _idle(chat) and chat.history == [], what="the reset")
+    assert chat.transcript == []
+
+
+def test_settings_traitlets_reach_the_model(chat):
+    chat.temperature, chat.seed = 1.0, 123
+    first = chat.send("Hi").result(timeout=180)
+    chat.reset()
+    assert chat.send("Hi").result(timeout=180) == first  # same seed, same sample
+    chat.reset()
+    chat.seed = 124
+    assert chat.send("Hi").result(timeout=180) != first
+
+    chat.system_prompt = "Arrr, answer like a pirate."
+    chat.send("Hello").result(timeout=180)
+    assert chat.chat_state.system_prompt == "Arrr, answer like a pirate."
+    assert "pirate" in chat.chat_state.prompt
+
+    import traitlets
+
+    with pytest.raises(traitlets.TraitError):
+        chat.temperature = -1
+    with pytest.raises(traitlets.TraitError):
+        chat.max_new_tokens = 0
+    with pytest.raises(TypeError, match="unknown setting"):
+        type(chat)(chat.chat_state, temprature=0.5)
+
+
+def test_closing_the_widget_stops_its_generation(tiny_model):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    chat = ChatWidget(tiny_model, max_new_tokens=256)
+    started = threading.Event()
+    chat.on_token(lambda event: started.set())
+    handle = chat.send("Go on forever")
+    assert started.wait(180)
+    chat.close()
+    assert handle.wait(30)
+    assert handle.event.stop_reason == "cancelled"
+    assert handle.event.generated_tokens < 256
+    assert not chat._worker._thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def short_context_model():
+    return _tiny_chat_model(max_sequence_length=96)
+
+
+def test_failures_show_in_the_panel_and_the_chat_goes_on(short_context_model):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    chat = ChatWidget(short_context_model, temperature=0.0, max_new_tokens=4)
+    view = FrontEnd(chat)
+    try:
+        request_id = view.request("chat.send", text="word " * 200)  # more than the context
+        _wait_for(lambda: _idle(chat) and len(chat.transcript) == 2, what="the error")
+        user, reply = chat.transcript
+        assert user["content"].startswith("word")  # the transcript keeps what was typed
+        assert reply["status"] == "error" and "context" in reply["error"]
+        (error,) = view.of_kind("chat.error", request_id)
+        assert error["code"] == "generation" and error["reply_id"] == reply["id"]
+        assert chat.status["state"] == "ready" and chat.history == []
+
+        # The next message works, and a conversation that outgrows the context drops old turns
+        # with a notice in the transcript.
+        for i in range(8):
+            chat.send(f"Message number {i} about cats and dogs").result(timeout=180)
+            if chat.transcript[-1].get("notice"):
+                break
+        assert "dropped" in chat.transcript[-1]["notice"]
+        assert chat.transcript[-1]["status"] == "done"
+        assert len(chat.history) < 2 * (i + 1)
+    finally:
+        chat.close()
+
+
+def test_a_model_that_fails_to_load_shows_why_and_fails_queued_messages(tmp_path):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    missing = tmp_path / "no-such-model"
+    chat = ChatWidget.from_preset(str(missing))
+    view = FrontEnd(chat)
+    try:
+        assert chat.status["state"] in ("loading", "error")
+        handle = chat.send("Hello?")
+        assert not chat.wait_ready(timeout=60)
+        assert chat.status["state"] == "error" and "no-such-model" in chat.status["message"]
+        with pytest.raises(RuntimeError, match="no-such-model"):
+            handle.result(timeout=60)
+        assert chat.transcript[-1]["status"] == "error"
+        late = view.request("chat.send", text="Anyone?")
+        assert view.of_kind("chat.error", late)[0]["code"] == "not_ready"
+    finally:
+        chat.close()
+
+
+@pytest.mark.slow
+def test_from_preset_shows_the_panel_first_and_loads_behind_it(smollm2_gguf):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    chat = ChatWidget.from_preset("smollm2-135m-instruct", temperature=0.0, max_new_tokens=4)
+    try:
+        assert chat.status["state"] == "loading" and chat.status["loading_since"]
+        assert chat.model_info == {"name": "smollm2-135m-instruct"}
+        assert chat.wait_ready(timeout=300)
+        assert chat.status["state"] == "ready" and chat.status["context_length"] > 1000
+        assert "smollm2" in chat.model_info["name"].lower() and chat.model_info["dtype"]
+    finally:
+        chat.close()

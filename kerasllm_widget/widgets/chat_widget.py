@@ -325,14 +325,23 @@ class ChatWidget(anywidget.AnyWidget):
         reply_id = P.new_id("a")
 
         def prepare(cancel: threading.Event) -> Iterator[Any]:
+            # The last user turn is asked again. Done as "rewind to before it and send it", not
+            # with ChatState.regenerate, so that a turn whose reply failed (which ChatState took
+            # back) is retried too, rather than the turn before it.
             with self._lock:
                 entries = list(self.transcript)
-                while entries and entries[-1]["role"] == "assistant":
-                    entries.pop()
-                entries.append(_entry(reply_id, "assistant", "", "streaming", request_id))
-                self.transcript = entries
+                index = _last_index(entries, "user")
+                if index is None:
+                    raise ValueError("there is no message to answer again")
+                user = {**entries[index], "status": "sent"}
+                self._rewind_state(entries[:index])
+                self.transcript = [
+                    *entries[:index],
+                    user,
+                    _entry(reply_id, "assistant", "", "streaming", request_id),
+                ]
             self._begin_live(reply_id, request_id)
-            return self._state.regenerate(**self._sampling(cancel))
+            return self._state.stream(user["content"], **self._sampling(cancel))
 
         return self._submit_stream(request_id, reply_id, prepare)
 
@@ -345,10 +354,9 @@ class ChatWidget(anywidget.AnyWidget):
                 index = next((i for i, e in enumerate(entries) if e["id"] == message_id), None)
                 if index is None:
                     raise ValueError("the message to edit is no longer in the conversation")
-                kept = entries[:index]
-                self._rewind_state(kept)
+                self._rewind_state(entries[:index])
                 self.transcript = [
-                    *kept,
+                    *entries[:index],
                     _entry(user_id, "user", text, "sent", request_id),
                     _entry(reply_id, "assistant", "", "streaming", request_id),
                 ]
@@ -370,7 +378,8 @@ class ChatWidget(anywidget.AnyWidget):
             return self._observe(prepare(cancel))
 
         def on_start(task: Task) -> None:
-            self._set_status(state="generating", queued=len(self._worker.pending))
+            if self._state is not None:  # without a model the status keeps saying why
+                self._set_status(state="generating", queued=len(self._worker.pending))
 
         def on_tokens(task: Task, batch: list[TokenEvent]) -> None:
             self._send_tokens(request_id, reply_id, batch)
@@ -468,7 +477,7 @@ class ChatWidget(anywidget.AnyWidget):
                 )
             )
         self._set_status(
-            state="generating" if self._worker.pending else "ready",
+            state=self._state_between_replies(),
             queued=len(self._worker.pending),
             tokens_used=self._context_tokens(),
             time_to_first_token_s=stats["time_to_first_token_s"],
@@ -495,18 +504,29 @@ class ChatWidget(anywidget.AnyWidget):
             )
         self._broadcast_error(request_id, reply_id, P.ERROR_GENERATION, message)
         self._set_status(
-            state="generating" if self._worker.pending else "ready",
+            state=self._state_between_replies(),
             queued=len(self._worker.pending),
             tokens_used=self._context_tokens(),
         )
 
     def _rewind_state(self, kept: list[dict[str, Any]]) -> None:
-        """Makes the ChatState's conversation match the transcript entries `kept`."""
-        messages = [
-            {"role": e["role"], "content": e["content"]}
-            for e in kept
-            if e["status"] in ("sent", "done", "cancelled") and e["content"]
-        ]
+        """Makes the ChatState's turns those of the transcript entries `kept`.
+
+        Mirrors what ChatState itself records: a user turn stays when its reply finished or was
+        stopped (a failed reply takes its user turn back); an empty stopped reply is not a turn.
+        """
+        messages: list[dict[str, str]] = []
+        for i, entry in enumerate(kept):
+            if entry["role"] != "user":
+                continue
+            reply = kept[i + 1] if i + 1 < len(kept) else None
+            if reply is None or reply["role"] != "assistant":
+                continue
+            if reply["status"] not in ("done", "cancelled"):
+                continue
+            messages.append({"role": "user", "content": entry["content"]})
+            if reply["content"]:
+                messages.append({"role": "assistant", "content": reply["content"]})
         self._state.messages[:] = messages
 
     # ---- messages from the front end (kernel main thread) ----
@@ -604,6 +624,11 @@ class ChatWidget(anywidget.AnyWidget):
         with self._lock:
             self.transcript = [e for e in self.transcript if e["id"] not in ids]
 
+    def _state_between_replies(self) -> str:
+        if self._state is None:  # still loading, or failed to load: that is what the user sees
+            return str(self.status.get("state", "loading"))
+        return "generating" if self._worker.pending else "ready"
+
     def _context_tokens(self) -> int:
         try:
             return int(self._state.context_tokens()) if self._state is not None else 0
@@ -642,6 +667,13 @@ def _entry(entry_id: str, role: str, content: str, status: str, request_id: str)
         "status": status,
         "request_id": request_id,
     }
+
+
+def _last_index(entries: list[dict[str, Any]], role: str) -> int | None:
+    for index in range(len(entries) - 1, -1, -1):
+        if entries[index]["role"] == role:
+            return index
+    return None
 
 
 def _status(state: str) -> dict[str, Any]:
