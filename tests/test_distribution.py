@@ -1,0 +1,158 @@
+"""keras.distribution on 8 host devices: ModelParallel on 2x4 and 1x8 meshes, and DataParallel.
+
+The checks run in one subprocess (this file, run as a script) because XLA's device count is fixed
+when JAX starts. The subprocess builds a tiny model on one device, saves it, then loads it under
+each distribution and compares logits, greedy generations, streamed tokens and a few training
+steps with the single-device run; it also reports how every weight is sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = ["The sky is"]
+MESHES = {"model_parallel_2x4": (2, 4), "model_parallel_1x8": (1, 8)}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("distribution")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    result = subprocess.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((workdir / "report.json").read_text())
+
+
+@pytest.mark.parametrize("case", [*MESHES, "data_parallel_8"])
+def test_same_logits_and_generations_as_one_device(report, case):
+    assert report["devices"] == 8
+    got = report[case]
+    assert got["max_logit_difference"] < 1e-4
+    assert got["generated"] == report["single_device"]["generated"]
+    assert got["streamed_ids"] == report["single_device"]["streamed_ids"]
+    assert len(got["streamed_ids"]) >= 1
+
+
+@pytest.mark.parametrize("case", ["model_parallel_2x4", "data_parallel_8"])
+def test_training_steps_match_one_device(report, case):
+    # One batch per epoch: three losses, each after one more update of the same weights.
+    reference = report["single_device"]["losses"]
+    assert len(reference) == 3 and reference[2] < reference[1] < reference[0]
+    assert report[case]["losses"] == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.parametrize("case", list(MESHES))
+def test_every_projection_and_embedding_is_sharded(report, case):
+    batch, model = MESHES[case]
+    shardings = report[case]["shardings"]
+    for path, info in shardings.items():
+        size = lambda shape: int(__import__("math").prod(shape))  # noqa: E731
+        if path.endswith("/scale"):  # norm scales are replicated
+            assert info["shard_shape"] == info["shape"], path
+            continue
+        assert size(info["shard_shape"]) * batch * model == size(info["shape"]), (path, info)
+    query = shardings["llama3_backbone/transformer_layer_0/attention/query/kernel"]
+    assert query["spec"] == ["batch", "model"] and query["shard_shape"] == [64 // batch, 64 // model]
+    embeddings = shardings["llama3_backbone/token_embedding/embeddings"]
+    assert embeddings["spec"] == ["model", "batch"]
+    down = shardings["llama3_backbone/transformer_layer_1/ffn_down/kernel"]
+    assert down["shard_shape"] == [128 // model, 64 // batch]
+    assert report[case]["loaded_on_shards"]
+
+
+def test_data_parallel_replicates_the_weights(report):
+    for path, info in report["data_parallel_8"]["shardings"].items():
+        assert info["shard_shape"] == info["shape"] and info["devices"] == 8, path
+
+
+# --- the subprocess -----------------------------------------------------------------------------
+
+
+def _main(workdir: Path) -> None:
+    import time
+
+    import jax
+    import keras
+    import numpy as np
+    from tiny_llama import CORPUS, tiny_causal_lm
+
+    from kerasllm_widget.distribution import describe_sharding
+    from kerasllm_widget.generation.events import DoneEvent
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(0, 320, size=(8, 24)).astype("int32")
+    features = {"token_ids": token_ids, "padding_mask": np.ones(token_ids.shape, bool)}
+    preset = workdir / "preset"
+    tiny_causal_lm(seed=11).save_to_preset(preset)
+
+    class BatchLosses(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    def run(model, train: bool) -> dict:
+        started = time.perf_counter()
+        # predict: one compiled program (eager ops on sharded arrays would compile one per op).
+        out = {"logits": model.predict(features, batch_size=8, verbose=0).astype(np.float64)}
+        out["generated"] = model.generate(PROMPTS[0], max_new_tokens=8, sampler="greedy")
+        events = list(model.stream(PROMPTS[0], max_new_tokens=8, sampler="greedy"))
+        out["streamed_ids"] = list(next(e for e in events if isinstance(e, DoneEvent)).token_ids)
+        inferred = time.perf_counter()
+        if train:
+            losses = BatchLosses()
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5))
+            model.fit(CORPUS, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[losses])
+            out["losses"] = losses.losses
+        print(f"inference {inferred - started:.1f}s, training {time.perf_counter() - inferred:.1f}s",
+              file=sys.stderr)
+        return out
+
+    report = {"devices": len(jax.devices())}
+    single = run(Llama3CausalLM.from_preset(str(preset)), train=True)
+    reference_logits = single.pop("logits")
+    report["single_device"] = single
+
+    devices = keras.distribution.list_devices()
+    cases = {
+        name: keras.distribution.ModelParallel(
+            layout_map=Llama3Backbone.get_layout_map(
+                keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)),
+            batch_dim_name="batch")
+        for name, shape in MESHES.items()
+    }
+    cases["data_parallel_8"] = keras.distribution.DataParallel(devices=devices)
+    for name, distribution in cases.items():
+        with distribution.scope():
+            model = Llama3CausalLM.from_preset(str(preset))
+            shardings = describe_sharding(model.backbone)
+            loaded_on_shards = all(
+                len(w.value.addressable_shards) == 8
+                and all(s.data.shape == tuple(shardings[w.path]["shard_shape"])
+                        for s in w.value.addressable_shards)
+                for w in model.backbone.weights
+            )
+            result = run(model, train=name != "model_parallel_1x8")
+        result["max_logit_difference"] = float(np.abs(result.pop("logits") - reference_logits).max())
+        result["shardings"] = shardings
+        result["loaded_on_shards"] = loaded_on_shards
+        report[name] = result
+    (workdir / "report.json").write_text(json.dumps(report, default=list))
+
+
+if __name__ == "__main__":
+    _main(Path(sys.argv[1]))
