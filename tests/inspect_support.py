@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from kerasllm_widget.checkpoints.presets import embedded_smollm2_path
@@ -18,15 +19,13 @@ def smollm2_model():
     return Llama3CausalLM.from_preset(str(path))
 
 
-@functools.cache
-def smollm2_reference():
-    """transformers' SmolLM2 from the same GGUF, with eager (written-out softmax) attention."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = embedded_smollm2_path()
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, attn_implementation="eager", dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return model, tokenizer
+@contextlib.contextmanager
+def eager_attention(model):
+    """The shared reference model switched to eager attention (the one that can return the
+    probabilities) for the duration of a block, then switched back for the other tests."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)

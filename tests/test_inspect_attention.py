@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inspect_support import smollm2_model, smollm2_reference
+from inspect_support import eager_attention, smollm2_model
 
 from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
@@ -84,12 +84,12 @@ SMOLLM2_TEXT = (
 
 
 @pytest.fixture(scope="module")
-def smollm2_run():
+def smollm2_run(smollm2_reference):
     import torch
 
-    reference, tokenizer = smollm2_reference()
+    reference, tokenizer = smollm2_reference
     token_ids = np.asarray([tokenizer(SMOLLM2_TEXT, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
+    with torch.no_grad(), eager_attention(reference):
         out = reference(
             input_ids=torch.tensor(token_ids), output_attentions=True, output_hidden_states=True
         )

@@ -94,10 +94,11 @@ def preprocess(model_or_preprocessor, texts, sequence_length: int | None = None)
     label_mask = np.asarray(sample_weight, dtype=bool) | np.concatenate(
         [padding_mask[:, 1:], np.zeros((len(batch), 1), bool)], axis=1
     )
-    truncated = []
-    for b, text in enumerate(batch):
-        needed = len(tokenizer(text)) + 2  # with the start and end tokens
-        truncated.append(bool(needed > length + 1 and padding_mask[b].all()))
+    # The packed sequence is inputs plus one label: a text is cut when it needs more than that.
+    start_id, end_id = tokenizer.start_token_id, tokenizer.end_token_id
+    extra = int(preprocessor.add_start_token and tokenizer.add_bos and start_id is not None)
+    extra += int(preprocessor.add_end_token and end_id is not None)
+    truncated = [len(ids) + extra > length + 1 for ids in tokenizer(batch)]
     return PreprocessTable(
         texts=batch,
         sequence_length=length,
