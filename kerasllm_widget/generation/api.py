@@ -98,15 +98,20 @@ def stream_ids(
     cancel_event: threading.Event | None = None,
     seed: int | None = None,
     started: float | None = None,
+    min_cache_length: int = 0,
+    engine=None,
 ) -> Iterator[TokenEvent | DoneEvent]:
     """Events for one prompt given as token ids (the whole prompt, special tokens included).
+
+    ``engine`` defaults to the model's (`engine_for`); anything with the same
+    ``generate_tokens``/``sampler`` will do.
 
     Example:
         >>> for event in stream_ids(model, [1, 2, 3], max_new_tokens=4):  # doctest: +SKIP
         ...     print(event)
     """
     tokenizer = model.tokenizer
-    engine = engine_for(model)
+    engine = engine or engine_for(model)
     sampler = get_sampler(sampler) if sampler is not None else engine.sampler
     prompt_ids = [int(i) for i in prompt_ids]
     stops = _stop_ids(tokenizer, stop_token_ids)
@@ -122,15 +127,22 @@ def stream_ids(
     max_new_tokens = int(max_new_tokens)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if len(prompt_ids) >= context:
+        raise ValueError(
+            f"The prompt has {len(prompt_ids)} tokens; the model's context is {context}. Shorten it."
+        )
+    # Prompt and reply together never exceed the context.
+    budget = min(max_new_tokens, context - len(prompt_ids))
     chunks = engine.generate_tokens(
         [prompt_ids],
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=budget,
         sampler=sampler,
         stop_token_ids=stops,
         num_alternatives=int(top_k_alternatives or 0),
         cancel_event=cancel_event,
         seed=seed,
         timings=timings,
+        min_cache_length=min_cache_length,
     )
     # An event whose token left text held back (half a character, or the start of what may be
     # a stop string) waits for the next token, so that whatever the end of the stream releases
@@ -381,12 +393,13 @@ def generate(
 
 
 def _prompt_text(model, ids: list[int]) -> str:
-    """The prompt as keras_hub's ``generate_postprocess`` shows it (start token dropped)."""
+    """The prompt as keras_hub's ``generate`` shows it: the start token the preprocessor added
+    is dropped."""
     tokenizer = model.tokenizer
     if tokenizer is None:
         return ""
-    start = getattr(tokenizer, "start_token_id", None)
-    return tokenizer.detokenize([i for i in ids if i != start])
+    added = getattr(tokenizer, "add_bos", True) and ids and ids[0] == tokenizer.start_token_id
+    return tokenizer.detokenize(ids[1:] if added else ids)
 
 
 def _cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str:

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 MIN_PROMPT_BUCKET = 16
+MAX_PREFILL_CHUNK = 512
+CONTINUATION_CHUNK = 128  # prefill chunk after a reused prefix (the next turn of a chat)
 MIN_CACHE_BUCKET = 256
 
 
@@ -208,6 +210,7 @@ def prefill(
     last_index,
     start,
     cache,
+    valid,
     seen,
     key,
     stop_ids,
@@ -217,15 +220,15 @@ def prefill(
     num_alternatives: int,
 ):
     """Runs the prompt chunk ``token_ids [B, T]`` into cache slots ``[start, start + T)`` and picks
-    the first token. Slots before ``start`` hold an earlier request's keys for the same prefix.
+    the next token. ``valid [B, S]`` marks the slots before ``start`` that already hold keys (an
+    earlier chunk, or an earlier request with the same prefix).
 
     Returns ``(DecodeState, StepOutputs)`` with one token per row.
     """
     counter["prefill"] += 1  # runs once per trace: counts compilations
-    batch, length = token_ids.shape
+    length = token_ids.shape[1]
     cache_length = cache[0][0].shape[1]
     slots = jnp.arange(cache_length)
-    valid = jnp.broadcast_to(slots[None, :] < start, (batch, cache_length))
     valid = jax.lax.dynamic_update_slice(valid, token_valid, (0, start))
     query_slots = start + jnp.arange(length)
     attention_mask = valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
@@ -321,6 +324,17 @@ def decode_n_tokens(
     return state, buffers, steps
 
 
+def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
+    """``(chunk length, padded length)`` for prefilling ``length`` tokens after ``start``."""
+    if start == 0 and length <= MAX_PREFILL_CHUNK:
+        bucket = prompt_bucket(length)
+        return bucket, bucket
+    # A new chat turn over a kept prefix always goes in chunks of one size, so a chat compiles
+    # one prefill program for all of its turns; long prompts go in chunks too.
+    chunk = MAX_PREFILL_CHUNK if start == 0 else CONTINUATION_CHUNK
+    return chunk, -(-length // chunk) * chunk
+
+
 @partial(jax.jit, static_argnums=1, donate_argnums=0)
 def _grow_cache(cache, new_length: int):
     """Pads a cache to ``new_length`` slots, keeping what it holds."""
@@ -381,7 +395,7 @@ class GenerationEngine:
             self._jit_prefill = jax.jit(
                 partial(prefill, self.model, variables, self.trace_counts),
                 static_argnames=("plan", "num_alternatives"),
-                donate_argnames=("cache",),
+                donate_argnames=("cache", "valid"),
             )
             self._jit_decode = jax.jit(
                 partial(decode_n_tokens, self.model, variables, self.trace_counts),
@@ -400,7 +414,7 @@ class GenerationEngine:
         context = int(self.model.backbone.max_sequence_length)
         return min(context, max(MIN_CACHE_BUCKET, _next_power_of_two(needed)))
 
-    def _take_cache(self, prompts: list[list[int]], max_new_tokens: int):
+    def _take_cache(self, prompts: list[list[int]], max_new_tokens: int, min_cache_length: int = 0):
         """A cache for this request and how many leading prompt tokens it already holds.
 
         A single row whose prompt starts with the tokens of the kept cache reuses them (the next
@@ -419,7 +433,7 @@ class GenerationEngine:
             while reuse < limit and prompt[reuse] == kept.token_ids[reuse]:
                 reuse += 1
         longest = max(len(p) for p in prompts)
-        needed = reuse + prompt_bucket(longest - reuse) + max_new_tokens
+        needed = max(reuse + _prefill_chunks(longest - reuse, reuse)[1] + max_new_tokens, min_cache_length)
         length = self.cache_length_for(needed)
         if reuse and kept.length >= min(needed, length):
             return kept.cache, reuse
@@ -456,6 +470,7 @@ class GenerationEngine:
         cancel_event: threading.Event | None = None,
         seed: int | None = None,
         timings: RequestTimings | None = None,
+        min_cache_length: int = 0,
     ) -> Iterator[StepOutputs]:
         """Yields `StepOutputs` of numpy arrays (``[B, n]``) chunk by chunk as tokens are made.
 
@@ -463,6 +478,8 @@ class GenerationEngine:
         ends after ``max_new_tokens`` tokens, when every row stopped, when the cache is full
         (the model's context), or when ``cancel_event`` is set. Closing it early is safe: the
         chunk in flight is waited for and the cache is kept for the next request.
+        ``min_cache_length``: make the cache at least this long (a chat that will grow asks for
+        room up front, so its decode program is not compiled again at each new length).
         """
         sampler = sampler or Sampler(temperature=0.0)
         batch = len(prompts)
@@ -480,27 +497,36 @@ class GenerationEngine:
                 f"The prompt has {longest} tokens; the model's context is {context}. Shorten it."
             )
 
-        # Plan the prompt chunk: one row reuses a kept prefix and is right-padded; a batch is
-        # left-padded so that every row's next token goes to the same cache slot.
-        cache, start = self._take_cache(prompts, max_new_tokens)
+        # One row reuses a kept prefix and is right-padded; a batch is left-padded so that
+        # every row's next token goes to the same cache slot. Long prompts go in chunks of
+        # `MAX_PREFILL_CHUNK`, so that every prompt length shares a few compiled programs.
+        cache, start = self._take_cache(prompts, max_new_tokens, min_cache_length)
         cache_length = int(cache[0][0].shape[1])
+        chunk_length, padded = _prefill_chunks(longest - start, start)
+        if start and start + padded > cache_length:
+            # The padded chunk would run past the end of the cache: prefill some of the kept
+            # prefix again instead.
+            start = max(0, cache_length - padded)
+            chunk_length, padded = _prefill_chunks(longest - start, start)
+        chunk_length = min(chunk_length, cache_length - start)
+        padded = max(padded, chunk_length)
         fresh = [p[start:] for p in prompts]
         length = max(len(p) for p in fresh)
-        bucket = min(prompt_bucket(length), cache_length - start)
-        token_ids = np.zeros((batch, bucket), np.int32)
-        token_valid = np.zeros((batch, bucket), bool)
-        positions = np.zeros((batch, bucket), np.int32)
+        token_ids = np.zeros((batch, padded), np.int32)
+        token_valid = np.zeros((batch, padded), bool)
+        positions = np.zeros((batch, padded), np.int32)
         if batch == 1:
             token_ids[0, :length] = fresh[0]
             token_valid[0, :length] = True
-            positions[0] = start + np.arange(bucket)
-            last_index = np.array([length - 1], np.int32)
+            positions[0] = start + np.arange(padded)
+            last = length - 1
         else:
             for row, ids in enumerate(fresh):
-                token_ids[row, bucket - len(ids) :] = ids
-                token_valid[row, bucket - len(ids) :] = True
-                positions[row] = np.maximum(np.arange(bucket) - (bucket - len(ids)), 0)
-            last_index = np.full((batch,), bucket - 1, np.int32)
+                token_ids[row, padded - len(ids) :] = ids
+                token_valid[row, padded - len(ids) :] = True
+                positions[row] = np.maximum(np.arange(padded) - (padded - len(ids)), 0)
+            last = padded - 1
+        valid = np.broadcast_to(np.arange(cache_length)[None, :] < start, (batch, cache_length))
         vocab = int(self.model.backbone.vocabulary_size)
         seen = np.zeros((batch, vocab), bool)
         for row, ids in enumerate(prompts):
@@ -516,21 +542,31 @@ class GenerationEngine:
         timings.prompt_tokens = longest
         timings.prefilled_tokens = length
 
-        state, first = jit_prefill(
-            weights,
-            token_ids,
-            token_valid,
-            positions,
-            last_index,
-            np.int32(start),
-            cache,
-            seen,
-            key,
-            stop_ids,
-            params,
-            plan=plan,
-            num_alternatives=num_alternatives,
-        )
+        for offset in range(0, last + 1, chunk_length):
+            # Near the end of the context the last chunk would not fit: it moves back, over
+            # tokens already prefilled (their keys are written again, unchanged).
+            shift = max(0, start + offset + chunk_length - cache_length)
+            piece = slice(offset - shift, offset + chunk_length - shift)
+            if piece.start < 0:
+                raise ValueError("The prompt does not fit in the model's context.")
+            row_last = min(last, piece.stop - 1) - piece.start
+            state, first = jit_prefill(
+                weights,
+                token_ids[:, piece],
+                token_valid[:, piece],
+                positions[:, piece],
+                np.full((batch,), row_last, np.int32),
+                np.int32(start + piece.start),
+                cache,
+                valid,
+                seen,
+                key,
+                stop_ids,
+                params,
+                plan=plan,
+                num_alternatives=num_alternatives,
+            )
+            cache, valid, key = state.cache, state.valid, state.key
         # For one row: every token id in order, to know what the kept cache will hold.
         generated = [list(prompts[0])] if batch == 1 else None
         in_flight = None

@@ -31,15 +31,19 @@ __all__ = [
 ]
 
 
-# top-k up to this k is found with `lax.top_k` (a static width) instead of a vocabulary sort.
+# top-k up to this k works on a fixed-width `lax.top_k` instead of a sort of the vocabulary.
 _TOP_K_WIDTH = 64
 
 
 class SamplerPlan(NamedTuple):
-    """The static part of a sampler: a change here compiles a new decode program."""
+    """The static part of a sampler: a change here compiles a new decode program.
 
-    greedy: bool
-    sort: bool  # top-p needs the whole distribution sorted; top-k and min-p do not
+    ``mode`` is "greedy"; "narrow" (top-k of at most 64: everything, top-p included, is done on
+    the top 64 logits); "full" (temperature and min-p over the whole vocabulary, no sort); or
+    "sorted" (top-p without a narrow top-k: one sort of the vocabulary).
+    """
+
+    mode: str
 
 
 class SamplerParams(NamedTuple):
@@ -65,7 +69,7 @@ class Sampler:
     Example:
         >>> sampler = Sampler(temperature=0.7, top_p=0.9, seed=0)
         >>> sampler.plan
-        SamplerPlan(greedy=False, sort=True)
+        SamplerPlan(mode='sorted')
     """
 
     temperature: float = 1.0
@@ -93,12 +97,13 @@ class Sampler:
 
     @property
     def plan(self) -> SamplerPlan:
-        greedy = self.is_greedy
-        # A full sort of the vocabulary is only paid for top-p, or a top-k too wide for the
-        # cheaper fixed-width `lax.top_k` path.
-        wants_top_p = self.top_p is not None and self.top_p < 1.0
-        wide_top_k = (self.top_k or 0) > _TOP_K_WIDTH
-        return SamplerPlan(greedy=greedy, sort=not greedy and (wants_top_p or wide_top_k))
+        if self.is_greedy:
+            return SamplerPlan("greedy")
+        if self.top_k and self.top_k <= _TOP_K_WIDTH:
+            return SamplerPlan("narrow")
+        if self.top_p is not None and self.top_p < 1.0 or self.top_k:
+            return SamplerPlan("sorted")
+        return SamplerPlan("full")
 
     def params(self) -> SamplerParams:
         """The traced knobs as numpy scalars (off values where a knob is unset)."""
@@ -135,8 +140,8 @@ def RandomSampler(temperature: float = 1.0, seed: int | None = None) -> Sampler:
     """Samples from the whole (temperature-scaled) distribution.
 
     Example:
-        >>> RandomSampler(temperature=0.8).plan.greedy
-        False
+        >>> RandomSampler(temperature=0.8).plan.mode
+        'full'
     """
     return Sampler(temperature=temperature, seed=seed)
 
@@ -222,37 +227,40 @@ def apply_repetition_penalty(logits, seen, penalty):
     return jnp.where(seen, penalized, logits)
 
 
-def _filter_without_sort(logits, params: SamplerParams):
-    """top-k and min-p masks; top-k through its k-th largest value, found without a full sort."""
-    # `lax.top_k` needs a static k: the k-th value comes out of a fixed-width top list (the plan
-    # switches to the sorting path for wider k).
-    width = min(_TOP_K_WIDTH, logits.shape[-1])
-    top_values = jax.lax.top_k(logits, width)[0]
-    k = jnp.clip(params.top_k, 1, width)
-    kth = jnp.take_along_axis(top_values, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], -1)
-    keep_top_k = jnp.where(params.top_k > 0, logits >= kth, True)
-    best = top_values[..., :1]
-    # min-p in log space: p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
-    keep_min_p = logits >= best + jnp.log(jnp.maximum(params.min_p, 1e-30))
-    return jnp.where(keep_top_k & keep_min_p, logits, -jnp.inf)
-
-
-def _filter_with_sort(logits, params: SamplerParams):
-    """top-k, top-p and min-p with one sort of the vocabulary (needed for top-p)."""
-    vocab = logits.shape[-1]
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, -1)
-    ranks = jnp.arange(vocab)
+def _nucleus_mask(sorted_logits, params: SamplerParams):
+    """Which of the descending ``sorted_logits`` survive top-k, min-p and top-p."""
+    ranks = jnp.arange(sorted_logits.shape[-1])
     keep = jnp.where(params.top_k > 0, ranks < params.top_k, True)
+    # min-p in log space: p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
     keep &= sorted_logits >= sorted_logits[..., :1] + jnp.log(jnp.maximum(params.min_p, 1e-30))
-    masked = jnp.where(keep, sorted_logits, -jnp.inf)
-    probs = jax.nn.softmax(masked, axis=-1)
+    probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
     # Keep a token while the mass *before* it is below p: the top token always survives.
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep &= mass_before < params.top_p
-    sorted_filtered = jnp.where(keep, sorted_logits, -jnp.inf)
-    inverse = jnp.argsort(order, axis=-1)
-    return jnp.take_along_axis(sorted_filtered, inverse, -1)
+    return keep & (mass_before < params.top_p)
+
+
+def _sample_narrow(logits, key, params: SamplerParams):
+    """top-k <= 64: the 64 best logits (`lax.top_k`, no sort of the vocabulary) are enough for
+    top-k, min-p and top-p alike, exactly."""
+    width = min(_TOP_K_WIDTH, logits.shape[-1])
+    values, ids = jax.lax.top_k(logits, width)
+    choice = jax.random.categorical(key, jnp.where(_nucleus_mask(values, params), values, -jnp.inf))
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
+def _sample_sorted(logits, key, params: SamplerParams):
+    """top-p (or a wide top-k) over the whole vocabulary: one sort."""
+    order = jnp.argsort(-logits, axis=-1)
+    values = jnp.take_along_axis(logits, order, -1)
+    choice = jax.random.categorical(key, jnp.where(_nucleus_mask(values, params), values, -jnp.inf))
+    return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+
+
+def _sample_full(logits, key, params: SamplerParams):
+    """Temperature and min-p only: elementwise over the vocabulary, no sort."""
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    keep = logits >= best + jnp.log(jnp.maximum(params.min_p, 1e-30))
+    return jax.random.categorical(key, jnp.where(keep, logits, -jnp.inf))
 
 
 def sample_next_token(logits, key, plan: SamplerPlan, params: SamplerParams, seen=None):
@@ -268,8 +276,8 @@ def sample_next_token(logits, key, plan: SamplerPlan, params: SamplerParams, see
     logits = logits.astype(jnp.float32)
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if plan.greedy:
+    if plan.mode == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / params.temperature
-    filtered = _filter_with_sort(logits, params) if plan.sort else _filter_without_sort(logits, params)
-    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    pick = {"narrow": _sample_narrow, "sorted": _sample_sorted, "full": _sample_full}[plan.mode]
+    return pick(logits, key, params).astype(jnp.int32)

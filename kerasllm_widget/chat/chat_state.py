@@ -1,0 +1,258 @@
+"""`ChatState`: a conversation with a model, formatted by the checkpoint's own chat template.
+
+Each turn is rendered with the template (as transformers' ``apply_chat_template`` renders it)
+and streamed by the generation engine. The engine keeps the key/value cache of the last turn,
+so the next turn only computes the tokens that are new. When the conversation outgrows the
+model's context, the oldest turns are dropped (never the system prompt) and the final event
+says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
+from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+
+__all__ = ["ChatState"]
+
+Message = dict[str, Any]
+
+DEFAULT_CHAT_CACHE_LENGTH = 2048
+
+
+class ChatState:
+    """The turns of one chat, and the model that answers them.
+
+    ``messages`` holds the user and assistant turns (``{"role", "content"}``); the system prompt
+    is kept apart in ``system_prompt`` and always leads the formatted prompt.
+
+    Example:
+        >>> chat = ChatState(model, system_prompt="Answer in one sentence.")  # doctest: +SKIP
+        >>> chat.send("What is a tokenizer?", temperature=0)  # doctest: +SKIP
+        'A tokenizer turns text into the integer ids a model reads.'
+        >>> print(chat.prompt)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        system_prompt: str | None = None,
+        *,
+        sampler=None,
+        context_length: int | None = None,
+        cache_length: int | None = None,
+    ):
+        if model.tokenizer is None:
+            raise ValueError("ChatState needs a model with a tokenizer (load it with from_preset).")
+        self.model = model
+        self.system_prompt = system_prompt
+        self.messages: list[Message] = []
+        # The default sampler of this chat; keyword arguments of each call override its knobs.
+        self.sampler = sampler
+        model_context = int(model.backbone.max_sequence_length)
+        # How many tokens the chat may use (at most the model's context).
+        self.context_length = min(context_length or model_context, model_context)
+        # The key/value cache is made this long up front, so that a growing chat keeps one
+        # compiled decode program (the attention over unused slots is masked and cheap).
+        self.cache_length = min(cache_length or DEFAULT_CHAT_CACHE_LENGTH, self.context_length)
+        self._lock = threading.Lock()
+
+    # ---- formatting --------------------------------------------------------------------------
+    def _conversation(self, messages: list[Message] | None = None) -> list[Message]:
+        messages = self.messages if messages is None else messages
+        head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return head + [{"role": m["role"], "content": m["content"]} for m in messages]
+
+    def format(self, messages: list[Message] | None = None, add_generation_prompt: bool = True) -> str:
+        """The conversation (by default this chat's) rendered with the chat template.
+
+        Example:
+            >>> chat.format([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+            '<|im_start|>system\\n...<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        return self.model.tokenizer.apply_chat_template(
+            self._conversation(messages), add_generation_prompt=add_generation_prompt
+        )
+
+    @property
+    def prompt(self) -> str:
+        """The formatted prompt the model reads for its next reply."""
+        return self.format()
+
+    def _ids(self, prompt: str) -> list[int]:
+        ids = self.model.preprocessor.generate_preprocess(prompt)["token_ids"]
+        return [int(i) for i in ids]
+
+    def context_tokens(self) -> int:
+        """How many tokens the conversation takes in the model's context now.
+
+        Example:
+            >>> chat.context_tokens()  # doctest: +SKIP
+            42
+        """
+        return len(self._ids(self.format(add_generation_prompt=bool(self.messages))))
+
+    # ---- turns -------------------------------------------------------------------------------
+    def send(self, text: str, **sampling: Any) -> str:
+        """Adds a user turn and returns the model's reply (also added to `messages`).
+
+        Example:
+            >>> chat.send("Name a colour.", max_new_tokens=16)  # doctest: +SKIP
+            'Blue.'
+        """
+        done = None
+        for event in self.stream(text, **sampling):
+            if isinstance(event, DoneEvent):
+                done = event
+        return done.text if done is not None else ""
+
+    def stream(
+        self, text: str, *, cancel_event: threading.Event | None = None, **sampling: Any
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Adds a user turn and streams the reply: `TokenEvent`s, then one `DoneEvent`.
+
+        ``sampling``: ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
+        ``max_new_tokens``, ``seed``, ``top_k_alternatives`` (and ``stop_strings``,
+        ``stop_token_ids``). A cancelled reply keeps what was generated so far.
+
+        Example:
+            >>> for event in chat.stream("Tell me a joke."):  # doctest: +SKIP
+            ...     print(getattr(event, "text", ""), end="", flush=True)
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The message is empty; type something to send.")
+        return self._reply({"role": "user", "content": text}, cancel_event, sampling)
+
+    def regenerate(
+        self, *, cancel_event: threading.Event | None = None, **sampling: Any
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Replaces the last reply with a new one (streamed like `stream`).
+
+        Example:
+            >>> events = list(chat.regenerate(temperature=1.0))  # doctest: +SKIP
+        """
+        with self._lock:
+            if not any(m["role"] == "user" for m in self.messages):
+                raise ValueError("There is no user message to answer again.")
+        return self._reply(None, cancel_event, sampling)
+
+    def undo(self) -> list[Message]:
+        """Removes the last exchange (the last user turn and what followed it); returns it.
+
+        Example:
+            >>> chat.undo()  # doctest: +SKIP
+            [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
+        """
+        with self._lock:
+            for index in range(len(self.messages) - 1, -1, -1):
+                if self.messages[index]["role"] == "user":
+                    removed = self.messages[index:]
+                    del self.messages[index:]
+                    return removed
+            removed, self.messages[:] = list(self.messages), []
+            return removed
+
+    def reset(self) -> None:
+        """Forgets every turn (the system prompt stays).
+
+        Example:
+            >>> chat.reset(); chat.messages  # doctest: +SKIP
+            []
+        """
+        with self._lock:
+            self.messages.clear()
+
+    # ---- the work ----------------------------------------------------------------------------
+    def _fit_context(self, messages: list[Message], reserve: int) -> tuple[list[Message], int, list[int]]:
+        """Drops the oldest turns until the prompt leaves ``reserve`` tokens for the reply."""
+        dropped = 0
+        while True:
+            ids = self._ids(self.format(messages))
+            if len(ids) + reserve <= self.context_length or len(messages) <= 1:
+                break
+            # A turn is a user message and the replies after it.
+            cut = 1
+            while cut < len(messages) - 1 and messages[cut]["role"] != "user":
+                cut += 1
+            messages = messages[cut:]
+            dropped += 1
+        if len(ids) >= self.context_length:
+            raise ValueError(
+                f"The message alone takes {len(ids)} tokens, more than the model's context "
+                f"({self.context_length}). Send a shorter one."
+            )
+        return messages, dropped, ids
+
+    def _reply(
+        self, user: Message | None, cancel_event: threading.Event | None, sampling: dict[str, Any]
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Answers ``user`` (None: answers the last user turn again, dropping replies after it).
+        A generator: nothing changes until it is iterated."""
+        sampling = dict(sampling)
+        max_new_tokens = sampling.pop("max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
+        top_k_alternatives = int(sampling.pop("top_k_alternatives", None) or 0)
+        seed = sampling.pop("seed", None)
+        stop_strings = sampling.pop("stop_strings", None)
+        stop_token_ids = sampling.pop("stop_token_ids", None)
+        unknown = set(sampling) - {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "sampler"}
+        if unknown:
+            raise TypeError(f"Unknown sampling option(s): {', '.join(sorted(unknown))}")
+        base = sampling.pop("sampler", None) or self.sampler or engine_for(self.model).sampler
+        sampler = make_sampler(base, **sampling)
+
+        with self._lock:
+            if user is None:
+                while self.messages and self.messages[-1]["role"] != "user":
+                    self.messages.pop()
+                if not self.messages:
+                    raise ValueError("There is no user message to answer again.")
+                user = self.messages.pop()
+            # Room for the whole reply, but a huge max_new_tokens must not push every turn out.
+            reserve = min(int(max_new_tokens), self.context_length // 2)
+            kept, dropped, prompt_ids = self._fit_context([*self.messages, user], reserve)
+            if dropped:
+                self.messages[:] = kept[:-1]
+            self.messages.append(user)
+        yield from self._run(user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
+                             top_k_alternatives, seed, stop_strings, stop_token_ids)
+
+    def _run(self, user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
+             top_k_alternatives, seed, stop_strings, stop_token_ids):
+        finished = False
+        try:
+            for event in stream_ids(
+                self.model,
+                prompt_ids,
+                max_new_tokens=int(max_new_tokens),
+                sampler=sampler,
+                stop_token_ids=stop_token_ids,
+                stop_strings=stop_strings,
+                top_k_alternatives=top_k_alternatives,
+                cancel_event=cancel_event,
+                seed=seed,
+                min_cache_length=self.cache_length,
+            ):
+                if isinstance(event, DoneEvent):
+                    finished = True
+                    if event.text:
+                        self.messages.append({"role": "assistant", "content": event.text})
+                    if dropped:
+                        event.dropped_turns = dropped
+                        notice = (
+                            f"The conversation outgrew the model's context "
+                            f"({self.context_length} tokens): the oldest {dropped} "
+                            f"turn{'s' if dropped > 1 else ''} were dropped."
+                        )
+                        event.notice = f"{notice} {event.notice}".strip()
+                yield event
+        finally:
+            if not finished:
+                # An error (or a consumer that walked away before the end): the user turn was
+                # never answered, so it is taken back.
+                with self._lock:
+                    if self.messages and self.messages[-1] is user:
+                        self.messages.pop()
