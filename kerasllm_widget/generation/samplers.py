@@ -10,6 +10,7 @@ keras_hub's names work as strings or objects: ``"greedy"``, ``"random"``, ``"top
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -201,7 +202,9 @@ def get_sampler(sampler: str | Sampler | None) -> Sampler:
     if isinstance(sampler, Sampler):
         return sampler
     if isinstance(sampler, str):
-        key = sampler.lower().replace("-", "_").removesuffix("_sampler")
+        # "top_p", "top-p" and keras_hub's class names ("TopPSampler") all work.
+        snake = re.sub(r"(?<=[A-Za-z])(?=[A-Z])", "_", sampler)
+        key = snake.lower().replace("-", "_").removesuffix("_sampler")
         factory = _BY_NAME.get(key)
         if factory is None:
             raise ValueError(f"Unknown sampler {sampler!r}; known: {', '.join(sorted(_BY_NAME))}.")

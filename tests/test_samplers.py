@@ -1,0 +1,133 @@
+"""Samplers on hand-made logits: each rule keeps exactly the tokens it should, seeds reproduce."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kerasllm_widget.generation.samplers import (
+    GreedySampler,
+    MinPSampler,
+    RandomSampler,
+    Sampler,
+    TopKSampler,
+    TopPSampler,
+    apply_repetition_penalty,
+    get_sampler,
+    sample_next_token,
+)
+
+# Probabilities 0.4, 0.25, 0.15, 0.1, 0.06, 0.04 over a 6-token vocabulary (plus 200 tokens of ~0).
+PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+LOGITS = np.concatenate([np.log(PROBS), np.full(200, -40.0)]).astype(np.float32)
+DRAWS = 4000
+
+
+def frequencies(sampler: Sampler, logits=LOGITS, seed=0) -> np.ndarray:
+    """How often each token is drawn over DRAWS rows sampled in one call."""
+    batch = jnp.broadcast_to(jnp.asarray(logits), (DRAWS, logits.shape[-1]))
+    draw = jax.jit(sample_next_token, static_argnames="plan")
+    tokens = np.asarray(draw(batch, jax.random.key(seed), plan=sampler.plan, params=sampler.params()))
+    return np.bincount(tokens, minlength=logits.shape[-1]) / DRAWS
+
+
+def expected(keep: list[int], temperature: float = 1.0) -> np.ndarray:
+    p = np.zeros(LOGITS.shape[0])
+    scaled = PROBS[keep] ** (1.0 / temperature)
+    p[keep] = scaled / scaled.sum()
+    return p
+
+
+def test_greedy_takes_the_argmax():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 1000)), jnp.float32)
+    sampler = GreedySampler()
+    tokens = sample_next_token(logits, jax.random.key(0), sampler.plan, sampler.params())
+    assert np.asarray(tokens).tolist() == np.asarray(logits).argmax(-1).tolist()
+    assert Sampler(temperature=0.0).plan.mode == TopKSampler(k=1).plan.mode == "greedy"
+
+
+@pytest.mark.parametrize(
+    "sampler, keep",
+    [
+        (RandomSampler(), [0, 1, 2, 3, 4, 5]),
+        (TopKSampler(k=3), [0, 1, 2]),
+        (TopPSampler(p=0.7), [0, 1, 2]),  # 0.4 + 0.25 < 0.7: the third token is needed
+        (TopPSampler(p=0.65), [0, 1]),  # 0.4 + 0.25 reaches 0.65 exactly
+        (Sampler(top_k=40, top_p=0.7), [0, 1, 2]),  # the narrow path (top-k <= 64)
+        (Sampler(top_k=100, top_p=0.7), [0, 1, 2]),  # the sorting path
+        (MinPSampler(p=0.3), [0, 1, 2]),  # p >= 0.3 * 0.4 = 0.12
+        (Sampler(top_k=5, min_p=0.2), [0, 1, 2, 3]),  # p >= 0.08
+    ],
+    ids=["random", "top_k", "top_p", "top_p_exact", "narrow", "sorted", "min_p", "top_k_min_p"],
+)
+def test_each_rule_keeps_the_right_tokens_with_the_right_odds(sampler, keep):
+    observed = frequencies(sampler)
+    assert set(np.flatnonzero(observed)) <= set(keep)
+    assert np.abs(observed - expected(keep)).max() < 0.03
+
+
+def test_temperature_flattens_and_sharpens():
+    hot, cold = frequencies(RandomSampler(temperature=2.0)), frequencies(RandomSampler(temperature=0.5))
+    assert np.abs(hot - expected(list(range(6)), 2.0)).max() < 0.03
+    assert np.abs(cold - expected(list(range(6)), 0.5)).max() < 0.03
+    assert cold[0] > PROBS[0] > hot[0]
+
+
+def test_seed_reproduces_and_another_seed_differs():
+    sampler = RandomSampler(temperature=1.0)
+    a, b, c = frequencies(sampler, seed=7), frequencies(sampler, seed=7), frequencies(sampler, seed=8)
+    assert (a == b).all() and (a != c).any()
+
+
+def test_repetition_penalty_is_transformers_rule():
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 50)).astype(np.float32)
+    seen_ids = [[1, 5, 7, 7], [0, 2, 49, 3]]
+    seen = np.zeros((2, 50), bool)
+    for row, ids in enumerate(seen_ids):
+        seen[row, ids] = True
+    ours = np.asarray(apply_repetition_penalty(jnp.asarray(logits), jnp.asarray(seen), 1.3))
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(seen_ids), torch.tensor(logits)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_repetition_penalty_changes_the_greedy_choice():
+    logits = jnp.asarray([[2.0, 1.9, 0.0]])
+    seen = jnp.asarray([[True, False, False]])
+    sampler = Sampler(temperature=0.0, repetition_penalty=1.5)
+    token = sample_next_token(logits, jax.random.key(0), sampler.plan, sampler.params(), seen)
+    assert int(token[0]) == 1
+
+
+def test_samplers_by_name_and_keras_hub_objects():
+    assert get_sampler("greedy").is_greedy
+    assert get_sampler("top_k").top_k == 5
+    assert get_sampler("top_p").top_p == 0.1
+    assert get_sampler("TopPSampler").top_p == 0.1
+    assert get_sampler("min_p").min_p == 0.05
+    assert not get_sampler("random").is_greedy
+    sampler = TopKSampler(k=3, seed=1)
+    assert get_sampler(sampler) is sampler
+
+    class TopKSamplerLike:  # the public knobs of keras_hub's TopKSampler
+        k, temperature, seed = 7, 0.5, 3
+
+    TopKSamplerLike.__name__ = "TopKSampler"
+    converted = get_sampler(TopKSamplerLike())
+    assert (converted.top_k, converted.temperature, converted.seed) == (7, 0.5, 3)
+    with pytest.raises(ValueError, match="Unknown sampler 'beam'"):
+        get_sampler("beam")
+
+
+def test_bad_knobs_are_refused():
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(top_p=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampler(temperature=-1)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        Sampler(repetition_penalty=0)
