@@ -656,6 +656,12 @@ def engine_for(model) -> GenerationEngine:
     with _engines_lock:
         engine = _engines.get(model)
         if engine is None:
-            engine = GenerationEngine(model)
+            if keras.backend.backend() == "jax":
+                engine = GenerationEngine(model)
+            else:
+                # jax.jit cannot take torch weights: same interface, eager steps.
+                from kerasllm_widget.generation.portable_engine import PortableGenerationEngine
+
+                engine = PortableGenerationEngine(model)
             _engines[model] = engine
         return engine

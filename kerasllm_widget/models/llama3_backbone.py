@@ -132,10 +132,10 @@ class Llama3Backbone(keras.Model):
         self.built = True
 
     def call(self, inputs):
-        hidden, _, _ = self.forward(inputs["token_ids"], padding_mask=inputs["padding_mask"])
+        hidden, _, _ = self.forward_stack(inputs["token_ids"], padding_mask=inputs["padding_mask"])
         return hidden
 
-    def forward(
+    def forward_stack(
         self,
         token_ids,
         padding_mask=None,
@@ -183,6 +183,11 @@ class Llama3Backbone(keras.Model):
             if probs is not None:
                 probabilities[i] = probs
         return self.layer_norm(x), new_cache, probabilities
+
+    if keras.backend.backend() != "torch":
+        # `forward` is the name the engine and inspectors call. On torch it must stay
+        # torch.nn.Module.forward: Keras' torch backend runs every layer call through it.
+        forward = forward_stack
 
     def init_cache(self, batch_size: int, length: int, dtype=None):
         """Zeroed key/value cache: a list of ``(keys, values)`` ``[B, length, kv_heads, head_dim]``."""

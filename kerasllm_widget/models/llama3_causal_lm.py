@@ -49,7 +49,7 @@ class Llama3CausalLM(keras.Model):
 
     def call_with_cache(self, token_ids, cache, cache_index, positions, attention_mask):
         """One prefill or decode step over a static cache: returns ``(logits, new_cache)``."""
-        hidden, cache, _ = self.backbone.forward(
+        hidden, cache, _ = self.backbone.forward_stack(
             token_ids,
             positions=positions,
             attention_mask=attention_mask,
