@@ -76,3 +76,13 @@ def test_downsample_max_keeps_a_one_pixel_line():
     assert (np.diag(small) == 0.9).all()
     assert downsample_max(matrix, 200) is matrix  # nothing to shrink
     assert downsample_max(np.ones((2, 5, 7, 7)), 3).shape == (2, 5, 3, 3)
+
+
+def test_per_row_scales_let_a_weak_head_use_every_code():
+    strong, weak = random_attention(seed=1), random_attention(seed=2) * 0.01
+    q = quantize(np.stack([strong, weak]), bits=8, per_row=True)
+    assert np.allclose(q.scale, [strong.max(), weak.max()])
+    assert q.codes[1].max() == 255  # the weak head is not squashed into the lowest codes
+    decoded = dequantize(q)
+    assert np.abs(decoded[1] - weak).max() < 0.01 * weak.max()
+    assert q.header()["scale"] == pytest.approx([strong.max(), weak.max()])

@@ -18,6 +18,7 @@ from kerasllm_widget.inspect.next_token import (
 )
 from kerasllm_widget.inspect.preprocess import PreprocessTable, preprocess
 from kerasllm_widget.inspect.quantize import QuantizedArray, dequantize, downsample_max, quantize
+from kerasllm_widget.inspect.stepping import Step, StepSession
 from kerasllm_widget.inspect.tokens import TokenTable, compare, tokens
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "PreprocessTable",
     "QuantizedArray",
     "SequenceScores",
+    "Step",
+    "StepSession",
     "TokenTable",
     "attention",
     "compare",

@@ -57,19 +57,25 @@ def tokenizer_of(source: Any):
 
 
 def preprocessor_of(source: Any):
-    """The `Llama3CausalLMPreprocessor` of a model; a preprocessor is returned as is.
+    """The `Llama3CausalLMPreprocessor` of a model; a preprocessor is returned as is; a tokenizer
+    (or a preset name) gets a default preprocessor around it.
 
     Example:
         >>> preprocessor_of(model) is model.preprocessor  # doctest: +SKIP
         True
     """
-    if hasattr(source, "tokenizer") and callable(source) and not hasattr(source, "backbone"):
-        if hasattr(source, "sequence_length"):
-            return source
+    if hasattr(source, "sequence_length") and hasattr(source, "tokenizer") and callable(source):
+        return source
     found = getattr(source, "preprocessor", None)
     if found is not None:
         return found
-    raise TypeError(
-        f"no preprocessor found on {type(source).__name__}: pass a Llama3CausalLM or a "
-        "Llama3CausalLMPreprocessor"
-    )
+    try:
+        tokenizer = tokenizer_of(source)
+    except TypeError:
+        raise TypeError(
+            f"no preprocessor found on {type(source).__name__}: pass a Llama3CausalLM, a "
+            "Llama3CausalLMPreprocessor or a tokenizer"
+        ) from None
+    from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
+
+    return Llama3CausalLMPreprocessor(tokenizer)

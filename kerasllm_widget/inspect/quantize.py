@@ -21,7 +21,9 @@ class QuantizedArray:
     """Integer codes and what is needed to decode them: ``x = scale * (codes / levels) ** (1 / gamma)``."""
 
     codes: np.ndarray  # uint8 or uint16
-    scale: float  # the largest value of the original array (0 for an all-zero array)
+    # The largest value of the original array (0 for an all-zero array); with ``per_row`` one
+    # per index of the first axis, as a float32 array.
+    scale: float | np.ndarray
     gamma: float
 
     @property
@@ -33,7 +35,7 @@ class QuantizedArray:
         return {
             "dtype": self.codes.dtype.name,
             "shape": list(self.codes.shape),
-            "scale": float(self.scale),
+            "scale": np.asarray(self.scale).tolist() if np.ndim(self.scale) else float(self.scale),
             "gamma": float(self.gamma),
         }
 
@@ -47,11 +49,14 @@ class QuantizedArray:
         return int(self.codes.nbytes)
 
 
-def quantize(values: np.ndarray, bits: int = 8, gamma: float = 0.5) -> QuantizedArray:
+def quantize(
+    values: np.ndarray, bits: int = 8, gamma: float = 0.5, per_row: bool = False
+) -> QuantizedArray:
     """Codes non-negative values in ``bits`` (8 or 16) per value, relative to their maximum.
 
-    The decoded value is within ``scale * ((q + 0.5) / levels) ** (1 / gamma) - x`` of the input,
-    i.e. half a code step in the gamma-compressed domain.
+    With ``per_row``, each index of the first axis gets its own scale (the thumbnails of a
+    layer's heads: a head whose largest weight is 0.1 still uses every code). The decoded value
+    is within half a code step, in the gamma-compressed domain, of the input.
 
     Example:
         >>> q = quantize(np.array([0.0, 0.25, 1.0]), bits=8, gamma=1.0)
@@ -67,10 +72,19 @@ def quantize(values: np.ndarray, bits: int = 8, gamma: float = 0.5) -> Quantized
         raise ValueError("quantize codes non-negative values (probabilities); got a negative value")
     dtype = _DTYPES[bits]
     levels = np.iinfo(dtype).max
-    scale = float(values.max()) if values.size else 0.0
-    if scale <= 0:
-        return QuantizedArray(np.zeros(values.shape, dtype), 0.0, float(gamma))
-    normalised = values / np.float32(scale)
+    if per_row:
+        if values.ndim < 1:
+            raise ValueError("per_row needs at least one axis")
+        rows = values.reshape(values.shape[0], -1)
+        scale = rows.max(axis=1) if rows.size else np.zeros(values.shape[0], np.float32)
+        divisor = np.where(scale > 0, scale, 1).reshape((-1,) + (1,) * (values.ndim - 1))
+        normalised = values / divisor.astype(np.float32)
+        scale = scale.astype(np.float32)
+    else:
+        scale = float(values.max()) if values.size else 0.0
+        if scale <= 0:
+            return QuantizedArray(np.zeros(values.shape, dtype), 0.0, float(gamma))
+        normalised = values / np.float32(scale)
     if gamma != 1.0:
         normalised = np.power(normalised, np.float32(gamma))
     codes = np.rint(normalised * np.float32(levels)).astype(dtype)
@@ -87,7 +101,10 @@ def dequantize(quantized: QuantizedArray) -> np.ndarray:
     normalised = quantized.codes.astype(np.float32) / np.float32(quantized.levels)
     if quantized.gamma != 1.0:
         normalised = np.power(normalised, np.float32(1.0 / quantized.gamma))
-    return normalised * np.float32(quantized.scale)
+    scale = np.asarray(quantized.scale, dtype=np.float32)
+    if scale.ndim:
+        scale = scale.reshape((-1,) + (1,) * (normalised.ndim - 1))
+    return normalised * scale
 
 
 def downsample_max(matrix: np.ndarray, size: int) -> np.ndarray:

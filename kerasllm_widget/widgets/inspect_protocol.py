@@ -1,0 +1,164 @@
+"""The inspectors' message protocol: kinds, fields and binary arrays, defined once.
+
+Mirrored by ``js/shared/inspect_protocol.ts`` (``tests/test_inspect_widgets.py`` checks both list
+the same kinds). Messages use the chat protocol's envelope ``{"kind", "id", ...}``; kinds are
+namespaced by view. Arrays travel as binary buffers: the JSON part names each array's
+``{dtype, shape, buffer}`` (plus ``scale`` and ``gamma`` for quantised attention maps), and the
+buffer list of the same message holds the bytes, little-endian, C order.
+
+>>> envelope(INSPECT_ERROR, "v1-2", request_kind="attention.request", code="bad_request", message="x")["kind"]
+'inspect.error'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kerasllm_widget.inspect.quantize import QuantizedArray
+
+PROTOCOL_VERSION = 1
+
+# Front end -> kernel.
+TOKENS_REQUEST = "tokens.request"  # {text: str | None (the conversation), compare: bool}
+PREPROCESS_REQUEST = "preprocess.request"  # {texts: [str] | None, sequence_length: int}
+ATTENTION_OPEN = "attention.open"  # {text: str | None}: which tokens; answers attention.sequence
+ATTENTION_REQUEST = "attention.request"  # {sequence_id, layer, head: int | "mean"}
+ATTENTION_OVERVIEW = "attention.overview"  # {sequence_id, size}: every layer's thumbnails
+PROBABILITIES_REQUEST = "probabilities.request"  # {}: the conversation scored token by token
+STEP_REQUEST = "step.request"  # {action, token_id?, text?}
+
+# Kernel -> front end.
+TOKENS_RESULT = "tokens.result"  # {tables: [TokenTable], labels: [str]}
+PREPROCESS_RESULT = "preprocess.result"  # {table}
+ATTENTION_SEQUENCE = "attention.sequence"  # {sequence_id, pieces, roles, num_layers, num_heads}
+ATTENTION_RESULT = "attention.result"  # {sequence_id, layer, head, compute_s, array} + 1 buffer
+ATTENTION_THUMBNAILS = "attention.thumbnails"  # {sequence_id, layer, num_layers, array} + 1 buffer
+PROBABILITIES_RESULT = "probabilities.result"  # {sequence_id, pieces, roles, labels, arrays} + buffers
+STEP_STATE = "step.state"  # {prompt_tail, steps, distribution, proposal, finished, text}
+INSPECT_ERROR = "inspect.error"  # {request_kind, code, message}
+
+STEP_ACTIONS = ("start", "propose", "accept", "choose", "undo", "reset", "finish")
+
+REQUEST_KINDS = frozenset(
+    {
+        TOKENS_REQUEST,
+        PREPROCESS_REQUEST,
+        ATTENTION_OPEN,
+        ATTENTION_REQUEST,
+        ATTENTION_OVERVIEW,
+        PROBABILITIES_REQUEST,
+        STEP_REQUEST,
+    }
+)
+RESPONSE_KINDS = frozenset(
+    {
+        TOKENS_RESULT,
+        PREPROCESS_RESULT,
+        ATTENTION_SEQUENCE,
+        ATTENTION_RESULT,
+        ATTENTION_THUMBNAILS,
+        PROBABILITIES_RESULT,
+        STEP_STATE,
+        INSPECT_ERROR,
+    }
+)
+NAMESPACES = ("tokens.", "preprocess.", "attention.", "probabilities.", "step.", "inspect.")
+
+# Error codes of inspect.error.
+ERROR_BAD_REQUEST = "bad_request"
+ERROR_NOT_READY = "not_ready"  # no model yet, or nothing to inspect
+ERROR_SUPERSEDED = "superseded"  # a newer request of the same kind replaced this one
+ERROR_FAILED = "failed"  # the computation raised
+
+_OPTIONAL_STR = (str, type(None))
+_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    TOKENS_REQUEST: {"text": _OPTIONAL_STR},
+    PREPROCESS_REQUEST: {"sequence_length": (int,)},
+    ATTENTION_OPEN: {"text": _OPTIONAL_STR},
+    ATTENTION_REQUEST: {"sequence_id": (str,), "layer": (int,), "head": (int, str)},
+    ATTENTION_OVERVIEW: {"sequence_id": (str,), "size": (int,)},
+    PROBABILITIES_REQUEST: {},
+    STEP_REQUEST: {"action": (str,)},
+}
+
+
+class ProtocolError(ValueError):
+    """A message from the front end that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    id: str
+    content: dict[str, Any]
+
+
+def is_inspector_message(content: Any) -> bool:
+    """Whether a custom message belongs to the inspectors (so a widget hosting several views can
+    route it here and leave the rest to its own handler)."""
+    return isinstance(content, dict) and str(content.get("kind", "")).startswith(NAMESPACES)
+
+
+def envelope(kind: str, id: str, **fields: Any) -> dict[str, Any]:
+    """The dict sent as one custom message."""
+    return {"kind": kind, "id": id, **fields}
+
+
+def parse_request(content: Any) -> Request:
+    """Checks an inspector request and returns it; raises `ProtocolError` naming what is wrong.
+
+    Example:
+        >>> parse_request({"kind": "attention.request", "id": "a", "sequence_id": "s",
+        ...                "layer": 0, "head": "mean"}).kind
+        'attention.request'
+    """
+    if not isinstance(content, dict):
+        raise ProtocolError(f"expected a message object, got {type(content).__name__}")
+    kind, request_id = content.get("kind"), content.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise ProtocolError("message has no string 'id'")
+    if kind not in REQUEST_KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    for name, types in _FIELDS[kind].items():
+        value = content.get(name)
+        # JSON has one number type: a bool is not a layer index.
+        if not isinstance(value, types) or isinstance(value, bool):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ProtocolError(f"{kind} needs a field {name!r} of type {names}")
+    if kind == ATTENTION_REQUEST and isinstance(content["head"], str) and content["head"] != "mean":
+        raise ProtocolError("head must be a head index or 'mean'")
+    if kind == STEP_REQUEST and content["action"] not in STEP_ACTIONS:
+        raise ProtocolError(f"unknown step action {content['action']!r}")
+    if kind == PREPROCESS_REQUEST:
+        texts = content.get("texts")
+        if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+            raise ProtocolError("preprocess.request needs 'texts' as a list of strings or null")
+    return Request(kind, request_id, dict(content))
+
+
+def pack_arrays(arrays: dict[str, np.ndarray], buffers: list | None = None) -> tuple[dict, list]:
+    """Numpy arrays -> ``({name: {dtype, shape, buffer}}, buffers)`` for one message.
+
+    Example:
+        >>> headers, buffers = pack_arrays({"probs": np.ones(3, np.float32)})
+        >>> headers["probs"], len(bytes(buffers[0]))
+        ({'dtype': 'float32', 'shape': [3], 'buffer': 0}, 12)
+    """
+    buffers = [] if buffers is None else buffers
+    headers = {}
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        headers[name] = {"dtype": array.dtype.name, "shape": list(array.shape), "buffer": len(buffers)}
+        buffers.append(memoryview(array).cast("B"))
+    return headers, buffers
+
+
+def pack_quantized(quantized: QuantizedArray, buffers: list) -> dict:
+    """A quantised map's header (``{dtype, shape, scale, gamma, buffer}``); appends its bytes."""
+    header = {**quantized.header(), "buffer": len(buffers)}
+    buffers.append(quantized.buffer())
+    return header

@@ -1,0 +1,434 @@
+"""Answers the inspector views' requests for one widget, computing on a worker thread.
+
+A standalone inspector widget and the ChatWidget's inspector tabs speak the same protocol
+(`inspect_protocol`); this class holds what they share: which sequence is being looked at, the
+attention maps computed for it so far, the step-mode session, and one worker thread, so that a
+slow attention pass never blocks the kernel's main thread (where Stop and new requests arrive).
+A newer request of a kind supersedes an older one that has not started: scrubbing through
+layers computes the layer the user stopped on, not every layer passed on the way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from kerasllm_widget import inspect
+from kerasllm_widget.inspect._sources import tokenizer_of
+from kerasllm_widget.inspect.pieces import piece
+from kerasllm_widget.widgets import inspect_protocol as P
+from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
+
+log = logging.getLogger(__name__)
+
+SLOW_REQUEST_S = 1.0  # requests slower than this are logged
+STEP_TOP_K = 10
+PROBABILITIES_TOP_K = 5
+# Attention maps are T x T per head: past this many tokens a view asks the user to shorten.
+MAX_ATTENTION_TOKENS = 4096
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class InspectorService:
+    """The kernel side of the inspector views of one widget.
+
+    Args:
+        widget: the anywidget whose ``send(content, buffers)`` reaches the views.
+        model: returns the `Llama3CausalLM` (or None while it loads).
+        sequence: ``sequence(text)`` -> the `InspectedSequence` to inspect; ``text=None`` means the
+            widget's own (its text box, or the chat's conversation).
+        step_prompt: ``step_prompt(text)`` -> prompt ids for the step mode (default: the sequence).
+        settings: returns the sampling settings for step-mode proposals.
+        compare_tokenizer: returns a second tokenizer for side-by-side token views, or None.
+        labels: returns the names of the tokenizers, for the token views' headings.
+        batch: returns the texts of the preprocessor view (default: the sequence's text).
+
+    Example:
+        >>> service = InspectorService(widget, model=lambda: model,
+        ...                            sequence=lambda text: text_sequence(model, text or ""))  # doctest: +SKIP
+        >>> widget.on_msg(lambda w, content, buffers: service.handle(content, buffers))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        widget: Any,
+        *,
+        model: Callable[[], Any],
+        sequence: Callable[[str | None], InspectedSequence],
+        step_prompt: Callable[[str | None], np.ndarray] | None = None,
+        settings: Callable[[], dict] | None = None,
+        compare_tokenizer: Callable[[], Any] | None = None,
+        labels: Callable[[], list[str]] | None = None,
+        batch: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self._widget = widget
+        self._model = model
+        self._sequence = sequence
+        self._step_prompt = step_prompt or (lambda text: sequence(text).ids)
+        self._settings = settings or (lambda: {})
+        self._compare_tokenizer = compare_tokenizer or (lambda: None)
+        self._labels = labels or (lambda: [])
+        self._batch = batch or (lambda: [self._sequence(None).text])
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasllm-inspect")
+        self._counter = itertools.count(1)
+        self._latest: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._current: InspectedSequence | None = None
+        self._maps: inspect.AttentionMaps | None = None
+        self._step: inspect.StepSession | None = None
+        self._proposal: int | None = None
+        self.timings: dict[str, float] = {}  # the last compute time of each request kind
+        self._closed = False
+
+    # ---- entry point (kernel main thread) ----
+
+    def handle(self, content: Any, buffers: Any = None) -> bool:
+        """Handles ``content`` if it is an inspector message; False if it is someone else's."""
+        if not P.is_inspector_message(content):
+            return False
+        try:
+            request = P.parse_request(content)
+        except P.ProtocolError as exc:
+            request_id = content.get("id") if isinstance(content, dict) else ""
+            self._error(str(request_id or ""), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc))
+            return True
+        handler = {
+            P.TOKENS_REQUEST: (self._tokens, None),
+            P.PREPROCESS_REQUEST: (self._preprocess, None),
+            P.ATTENTION_OPEN: (self._attention_open, None),
+            P.ATTENTION_REQUEST: (self._attention, "attention.request"),
+            P.ATTENTION_OVERVIEW: (self._overview_start, "attention.overview"),
+            P.PROBABILITIES_REQUEST: (self._probabilities, "probabilities.request"),
+            P.STEP_REQUEST: (self._step_request, None),
+        }[request.kind]
+        self.submit(request, *handler)
+        return True
+
+    def submit(self, request: P.Request, fn: Callable, supersede: str | None = None) -> None:
+        """Runs ``fn(request)`` on the worker; it returns ``(content, buffers)`` to send or None."""
+        if self._closed:
+            return
+        token = next(self._counter)
+        if supersede:
+            with self._lock:
+                self._latest[supersede] = token
+
+        def job() -> None:
+            if supersede and self._latest.get(supersede) != token:
+                self._error(request.id, request.kind, P.ERROR_SUPERSEDED, "a newer request replaced this one")
+                return
+            started = time.perf_counter()
+            try:
+                answer = fn(request)
+            except _NotReady as exc:
+                self._error(request.id, request.kind, P.ERROR_NOT_READY, str(exc))
+                return
+            except Exception as exc:  # answered as a message, never raised into the void
+                log.exception("inspector request %s failed", request.kind)
+                self._error(request.id, request.kind, P.ERROR_FAILED, f"{type(exc).__name__}: {exc}")
+                return
+            elapsed = time.perf_counter() - started
+            self.timings[request.kind] = elapsed
+            if elapsed > SLOW_REQUEST_S:
+                log.info("inspector request %s took %.2f s", request.kind, elapsed)
+            if answer is not None:
+                self._send(*answer)
+
+        self._executor.submit(job)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Blocks until every request submitted so far has been answered (for tests and notebooks)."""
+        done = threading.Event()
+        self._executor.submit(done.set)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- helpers ----
+
+    def _send(self, content: dict, buffers: list | None = None) -> None:
+        if getattr(self._widget, "comm", None) is None:  # closed: nobody to tell
+            return
+        self._widget.send(content, buffers or None)
+
+    def _error(self, request_id: str, request_kind: str, code: str, message: str) -> None:
+        self._send(
+            P.envelope(P.INSPECT_ERROR, request_id, request_kind=request_kind, code=code, message=message)
+        )
+
+    def _require_model(self):
+        model = self._model()
+        if model is None:
+            raise _NotReady("the model is still loading")
+        return model
+
+    def _open(self, text: str | None) -> InspectedSequence:
+        sequence = self._sequence(text)
+        if len(sequence) == 0:
+            raise _NotReady("there are no tokens to inspect yet")
+        if len(sequence) > MAX_ATTENTION_TOKENS:
+            raise ValueError(
+                f"{len(sequence)} tokens; attention maps are shown for up to {MAX_ATTENTION_TOKENS}"
+            )
+        with self._lock:
+            if self._current is None or self._current.sequence_id != sequence.sequence_id:
+                self._current = sequence
+                self._maps = None
+                self._latest["attention.overview"] = next(self._counter)  # stops a running overview
+            return self._current
+
+    def _maps_for(self, sequence_id: str) -> inspect.AttentionMaps:
+        with self._lock:
+            current = self._current
+        if current is None or current.sequence_id != sequence_id:
+            raise _Superseded()
+        if self._maps is None:
+            self._maps = inspect.AttentionMaps(self._require_model(), current.ids)
+        return self._maps
+
+    # ---- tokens and preprocessing ----
+
+    def _tokens(self, request: P.Request):
+        model = self._model()
+        text = request.content.get("text")
+        if text is None:
+            text = self._sequence(None).text
+        tables = [inspect.tokens(model, text).to_dict()]
+        other = self._compare_tokenizer() if request.content.get("compare", True) else None
+        if other is not None:
+            tables.append(inspect.tokens(other, text).to_dict())
+        labels = self._labels() or [f"tokenizer {i + 1}" for i in range(len(tables))]
+        return P.envelope(P.TOKENS_RESULT, request.id, text=text, tables=tables, labels=labels[: len(tables)]), None
+
+    def _preprocess(self, request: P.Request):
+        model = self._require_model()
+        texts = request.content.get("texts")
+        if texts is None:
+            texts = self._batch()
+        length = int(request.content["sequence_length"])
+        if not 1 <= length <= 4096:
+            raise ValueError("sequence_length must be between 1 and 4096")
+        table = inspect.preprocess(model, texts, sequence_length=length)
+        return P.envelope(P.PREPROCESS_RESULT, request.id, table=table.to_dict()), None
+
+    # ---- attention ----
+
+    def _attention_open(self, request: P.Request):
+        model = self._require_model()
+        sequence = self._open(request.content.get("text"))
+        return (
+            P.envelope(
+                P.ATTENTION_SEQUENCE,
+                request.id,
+                sequence_id=sequence.sequence_id,
+                pieces=sequence.pieces,
+                roles=sequence.roles,
+                length=len(sequence),
+                num_layers=len(model.backbone.transformer_layers),
+                num_heads=int(model.backbone.num_query_heads),
+            ),
+            None,
+        )
+
+    def _attention(self, request: P.Request):
+        sequence_id, layer, head = (request.content[k] for k in ("sequence_id", "layer", "head"))
+        try:
+            maps = self._maps_for(sequence_id)
+        except _Superseded:
+            self._error(request.id, request.kind, P.ERROR_SUPERSEDED, "the conversation changed")
+            return None
+        started = time.perf_counter()
+        matrix = maps.head(layer, head)
+        compute_s = time.perf_counter() - started
+        buffers: list = []
+        header = P.pack_quantized(inspect.quantize(matrix, bits=8, gamma=0.5), buffers)
+        return (
+            P.envelope(
+                P.ATTENTION_RESULT,
+                request.id,
+                sequence_id=sequence_id,
+                layer=int(layer),
+                head=head,
+                compute_s=compute_s,
+                array=header,
+            ),
+            buffers,
+        )
+
+    def _overview_start(self, request: P.Request):
+        self._overview_layer(request, 0, self._latest["attention.overview"])
+        return None
+
+    def _overview_layer(self, request: P.Request, layer: int, token: int) -> None:
+        # One layer per job, re-queued behind whatever arrived meanwhile: a click on a head is
+        # answered between two layers of the overview instead of after all of them.
+        if self._latest.get("attention.overview") != token:
+            return
+        sequence_id = request.content["sequence_id"]
+        size = max(8, min(int(request.content["size"]), 256))
+        try:
+            maps = self._maps_for(sequence_id)
+        except _Superseded:
+            self._error(request.id, request.kind, P.ERROR_SUPERSEDED, "the conversation changed")
+            return
+        thumbnails = maps.thumbnails(layer, size=size)
+        buffers: list = []
+        header = P.pack_quantized(inspect.quantize(thumbnails, bits=8, gamma=0.5, per_row=True), buffers)
+        self._send(
+            P.envelope(
+                P.ATTENTION_THUMBNAILS,
+                request.id,
+                sequence_id=sequence_id,
+                layer=layer,
+                num_layers=maps.num_layers,
+                array=header,
+            ),
+            buffers,
+        )
+        if layer + 1 < maps.num_layers and not self._closed:
+            self._executor.submit(self._guarded, self._overview_layer, request, layer + 1, token)
+
+    def _guarded(self, fn: Callable, request: P.Request, *args: Any) -> None:
+        try:
+            fn(request, *args)
+        except Exception as exc:
+            log.exception("inspector request %s failed", request.kind)
+            self._error(request.id, request.kind, P.ERROR_FAILED, f"{type(exc).__name__}: {exc}")
+
+    # ---- probabilities ----
+
+    def _probabilities(self, request: P.Request):
+        model = self._require_model()
+        sequence = self._sequence(None)
+        if len(sequence) == 0:
+            raise _NotReady("there are no tokens to score yet")
+        scores = inspect.score(model, sequence.ids, top_k=PROBABILITIES_TOP_K)
+        tokenizer = tokenizer_of(model)
+        wanted = {int(i) for i in np.unique(scores.top_ids) if i >= 0}
+        labels = {str(i): piece(tokenizer, i) for i in sorted(wanted)}
+        headers, buffers = P.pack_arrays(
+            {
+                "token_ids": sequence.ids.astype(np.int32),
+                "probs": np.nan_to_num(scores.probs, nan=-1.0).astype(np.float32),
+                "entropy": np.nan_to_num(scores.entropy, nan=-1.0).astype(np.float32),
+                "top_ids": scores.top_ids.astype(np.int32),
+                "top_probs": scores.top_probs.astype(np.float32),
+            }
+        )
+        return (
+            P.envelope(
+                P.PROBABILITIES_RESULT,
+                request.id,
+                sequence_id=sequence.sequence_id,
+                pieces=sequence.pieces,
+                roles=sequence.roles,
+                labels=labels,
+                arrays=headers,
+            ),
+            buffers,
+        )
+
+    # ---- step mode ----
+
+    def _step_request(self, request: P.Request):
+        action = request.content["action"]
+        model = self._require_model()
+        if action in ("start", "reset") or self._step is None:
+            prompt = self._step_prompt(request.content.get("text"))
+            self._step = inspect.StepSession(model, prompt, top_k=STEP_TOP_K)
+            self._proposal = None
+        session = self._step
+        if action == "undo":
+            session.undo()
+            self._proposal = None
+        elif action == "accept":
+            if self._proposal is None:
+                self._proposal = self._propose(session)
+            session.choose(self._proposal, proposed_id=self._proposal)
+            self._proposal = None
+        elif action == "choose":
+            token_id = request.content.get("token_id")
+            if not isinstance(token_id, int) or isinstance(token_id, bool):
+                raise ValueError("step.request 'choose' needs an integer token_id")
+            session.choose(token_id, proposed_id=self._proposal)
+            self._proposal = None
+        elif action == "propose":
+            self._proposal = None
+        elif action == "finish":
+            self._finish(session)
+            self._proposal = None
+        if not session.finished and self._proposal is None:
+            self._proposal = self._propose(session)
+        return P.envelope(P.STEP_STATE, request.id, **self._step_state(session)), None
+
+    def _propose(self, session: inspect.StepSession) -> int:
+        settings = self._settings()
+        return session.propose(
+            temperature=float(settings.get("temperature", 0.7)),
+            top_k=settings.get("top_k") or None,
+            top_p=settings.get("top_p"),
+            min_p=settings.get("min_p") or None,
+            repetition_penalty=settings.get("repetition_penalty"),
+            seed=settings.get("seed"),
+        )
+
+    def _finish(self, session: inspect.StepSession) -> None:
+        settings = self._settings()
+        session.finish(
+            max_new_tokens=int(settings.get("max_new_tokens") or 128) - len(session.steps),
+            temperature=float(settings.get("temperature", 0.7)),
+            top_k=settings.get("top_k") or None,
+            top_p=settings.get("top_p"),
+            min_p=settings.get("min_p") or None,
+            repetition_penalty=settings.get("repetition_penalty"),
+            seed=settings.get("seed"),
+        )
+
+    def _step_state(self, session: inspect.StepSession) -> dict:
+        tokenizer = session.tokenizer
+        tail = session.prompt_ids[-16:]
+        distribution = None if session.finished else session.distribution().to_dict()
+        proposal = None
+        if self._proposal is not None and distribution is not None:
+            probs = dict(zip(distribution["token_ids"], distribution["probs"], strict=True))
+            proposal = {
+                "token_id": self._proposal,
+                "piece": piece(tokenizer, self._proposal),
+                "prob": probs.get(self._proposal),
+            }
+        steps = []
+        for step in session.steps:
+            record = step.to_dict()
+            record["prob"], record["entropy"] = _finite(step.prob), _finite(step.entropy)
+            steps.append(record)
+        return {
+            "prompt_tail": [piece(tokenizer, i) for i in tail],
+            "prompt_length": len(session.prompt_ids),
+            "steps": steps,
+            "distribution": distribution,
+            "proposal": proposal,
+            "finished": session.finished,
+            "text": session.text,
+        }
+
+
+class _NotReady(RuntimeError):
+    pass
+
+
+class _Superseded(RuntimeError):
+    pass
