@@ -335,7 +335,7 @@ def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
     return chunk, -(-length // chunk) * chunk
 
 
-@partial(jax.jit, static_argnums=1, donate_argnums=0)
+@partial(jax.jit, static_argnums=1)
 def _grow_cache(cache, new_length: int):
     """Pads a cache to ``new_length`` slots, keeping what it holds."""
     widths = ((0, 0), (0, new_length - cache[0][0].shape[1]), (0, 0), (0, 0))
