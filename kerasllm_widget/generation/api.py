@@ -99,12 +99,14 @@ def stream_ids(
     seed: int | None = None,
     started: float | None = None,
     min_cache_length: int = 0,
+    ignore_eos: bool = False,
     engine=None,
 ) -> Iterator[TokenEvent | DoneEvent]:
     """Events for one prompt given as token ids (the whole prompt, special tokens included).
 
-    ``engine`` defaults to the model's (`engine_for`); anything with the same
-    ``generate_tokens``/``sampler`` will do.
+    ``ignore_eos``: do not stop on the checkpoint's stop tokens (benchmarks that need an exact
+    number of tokens). ``engine`` defaults to the model's (`engine_for`); anything with the
+    same ``generate_tokens``/``sampler`` will do.
 
     Example:
         >>> for event in stream_ids(model, [1, 2, 3], max_new_tokens=4):  # doctest: +SKIP
@@ -114,7 +116,7 @@ def stream_ids(
     engine = engine or engine_for(model)
     sampler = get_sampler(sampler) if sampler is not None else engine.sampler
     prompt_ids = [int(i) for i in prompt_ids]
-    stops = _stop_ids(tokenizer, stop_token_ids)
+    stops = sorted(set(stop_token_ids or ())) if ignore_eos else _stop_ids(tokenizer, stop_token_ids)
     stop_set = set(stops)
     timings = RequestTimings(started=started or time.perf_counter())
     detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
@@ -264,6 +266,7 @@ def stream(
     stop_strings: Sequence[str] | None = None,
     top_k_alternatives: int = 0,
     cancel_event: threading.Event | None = None,
+    ignore_eos: bool = False,
 ) -> Iterator[TokenEvent | DoneEvent]:
     """Streams a reply to ``prompt`` (text, a conversation, or token ids) as events.
 
@@ -291,6 +294,7 @@ def stream(
         cancel_event=cancel_event,
         seed=seed,
         started=started,
+        ignore_eos=ignore_eos,
     )
 
 

