@@ -28,7 +28,7 @@ def our_logits(backbone, token_ids, padding_mask=None, attention_layers=()):
     token_ids = np.asarray(token_ids, dtype="int32")
     if padding_mask is None:
         padding_mask = np.ones(token_ids.shape, bool)
-    hidden, _, _ = backbone.forward(token_ids, padding_mask=np.asarray(padding_mask, bool),
+    hidden, _, _ = backbone.forward_stack(token_ids, padding_mask=np.asarray(padding_mask, bool),
                                     attention_layers=attention_layers)
     return np.asarray(backbone.token_embedding(hidden, reverse=True))
 

@@ -31,7 +31,7 @@ def ours(smollm2_gguf):
 
 
 def logits_of(backbone, ids):
-    hidden, _, _ = backbone.forward(np.asarray([ids], "int32"))
+    hidden, _, _ = backbone.forward_stack(np.asarray([ids], "int32"))
     return np.asarray(backbone.token_embedding(hidden, reverse=True))[0]
 
 

@@ -164,7 +164,7 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
     """Hidden states ``[B, T, D]`` and the updated cache, with `weights` standing in for the
     model's variables (so they are jit arguments, not constants)."""
     with keras.StatelessScope(state_mapping=list(zip(variables, weights, strict=True))):
-        hidden, cache, _ = model.backbone.forward(
+        hidden, cache, _ = model.backbone.forward_stack(
             token_ids,
             positions=positions,
             attention_mask=attention_mask,
