@@ -8,6 +8,10 @@ const watch = process.argv.includes("--watch");
 // One entry per widget class; the key is the file name under static/ that the Python class points at.
 const entries = {
   chat: "js/chat_widget/index.ts",
+  tokens: "js/tokens/index.ts",
+  preprocess: "js/preprocess/index.ts",
+  attention: "js/attention/index.ts",
+  probabilities: "js/probabilities/index.ts",
 };
 
 const options = {

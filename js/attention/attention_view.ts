@@ -1,0 +1,264 @@
+// The attention inspector: layer and head pickers, the heatmap of the chosen head (or the head
+// average), the text lit by what a token attends to, and on demand the layers x heads grid.
+// Each layer is computed by the kernel only when asked and arrives as 8-bit codes; answers about
+// an older sequence or selection are dropped, so fast clicking never draws a stale map.
+
+import { decodeArray } from "../shared/codecs";
+import { h } from "../shared/dom";
+import { type Answer, type InspectClient, InspectError } from "../shared/inspect_client";
+import {
+  type AttentionResult,
+  type AttentionSequence,
+  type AttentionThumbnails,
+  REQUEST,
+} from "../shared/inspect_protocol";
+import { Heatmap } from "./heatmap";
+import { ModelGrid } from "./model_view";
+import { TextStrip } from "./text_strip";
+
+export type HeadChoice = number | "mean";
+
+export interface AttentionViewOptions {
+  client: InspectClient;
+  /** The text to look at; null means the kernel's own (the widget's text or the chat). */
+  text(): string | null;
+  layer: number;
+  head: HeadChoice;
+  onSelection?(layer: number, head: HeadChoice): void;
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(2)} MB`;
+}
+
+export class AttentionView {
+  readonly el: HTMLElement;
+  private readonly layerSelect = h("select", { class: "kw-layer", "aria-label": "Layer" });
+  private readonly headSelect = h("select", { class: "kw-head", "aria-label": "Head" });
+  private readonly statusEl = h("div", { class: "kw-attn-status", role: "status" });
+  private readonly errorEl = h("div", { class: "kw-inspect-error", role: "alert", hidden: true });
+  private readonly gridButton = h(
+    "button",
+    { class: "kw-btn kw-model-view-btn" },
+    "Model view: all layers",
+  );
+  private readonly heatmap: Heatmap;
+  private readonly strip: TextStrip;
+  private readonly grid: ModelGrid;
+  private readonly gridEl: HTMLElement;
+  private sequence: AttentionSequence | null = null;
+  private layer: number;
+  private head: HeadChoice;
+  private ticket = 0;
+  private pinned: number | null = null;
+  private overviewId: string | null = null;
+
+  constructor(private readonly options: AttentionViewOptions) {
+    this.layer = options.layer;
+    this.head = options.head;
+    this.heatmap = new Heatmap({
+      hover: (row) => this.showQuery(row ?? this.pinned),
+      select: (row) => {
+        this.pinned = row;
+        this.showQuery(row);
+      },
+    });
+    this.strip = new TextStrip({
+      hover: (index) => {
+        const row = index ?? this.pinned;
+        this.heatmap.highlightRow(row);
+        this.showQuery(row);
+      },
+      select: (index) => {
+        this.pinned = this.pinned === index ? null : index;
+        this.heatmap.highlightRow(this.pinned);
+        this.showQuery(this.pinned);
+      },
+    });
+    this.grid = new ModelGrid((layer, head) => this.choose(layer, head));
+    this.gridEl = h("div", { class: "kw-model-view", hidden: true }, this.grid.el);
+    this.layerSelect.addEventListener("change", () =>
+      this.choose(Number(this.layerSelect.value), this.head),
+    );
+    this.headSelect.addEventListener("change", () => {
+      const value = this.headSelect.value;
+      this.choose(this.layer, value === "mean" ? "mean" : Number(value));
+    });
+    this.gridButton.addEventListener("click", () => this.startOverview());
+    this.el = h(
+      "div",
+      { class: "kw-attention", "data-state": "opening" },
+      h(
+        "div",
+        { class: "kw-attn-controls" },
+        h("label", {}, "Layer ", this.layerSelect),
+        h("label", {}, "Head ", this.headSelect),
+        this.gridButton,
+      ),
+      this.statusEl,
+      this.errorEl,
+      this.heatmap.el,
+      h(
+        "div",
+        { class: "kw-strip-caption kw-muted" },
+        "Hover a token to light up what it attends to; click to keep it.",
+      ),
+      this.strip.el,
+      this.gridEl,
+    );
+    this.open();
+  }
+
+  /** Asks the kernel which tokens to show (again: the text or the conversation changed). */
+  open(): void {
+    const ticket = ++this.ticket;
+    this.el.dataset.state = "opening";
+    this.stopOverview();
+    this.options.client
+      .request<AttentionSequence>(REQUEST.attentionOpen, { text: this.options.text() })
+      .then(({ message }) => {
+        if (ticket !== this.ticket) return;
+        const changed = this.sequence?.sequence_id !== message.sequence_id;
+        this.sequence = message;
+        this.fillPickers(message);
+        if (changed) {
+          this.pinned = null;
+          this.strip.setTokens(message.pieces, message.roles);
+          this.grid.reset(message.num_layers, message.num_heads);
+          this.gridEl.hidden = true;
+        }
+        this.request(changed);
+      })
+      .catch((error: Error) => this.fail(error, ticket));
+  }
+
+  /** Selects a layer and head (from the pickers, the grid, or the kernel's traitlets). */
+  choose(layer: number, head: HeadChoice): void {
+    if (layer === this.layer && head === this.head && this.el.dataset.state !== "error") return;
+    this.layer = layer;
+    this.head = head;
+    this.options.onSelection?.(layer, head);
+    if (this.sequence) {
+      this.syncPickers();
+      this.request(false);
+    }
+  }
+
+  private fillPickers(sequence: AttentionSequence): void {
+    this.layer = Math.min(Math.max(0, this.layer), sequence.num_layers - 1);
+    if (this.head !== "mean" && this.head >= sequence.num_heads) this.head = "mean";
+    this.layerSelect.replaceChildren(
+      ...Array.from({ length: sequence.num_layers }, (_, i) =>
+        h("option", { value: i }, String(i)),
+      ),
+    );
+    this.headSelect.replaceChildren(
+      h("option", { value: "mean" }, "average of heads"),
+      ...Array.from({ length: sequence.num_heads }, (_, i) => h("option", { value: i }, String(i))),
+    );
+    this.syncPickers();
+  }
+
+  private syncPickers(): void {
+    this.layerSelect.value = String(this.layer);
+    this.headSelect.value = String(this.head);
+    this.grid.setSelected(this.layer, this.head);
+  }
+
+  private request(fresh: boolean): void {
+    const sequence = this.sequence;
+    if (!sequence) return;
+    const ticket = ++this.ticket;
+    const started = performance.now();
+    const { layer, head } = this;
+    this.el.dataset.state = "loading";
+    this.statusEl.textContent = `Computing layer ${layer}…`;
+    this.options.client
+      .request<AttentionResult>(REQUEST.attention, {
+        sequence_id: sequence.sequence_id,
+        layer,
+        head,
+      })
+      .then((answer) => {
+        if (ticket !== this.ticket) return;
+        this.draw(answer, sequence, started, fresh);
+      })
+      .catch((error: Error) => this.fail(error, ticket));
+  }
+
+  private draw(
+    answer: Answer<AttentionResult>,
+    sequence: AttentionSequence,
+    started: number,
+    fresh: boolean,
+  ): void {
+    const { message, buffers } = answer;
+    const array = decodeArray(message.array, buffers);
+    this.heatmap.setData(array.data as Uint8Array, message.array, sequence.pieces, !fresh);
+    this.showQuery(this.pinned);
+    this.errorEl.hidden = true;
+    const bytes = array.data.byteLength;
+    requestAnimationFrame(() => {
+      const drawn = performance.now() - started;
+      const which = message.head === "mean" ? "average of heads" : `head ${message.head}`;
+      this.statusEl.textContent =
+        `Layer ${message.layer}, ${which} · ${sequence.length} tokens · ${formatBytes(bytes)} sent · ` +
+        `computed in ${(message.compute_s * 1000).toFixed(0)} ms · shown ${drawn.toFixed(0)} ms after asking`;
+      this.el.dataset.state = "ready";
+      this.el.dataset.drawnMs = drawn.toFixed(1);
+      this.el.dataset.bytes = String(bytes);
+      this.el.dataset.layer = String(message.layer);
+      this.el.dataset.head = String(message.head);
+    });
+  }
+
+  private showQuery(row: number | null): void {
+    this.strip.light(row, row === null ? null : this.heatmap.row(row));
+  }
+
+  private startOverview(): void {
+    const sequence = this.sequence;
+    if (!sequence) return;
+    this.stopOverview();
+    this.gridEl.hidden = false;
+    this.grid.reset(sequence.num_layers, sequence.num_heads);
+    this.grid.setSelected(this.layer, this.head);
+    this.gridButton.disabled = true;
+    this.overviewId = this.options.client.stream(
+      REQUEST.attentionOverview,
+      { sequence_id: sequence.sequence_id, size: 44 },
+      ({ message, buffers }) => {
+        const thumbnails = message as AttentionThumbnails;
+        if (thumbnails.sequence_id !== this.sequence?.sequence_id) return;
+        const codes = decodeArray(thumbnails.array, buffers).data as Uint8Array;
+        this.grid.setLayer(thumbnails.layer, thumbnails.array, codes);
+        this.gridEl.dataset.filled = String(this.grid.filled);
+        if (thumbnails.layer + 1 >= thumbnails.num_layers) this.stopOverview();
+      },
+      () => this.stopOverview(),
+    );
+  }
+
+  private stopOverview(): void {
+    if (this.overviewId !== null) this.options.client.endStream(this.overviewId);
+    this.overviewId = null;
+    this.gridButton.disabled = false;
+  }
+
+  private fail(error: Error, ticket: number): void {
+    if (ticket !== this.ticket) return;
+    if (error instanceof InspectError && error.code === "superseded") return;
+    this.el.dataset.state = "error";
+    this.errorEl.textContent = error.message;
+    this.errorEl.hidden = false;
+    this.statusEl.textContent = "";
+  }
+
+  dispose(): void {
+    this.stopOverview();
+    this.heatmap.dispose();
+    this.el.remove();
+  }
+}
