@@ -35,10 +35,11 @@ class FrontEnd:
     """Plays the browser's side of a widget's comm: records what the kernel sends (with its
     binary buffers) and sends requests, as the JS views do."""
 
-    def __init__(self, widget) -> None:
+    def __init__(self, widget, wait_idle=None) -> None:
         import threading
 
         self.widget = widget
+        self.wait_idle = wait_idle or widget.wait_idle
         self.messages: list[tuple[dict, list[bytes]]] = []
         self._lock = threading.Lock()
         self._counter = 0
@@ -65,7 +66,7 @@ class FrontEnd:
     def ask(self, kind: str, timeout: float = 120, **fields) -> tuple[dict, list[bytes]]:
         """Sends a request and returns its (first) answer."""
         request_id = self.request(kind, **fields)
-        assert self.widget.wait_idle(timeout), f"{kind} was not answered in {timeout} s"
+        assert self.wait_idle(timeout), f"{kind} was not answered in {timeout} s"
         answers = self.answers(request_id)
         assert answers, f"no answer to {kind}"
         return answers[0]

@@ -221,3 +221,27 @@ def test_views_follow_a_chat_conversation(tiny):
     assert "".join(user_pieces).replace("␣", " ") == "Hello!"
     view.close()
     chat.close()
+
+
+def test_chat_widget_answers_its_inspector_tabs(tiny):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    chat = ChatWidget(tiny, temperature=0.0, max_new_tokens=4)
+    chat.send("Hi there").result(timeout=120)
+    front = FrontEnd(chat, wait_idle=chat._inspectors.wait_idle)
+    opened, _ = front.ask(P.ATTENTION_OPEN, text=None)
+    assert {"user", "assistant"} <= set(opened["roles"])
+    answer, buffers = front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=0, head=0)
+    assert answer["kind"] == P.ATTENTION_RESULT and len(buffers[0]) == opened["length"] ** 2
+    answer, _ = front.ask(P.TOKENS_REQUEST, text=None)
+    assert answer["text"].count("Hi there") == 1  # the conversation, as the template renders it
+    # The step mode continues the conversation: its prompt ends with the assistant's header.
+    state, _ = front.ask(P.STEP_REQUEST, action="start", text=None)
+    assert state["prompt_length"] > opened["length"] and state["distribution"] is not None
+    # The chat's own messages still reach the chat.
+    request_id = front.request("chat.sync")
+    deadline = time.monotonic() + 10
+    while not front.answers(request_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert front.answers(request_id)[0][0]["kind"] == "chat.snapshot"
+    chat.close()

@@ -8,6 +8,7 @@ import type { ChatModel } from "../shared/protocol";
 import { TABS, type TabDefinition } from "./tabs";
 import "../chat/chat.css";
 import "./shell.css";
+import "../shared/inspect.css";
 
 function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefinition[]) {
   const panels = new Map<string, { el: HTMLElement; cleanup: (() => void) | null }>();

@@ -2,8 +2,11 @@
 // register here as they are built, each acting on the same model and conversation.
 
 import type { AnyModel } from "@anywidget/types";
+import { renderAttentionTab } from "../attention/chat_tab";
 import { renderChat } from "../chat/chat_view";
+import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
+import { renderTokensTab } from "../tokens/chat_tab";
 
 export interface TabDefinition {
   id: string;
@@ -12,4 +15,9 @@ export interface TabDefinition {
   render(model: AnyModel<ChatModel>, el: HTMLElement): () => void;
 }
 
-export const TABS: TabDefinition[] = [{ id: "chat", label: "Chat", render: renderChat }];
+export const TABS: TabDefinition[] = [
+  { id: "chat", label: "Chat", render: renderChat },
+  { id: "tokens", label: "Tokens", render: renderTokensTab },
+  { id: "attention", label: "Attention", render: renderAttentionTab },
+  { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
+];

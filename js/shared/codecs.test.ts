@@ -36,7 +36,7 @@ describe("decodeArray", () => {
 });
 
 describe("quantised codes", () => {
-  // The same numbers as kerasllm_widget/inspect/quantize.py produces for [0, 0.25, 1] (gamma 0.5):
+  // The same numbers as kerasllm_widget/inspect/quantization.py produces for [0, 0.25, 1] (gamma 0.5):
   // codes round(sqrt(x) * 255) = [0, 128, 255].
   const header: ArrayHeader = { dtype: "uint8", shape: [3], buffer: 0, scale: 1, gamma: 0.5 };
 

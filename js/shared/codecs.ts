@@ -1,5 +1,5 @@
 // Binary arrays from the kernel: `{dtype, shape, buffer}` headers over DataViews, and the
-// gamma-compressed 8/16-bit codes attention maps travel in (kerasllm_widget/inspect/quantize.py):
+// gamma-compressed 8/16-bit codes attention maps travel in (kerasllm_widget/inspect/quantization.py):
 // value = scale * (code / levels) ** (1 / gamma), with one scale or one per index of axis 0.
 
 export type DType = "uint8" | "uint16" | "int32" | "int64" | "float32" | "float64" | "bool";

@@ -111,6 +111,11 @@ export class TokenView {
     this.refreshPreprocess(this.input.value, ++this.latest);
   }
 
+  /** Shows the kernel's own text again (the chat's conversation changed). */
+  reload(): void {
+    this.load(null);
+  }
+
   private load(text: string | null): void {
     const ticket = ++this.latest;
     this.options.client

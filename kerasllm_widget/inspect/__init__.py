@@ -8,36 +8,42 @@ Example:
     (12, 12)
 """
 
-from kerasllm_widget.inspect.attention import AttentionMaps, attention
-from kerasllm_widget.inspect.next_token import (
-    NextTokenDistribution,
-    SequenceScores,
-    entropy,
-    next_token,
-    score,
-)
-from kerasllm_widget.inspect.preprocess import PreprocessTable, preprocess
-from kerasllm_widget.inspect.quantize import QuantizedArray, dequantize, downsample_max, quantize
-from kerasllm_widget.inspect.stepping import Step, StepSession
-from kerasllm_widget.inspect.tokens import TokenTable, compare, tokens
+from __future__ import annotations
 
-__all__ = [
-    "AttentionMaps",
-    "NextTokenDistribution",
-    "PreprocessTable",
-    "QuantizedArray",
-    "SequenceScores",
-    "Step",
-    "StepSession",
-    "TokenTable",
-    "attention",
-    "compare",
-    "dequantize",
-    "downsample_max",
-    "entropy",
-    "next_token",
-    "preprocess",
-    "quantize",
-    "score",
-    "tokens",
-]
+import importlib
+
+# Names are imported on first use: the widgets import this package at start-up, and the
+# attention code pulls in Keras and JAX, which a panel that is still loading its model can wait for.
+_EXPORTS = {
+    "AttentionMaps": "attention_maps",
+    "attention": "attention_maps",
+    "NextTokenDistribution": "distributions",
+    "SequenceScores": "distributions",
+    "entropy": "distributions",
+    "next_token": "distributions",
+    "score": "distributions",
+    "PreprocessTable": "preprocess_table",
+    "preprocess": "preprocess_table",
+    "QuantizedArray": "quantization",
+    "dequantize": "quantization",
+    "downsample_max": "quantization",
+    "quantize": "quantization",
+    "Step": "stepping",
+    "StepSession": "stepping",
+    "TokenTable": "token_table",
+    "compare": "token_table",
+    "tokens": "token_table",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kerasllm_widget.inspect' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kerasllm_widget.inspect.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

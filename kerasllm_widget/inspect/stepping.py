@@ -9,7 +9,7 @@ import numpy as np
 
 from kerasllm_widget.inspect._compiled import InspectionPass
 from kerasllm_widget.inspect._sources import backbone_of, tokenizer_of
-from kerasllm_widget.inspect.next_token import _softmax, _top_k, entropy
+from kerasllm_widget.inspect.distributions import _softmax, _top_k, entropy
 from kerasllm_widget.inspect.pieces import piece
 
 
@@ -101,7 +101,7 @@ class StepSession:
             >>> session.distribution().entropy  # doctest: +SKIP
             2.31
         """
-        from kerasllm_widget.inspect.next_token import NextTokenDistribution
+        from kerasllm_widget.inspect.distributions import NextTokenDistribution
 
         probs = _softmax(self.logits())
         ids, top = _top_k(probs, self.top_k)

@@ -28,6 +28,7 @@ import traitlets
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
+from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class ChatWidget(anywidget.AnyWidget):
         # The reply streaming now, as sent so far: what a view opened mid-reply catches up from.
         self._live: dict[str, Any] | None = None
         self._closed = False
+        # The inspector tabs (Tokens, Attention, Probabilities) share this comm; see chat_inspectors.
+        self._inspectors = chat_inspector_service(self)
         self.on_msg(self._on_custom_message)
         if model_or_chat_state is not None:
             self._attach(model_or_chat_state)
@@ -302,6 +305,7 @@ class ChatWidget(anywidget.AnyWidget):
         if not getattr(self, "_closed", True):
             self._closed = True
             self._worker.close(timeout=2.0)
+            self._inspectors.close()
         super().close()
 
     # ---- requests ----
@@ -532,6 +536,8 @@ class ChatWidget(anywidget.AnyWidget):
     # ---- messages from the front end (kernel main thread) ----
 
     def _on_custom_message(self, widget: Any, content: Any, buffers: list[Any]) -> None:
+        if self._inspectors.handle(content, buffers):  # an inspector tab's request
+            return
         try:
             request = P.parse_request(content)
         except P.ProtocolError as exc:

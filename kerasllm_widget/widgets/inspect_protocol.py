@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasllm_widget.inspect.quantize import QuantizedArray
+from kerasllm_widget.inspect.quantization import QuantizedArray
 
 PROTOCOL_VERSION = 1
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from kerasllm_widget.inspect._compiled import InspectionPass
 from kerasllm_widget.inspect._sources import backbone_of
-from kerasllm_widget.inspect.quantize import downsample_max
+from kerasllm_widget.inspect.quantization import downsample_max
 
 Head = int | Literal["mean"] | None
 
