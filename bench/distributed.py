@@ -9,7 +9,8 @@ few full-parameter training steps through Keras' ``fit``; compile time is report
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/distributed.py --tiny
 
 Layouts: ``single`` (one device), ``model_parallel`` (mesh 1 x N: weights split over "model"),
-``fsdp`` (mesh N x 1: batch split, weights sliced over "batch" and gathered when used).
+``data_parallel`` (mesh N x 1: batch split, weights replicated), ``fsdp`` (mesh N x 1: batch
+split, weights sliced over "batch" and gathered when used).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke run)")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--layouts", default="single,model_parallel,fsdp")
+    parser.add_argument("--layouts", default="single,model_parallel,data_parallel,fsdp")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--train-batch", type=int, default=8)
@@ -142,8 +143,10 @@ def main() -> None:
         else:
             shape = (1, count) if layout == "model_parallel" else (count, 1)
             mesh = keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)
-            distribution = keras.distribution.ModelParallel(
-                layout_map=Llama3Backbone.get_layout_map(mesh), batch_dim_name="batch")
+            layout_map = Llama3Backbone.get_layout_map(
+                mesh, shard_weights_over_batch=layout == "fsdp")
+            distribution = keras.distribution.ModelParallel(layout_map=layout_map,
+                                                            batch_dim_name="batch")
         keras.utils.set_random_seed(0)
         started = time.perf_counter()
         if distribution is None:
@@ -158,11 +161,17 @@ def main() -> None:
         row = {"build_s": round(built, 1), "parameters": int(model.backbone.count_params()),
                "weight_bytes_per_device": per_device}
         scope = distribution.scope() if distribution is not None else _null()
+        measurements = [
+            ("generate_batch1", time_generation, (args.prompt, args.new_tokens, 1)),
+            ("generate_batch8", time_generation, (args.prompt, args.new_tokens, 8)),
+            ("train", time_training, (args.train_batch, args.train_length, args.train_steps)),
+        ]
         with scope:
-            row["generate_batch1"] = time_generation(model, args.prompt, args.new_tokens, 1)
-            row["generate_batch8"] = time_generation(model, args.prompt, args.new_tokens, 8)
-            row["train"] = time_training(model, args.train_batch, args.train_length,
-                                         args.train_steps)
+            for name, measure, measure_args in measurements:
+                try:
+                    row[name] = measure(model, *measure_args)
+                except Exception as error:  # report it and go on with the other measurements
+                    row[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
         results["layouts"][layout] = row
         print(layout, json.dumps(row), flush=True)
         del model

@@ -29,21 +29,23 @@ def llama3_layout_map(
     device_mesh: keras.distribution.DeviceMesh,
     model_parallel_dim_name: str = "model",
     data_parallel_dim_name: str | None = "batch",
+    shard_weights_over_batch: bool = False,
 ) -> keras.distribution.LayoutMap:
     """A `keras.distribution.LayoutMap` for `Llama3Backbone` weights.
 
     Kernels are split over ``model_parallel_dim_name`` along their head/intermediate/vocabulary
-    dimension, and over ``data_parallel_dim_name`` along the other one (each data-parallel replica
-    keeps a slice, as in FSDP, and XLA gathers it when needed); pass ``data_parallel_dim_name=None``
-    to replicate over the batch axis instead. Norm scales are replicated. Every split dimension
-    must be divisible by the size of its mesh axis.
+    dimension and replicated over the batch axis, which carries data parallelism (pass
+    ``batch_dim_name`` of the same name to `keras.distribution.ModelParallel`). With
+    ``shard_weights_over_batch=True`` they are also sliced over ``data_parallel_dim_name`` along
+    the other dimension, as in FSDP: less memory per device, an all-gather per use. Norm scales
+    are replicated. Every split dimension must be divisible by the size of its mesh axis.
 
     Example:
         >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"),
         ...                                      keras.distribution.list_devices()[:1])
         >>> layout_map = llama3_layout_map(mesh)
         >>> layout_map["llama3_backbone/transformer_layer_0/attention/query/kernel"].axes
-        ('batch', 'model')
+        (None, 'model')
     """
     for name in (model_parallel_dim_name, data_parallel_dim_name):
         if name is not None and name not in device_mesh.axis_names:
@@ -51,7 +53,8 @@ def llama3_layout_map(
                 f"Mesh axis {name!r} not in the device mesh's axes {tuple(device_mesh.axis_names)}; "
                 "build the mesh with axis_names=('batch', 'model') or pass the names used."
             )
-    model, data = model_parallel_dim_name, data_parallel_dim_name
+    model = model_parallel_dim_name
+    data = data_parallel_dim_name if shard_weights_over_batch else None
     layout_map = keras.distribution.LayoutMap(device_mesh)
     # Vocabulary over "model": the embedding lookup and the logits are both split by token id.
     layout_map[r".*token_embedding/embeddings"] = (model, data)
@@ -64,6 +67,11 @@ def llama3_layout_map(
     # Fan-in projections: split by input rows, so they consume the split activations directly.
     layout_map[_LAYER + r"attention/attention_output/kernel"] = (model, data)
     layout_map[_LAYER + r"ffn_down/kernel"] = (model, data)
+    if data is not None:
+        # Weights sliced over the batch axis make XLA choose a layout per activation, and it may
+        # choose differently for query, key and value, which cuDNN's fused attention refuses to
+        # partition. Keras constrains a layer's output when its path + "/output" matches.
+        layout_map[_LAYER + r"attention/(query|key|value)/output"] = (data, None, model)
     return layout_map
 
 

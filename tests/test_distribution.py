@@ -9,11 +9,13 @@ steps with the single-device run; it also reports how every weight is sharded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -56,18 +58,41 @@ def test_every_projection_and_embedding_is_sharded(report, case):
     batch, model = MESHES[case]
     shardings = report[case]["shardings"]
     for path, info in shardings.items():
-        size = lambda shape: int(__import__("math").prod(shape))  # noqa: E731
         if path.endswith("/scale"):  # norm scales are replicated
             assert info["shard_shape"] == info["shape"], path
             continue
-        assert size(info["shard_shape"]) * batch * model == size(info["shape"]), (path, info)
-    query = shardings["llama3_backbone/transformer_layer_0/attention/query/kernel"]
-    assert query["spec"] == ["batch", "model"] and query["shard_shape"] == [64 // batch, 64 // model]
-    embeddings = shardings["llama3_backbone/token_embedding/embeddings"]
-    assert embeddings["spec"] == ["model", "batch"]
-    down = shardings["llama3_backbone/transformer_layer_1/ffn_down/kernel"]
-    assert down["shard_shape"] == [128 // model, 64 // batch]
+        # Split over "model", replicated over "batch" (which carries the data parallelism).
+        assert math.prod(info["shard_shape"]) * model == math.prod(info["shape"]), (path, info)
+    query = shardings["transformer_layer_0/attention/query/kernel"]
+    assert query["spec"] == [None, "model"] and query["shard_shape"] == [64, 64 // model]
+    value = shardings["transformer_layer_1/attention/value/kernel"]
+    assert value["shard_shape"] == [64, 16 // model]
+    embeddings = shardings["token_embedding/embeddings"]
+    assert embeddings["spec"] == ["model", None] and embeddings["shard_shape"] == [384 // model, 64]
+    down = shardings["transformer_layer_1/ffn_down/kernel"]
+    assert down["spec"] == ["model", None] and down["shard_shape"] == [128 // model, 64]
     assert report[case]["loaded_on_shards"]
+
+
+def test_fsdp_layout_map_slices_weights_over_both_axes():
+    import keras
+
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+
+    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"), np.arange(8).reshape(2, 4))
+    default = Llama3Backbone.get_layout_map(mesh)
+    fsdp = Llama3Backbone.get_layout_map(mesh, shard_weights_over_batch=True)
+    path = "llama3_backbone/transformer_layer_3/{}/kernel"
+    assert default[path.format("ffn_gate")].axes == (None, "model")
+    assert fsdp[path.format("ffn_gate")].axes == ("batch", "model")
+    assert fsdp[path.format("ffn_down")].axes == ("model", "batch")
+    assert fsdp[path.format("attention/attention_output")].axes == ("model", "batch")
+    assert fsdp["llama3_backbone/transformer_layer_0/attention/key/output"].axes == (
+        "batch", None, "model")
+    assert default["llama3_backbone/transformer_layer_0/attention/key/output"] is None
+    assert default["llama3_backbone/sequence_output_layernorm/scale"] is None  # replicated
+    with pytest.raises(ValueError, match="not in the device mesh"):
+        Llama3Backbone.get_layout_map(mesh, model_parallel_dim_name="tensor")
 
 
 def test_data_parallel_replicates_the_weights(report):
@@ -87,6 +112,7 @@ def _main(workdir: Path) -> None:
     from tiny_llama import CORPUS, tiny_causal_lm
 
     from kerasllm_widget.distribution import describe_sharding
+    from kerasllm_widget.generation.engine import engine_for
     from kerasllm_widget.generation.events import DoneEvent
     from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
@@ -110,6 +136,9 @@ def _main(workdir: Path) -> None:
         # predict: one compiled program (eager ops on sharded arrays would compile one per op).
         out = {"logits": model.predict(features, batch_size=8, verbose=0).astype(np.float64)}
         out["generated"] = model.generate(PROMPTS[0], max_new_tokens=8, sampler="greedy")
+        # Without the kept cache the stream prefills the same prompt again with the same program
+        # (reusing the prefix would compile a continuation program, which other tests cover).
+        engine_for(model).clear_cache()
         events = list(model.stream(PROMPTS[0], max_new_tokens=8, sampler="greedy"))
         out["streamed_ids"] = list(next(e for e in events if isinstance(e, DoneEvent)).token_ids)
         inferred = time.perf_counter()
@@ -139,10 +168,12 @@ def _main(workdir: Path) -> None:
     for name, distribution in cases.items():
         with distribution.scope():
             model = Llama3CausalLM.from_preset(str(preset))
-            shardings = describe_sharding(model.backbone)
+            # Keyed without the model's own name (llama3_backbone, llama3_backbone_1, ...).
+            shardings = {path.split("/", 1)[1]: info
+                         for path, info in describe_sharding(model.backbone).items()}
             loaded_on_shards = all(
                 len(w.value.addressable_shards) == 8
-                and all(s.data.shape == tuple(shardings[w.path]["shard_shape"])
+                and all(s.data.shape == tuple(shardings[w.path.split("/", 1)[1]]["shard_shape"])
                         for s in w.value.addressable_shards)
                 for w in model.backbone.weights
             )

@@ -281,8 +281,11 @@ class Llama3Backbone(keras.Model):
 
     @staticmethod
     def get_layout_map(device_mesh, model_parallel_dim_name: str = "model",
-                       data_parallel_dim_name: str | None = "batch"):
-        """A `keras.distribution.LayoutMap` sharding this model over a ("batch", "model") mesh.
+                       data_parallel_dim_name: str | None = "batch",
+                       shard_weights_over_batch: bool = False):
+        """A `keras.distribution.LayoutMap` sharding this model over a ("batch", "model") mesh:
+        weights split over "model" (and sliced over "batch" too with
+        ``shard_weights_over_batch=True``, FSDP-style), the batch over "batch".
 
         Example:
             >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
@@ -292,7 +295,8 @@ class Llama3Backbone(keras.Model):
         """
         from kerasllm_widget.distribution import llama3_layout_map
 
-        return llama3_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+        return llama3_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name,
+                                 shard_weights_over_batch)
 
     def save_to_preset(self, preset_dir, dtype=None, max_shard_size="5GB") -> None:
         """Writes ``config.json`` and safetensors weights in Hugging Face layout (LoRA merged).
