@@ -233,7 +233,7 @@ def worker_chat(turns: int) -> dict:
 # ------------------------------------------------------------------------------------ GPU
 
 
-def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int]) -> None:
+def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int], profile: bool = False) -> None:
     import jax
     import keras
     import numpy as np
@@ -278,6 +278,37 @@ def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int]) -> None
             print(f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
                   f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
                   f"{steps:>8.0f} {steps / bound:>12.1%}")
+    if profile:
+        engine.chunk_size = chunk_sizes[-1]
+        prompts = rng.integers(1000, 100000, size=(1, PROMPT_TOKENS)).tolist()
+        folder = tempfile.mkdtemp(prefix="kerasllm-profile-")
+        with jax.profiler.trace(folder):
+            for _ in engine.generate_tokens(prompts, max_new_tokens=new_tokens, sampler=Sampler(temperature=0.0)):
+                pass
+        print_gpu_profile(folder, new_tokens)
+
+
+def print_gpu_profile(folder: str, steps: int) -> None:
+    """Where a decode step's time goes on the device: kernel time per step and the top kernels."""
+    import collections
+    import gzip
+
+    trace = json.load(gzip.open(sorted(Path(folder).rglob("*.trace.json.gz"))[-1]))
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    gpu = {pid for pid, name in names.items() if "GPU" in name or "gpu" in name}
+    busy, count = collections.Counter(), collections.Counter()
+    first, last = float("inf"), 0.0
+    for e in trace["traceEvents"]:
+        if e.get("ph") == "X" and e.get("pid") in gpu and e.get("dur", 0) > 0:
+            busy[e["name"]] += e["dur"]
+            count[e["name"]] += 1
+            first, last = min(first, e["ts"]), max(last, e["ts"] + e["dur"])
+    total = sum(busy.values())
+    print(f"profile (batch 1, {steps} tokens): device busy {total / steps:.0f} us/token over a span of "
+          f"{(last - first) / steps:.0f} us/token, {sum(count.values()) / steps:.0f} kernels/token")
+    for name, micros in busy.most_common(12):
+        print(f"  {micros / steps:8.1f} us/token {count[name] / steps:6.1f}x  {name[:90]}")
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -304,6 +335,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--chunks", default="16,64", help="decode tokens per call (--gpu)")
+    parser.add_argument("--profile", action="store_true", help="device time per token (--gpu)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--int8", action="store_true", help="also our float32 model after quantize('int8')")
     parser.add_argument("--no-transformers", action="store_true")
@@ -326,7 +358,7 @@ def main() -> None:
         return
     if args.gpu:
         run_gpu([int(b) for b in args.batches.split(",")], args.new_tokens,
-                [int(c) for c in args.chunks.split(",")])
+                [int(c) for c in args.chunks.split(",")], args.profile)
         return
 
     load = os.getloadavg()[0]
