@@ -22,6 +22,9 @@ const SIZE = 440; // CSS pixels of the heatmap's side
 const OVERVIEW = 120;
 const LABEL_GUTTER = 64;
 const MIN_LABEL_CELL = 11; // pixels a cell needs before its token is written beside it
+// Short sequences (a teaching sentence) get their tokens written along both axes; long ones rely
+// on the tooltip and the text below, and spend no room on label gutters.
+const MAX_LABELLED = Math.floor(SIZE / MIN_LABEL_CELL);
 
 export interface HeatmapEvents {
   /** The cell under the pointer (query row, key column), or nulls when it leaves. */
@@ -187,10 +190,10 @@ export class Heatmap {
   private renderLabels(): void {
     const ratio = window.devicePixelRatio || 1;
     const cell = SIZE / this.window.span;
-    const show = cell >= MIN_LABEL_CELL;
-    // Hidden by visibility, not display: the map must not jump when labels come and go on zoom.
-    this.rowLabels.style.visibility = show ? "visible" : "hidden";
-    this.colLabels.style.visibility = show ? "visible" : "hidden";
+    const show = this.length <= MAX_LABELLED;
+    this.rowLabels.hidden = !show;
+    this.colLabels.hidden = !show;
+    this.el.querySelector(".kw-heatmap-corner")?.toggleAttribute("hidden", !show);
     if (!show) return;
     const rows = this.rowLabels.getContext("2d");
     const cols = this.colLabels.getContext("2d");

@@ -34,7 +34,12 @@ function rowGroup(row: PreprocessRow, index: number): HTMLElement {
       {},
       line(
         "piece",
-        row.token_pieces.map((p, i) => cell(p, row.token_kinds[i] ?? "text", `token ${i}`)),
+        // Padding repeats the pad id, which is often a real token ("!" is 0 in Llama 3): the mask,
+        // not the id, makes it padding, so the cell says so instead of showing "!".
+        row.token_pieces.map((p, i) => {
+          const kind = row.token_kinds[i] ?? "text";
+          return cell(kind === "pad" ? "pad" : p, kind, `token ${i}: ${p}`);
+        }),
       ),
       line(
         "token_ids",

@@ -1,0 +1,237 @@
+"""The inspectors end to end: JupyterLab on loopback, headless Chromium, the real Llama 3 tokenizer
+and the real SmolLM2-135M-Instruct model in the kernel.
+
+Types text into a TokenInspector and reads the chips ("Hello" is 9906, as in the seed); has a
+short chat in a ChatWidget, opens its Attention tab and checks the canvas drew the chosen head;
+opens the Probabilities tab, clicks a generated token and reads its alternatives, and takes a
+step of the step mode with a token the sampler did not pick. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import harness as H  # tests/browser is on sys.path for the tests beside it
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+LOAD_TIMEOUT_S = 300  # model load and first compilation on a small CPU machine
+
+
+def cells(tokenizer_json: str) -> list[str]:
+    return [
+        "from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer\n"
+        "from kerasllm_widget.widgets.token_inspector import TokenInspector\n"
+        # Configured as Llama-3.2-Instruct's tokenizer is: BOS first, <|eot_id|> as the end token.
+        f"tokenizer = Llama3Tokenizer({tokenizer_json!r}, bos_token='<|begin_of_text|>',\n"
+        "                            eos_token='<|eot_id|>', add_bos=True)\n"
+        "TokenInspector(tokenizer, text='', sequence_length=6)",
+        "from kerasllm_widget import ChatWidget\n"
+        'chat = ChatWidget.from_preset("smollm2-135m-instruct", temperature=0.0, max_new_tokens=16)\n'
+        "chat",
+        "from kerasllm_widget.widgets.attention_view import AttentionView\n"
+        "AttentionView(chat.chat_state.model, text='The cat sat on the mat because it was tired.')",
+        "from kerasllm_widget.widgets.preprocessor_inspector import PreprocessorInspector\n"
+        "PreprocessorInspector(tokenizer, ['Hello', 'Hi there!'], sequence_length=6)",
+    ]
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory, smollm2_gguf, llama3_tokenizer_json):
+    if H.chromium_path() is None:
+        pytest.fail("chromium is not installed (apt-get install chromium); `make test-deps` does it")
+    root = tmp_path_factory.mktemp("jupyter-inspectors")
+    H.write_notebook(root / "inspectors.ipynb", cells(str(llama3_tokenizer_json)))
+    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
+        page = H.open_notebook(browser, server.lab_url("inspectors.ipynb"), "lab", viewport=(1280, 1400))
+        try:
+            yield page
+        except Exception:
+            raise
+        finally:
+            H.ARTIFACTS.mkdir(exist_ok=True)
+            page.page.screenshot(path=str(H.ARTIFACTS / "inspectors-page.png"))
+            page.page.context.close()
+            server.shutdown_kernels()
+
+
+def test_token_inspector_shows_hello_as_9906(notebook):
+    page = notebook.page
+    notebook.run_cell(0)
+    inspector = page.locator(".kerasllm-widget").first
+    box = inspector.locator("textarea.kw-token-input")
+    box.wait_for(timeout=60_000)
+    box.click()
+    box.type("Hello")
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.kerasllm-widget')[0].querySelectorAll('.kw-chip')]
+                   .map(c => c.dataset.id).join(',') === '9906'""",
+        timeout=30_000,
+    )
+    box.type(" world! 🦙")
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[0].querySelectorAll('.kw-chip').length >= 5""",
+        timeout=30_000,
+    )
+    pieces = inspector.locator(".kw-chip-piece").all_inner_texts()
+    assert pieces[:4] == ["Hello", "␣world", "!", "␣"] or pieces[:3] == ["Hello", "␣world", "!"]
+    assert any(p.startswith("<0x") for p in pieces)  # the llama emoji splits into byte tokens
+    inspector.locator(".kw-chip").nth(1).click()
+    assert "20 77 6F 72 6C 64" in inspector.locator(".kw-token-detail").inner_text()  # " world"
+    # The preprocessor table of the same text: the start token first, the end token marked.
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[0]
+                   .querySelector('tr[data-row="token_ids"] td')?.textContent === '128000'""",
+        timeout=30_000,
+    )
+    H.screenshot(inspector.locator(".kw-root"), "inspectors-tokens.png")
+
+
+def test_chat_tabs_show_attention_and_probabilities(notebook):
+    page = notebook.page
+    notebook.run_cell(1)
+    chat = page.locator(".kerasllm-widget").nth(1)
+    chat.locator(".kw-chat").wait_for(timeout=60_000)
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1]
+                   ?.querySelector('.kw-status')?.dataset.state === 'ready'""",
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+    box = chat.locator(".kw-input")
+    box.click()
+    box.fill("Name three colours.")
+    box.press("Enter")
+    page.wait_for_function(
+        """() => {
+            const a = document.querySelectorAll('.kerasllm-widget')[1].querySelector('.kw-assistant');
+            return a && a.dataset.status === 'done';
+        }""",
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+
+    # Attention: the head average first, then head 2; the canvas must have drawn that head.
+    chat.locator('.kw-tab[data-tab="attention"]').click()
+    attention = chat.locator(".kw-attention")
+    ready = """(head) => {
+        const el = document.querySelectorAll('.kerasllm-widget')[1].querySelector('.kw-attention');
+        return el && el.dataset.state === 'ready' && el.dataset.head === head;
+    }"""
+    page.wait_for_function(ready, arg="mean", timeout=LOAD_TIMEOUT_S * 1000)
+    attention.locator("select.kw-head").select_option("2")
+    page.wait_for_function(ready, arg="2", timeout=120_000)
+    pixels = page.evaluate(
+        """() => {
+            const canvas = document.querySelectorAll('.kerasllm-widget')[1].querySelector('.kw-heatmap-canvas');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let inked = 0, upper = 0;
+            const w = canvas.width;
+            for (let i = 0; i < data.length; i += 4) {
+              const ink = data[i] < 240 || data[i + 1] < 240;  // not the white of p = 0
+              if (!ink) continue;
+              inked++;
+              const x = (i / 4) % w, y = Math.floor(i / 4 / w);
+              if (x > y + 2 * w / 64) upper++;  // strictly above the diagonal: future tokens
+            }
+            return { inked, upper, total: data.length / 4 };
+        }"""
+    )
+    assert pixels["inked"] > 0.02 * pixels["total"], pixels
+    assert pixels["upper"] == 0, pixels  # causal: nothing drawn where a query would see the future
+    status = attention.locator(".kw-attn-status").inner_text()
+    assert "head 2" in status and "tokens" in status
+    # Hovering a token of the text lights up the tokens it attends to.
+    strip_tokens = attention.locator(".kw-strip-token")
+    count = strip_tokens.count()
+    strip_tokens.nth(count - 1).hover()
+    lit = attention.locator('.kw-strip-token[style*="background"]').count()
+    assert lit >= 1
+    H.screenshot(chat.locator(".kw-root"), "inspectors-attention.png")
+    attention.locator(".kw-model-view-btn").click()
+    page.wait_for_function(
+        """() => Number(document.querySelectorAll('.kerasllm-widget')[1]
+                   .querySelector('.kw-model-view')?.dataset.filled || 0) >= 2""",
+        timeout=120_000,
+    )
+    attention.locator('.kw-thumb[data-layer="1"][data-head="3"]').click()
+    page.wait_for_function(ready, arg="3", timeout=120_000)
+    assert attention.locator("select.kw-layer").input_value() == "1"
+    H.screenshot(chat.locator(".kw-root"), "inspectors-model-view.png")
+
+    # Probabilities: the reply's tokens are coloured; a click shows the alternatives.
+    chat.locator('.kw-tab[data-tab="probabilities"]').click()
+    probabilities = chat.locator(".kw-probabilities")
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1]
+                   .querySelector('.kw-probabilities')?.dataset.state === 'ready'""",
+        timeout=120_000,
+    )
+    replies = probabilities.locator("button.kw-scored.kw-role-assistant")
+    assert replies.count() >= 3
+    replies.nth(1).click()
+    bars = probabilities.locator(".kw-prob-detail .kw-bar-row")
+    assert bars.count() >= 2
+    assert probabilities.locator(".kw-prob-detail .kw-bar-chosen").count() == 1
+    H.screenshot(chat.locator(".kw-root"), "inspectors-probabilities.png")
+
+    # Step mode: start from the conversation, then choose a token the sampler did not pick.
+    probabilities.locator(".kw-step-section summary").click()
+    step = probabilities.locator(".kw-step")
+    step.locator(".kw-step-start").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1]
+                   .querySelector('.kw-step')?.dataset.state === 'ready'""",
+        timeout=120_000,
+    )
+    other = step.locator(".kw-bar-row:not(.kw-bar-proposal)").nth(2)
+    chosen_piece = other.locator(".kw-bar-piece").inner_text()
+    other.click()
+    page.wait_for_function(
+        """() => {
+            const s = document.querySelectorAll('.kerasllm-widget')[1].querySelector('.kw-step');
+            return s && s.dataset.state === 'ready' && s.dataset.steps === '1';
+        }""",
+        timeout=120_000,
+    )
+    user_token = step.locator(".kw-step-token.kw-step-by-user")
+    assert user_token.count() == 1
+    assert user_token.inner_text() == chosen_piece.replace("␣", " ")
+    step.locator(".kw-step-accept").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1].querySelector('.kw-step')?.dataset.steps === '2'""",
+        timeout=120_000,
+    )
+    assert step.locator(".kw-step-token.kw-step-by-sampler").count() == 1
+    H.screenshot(chat.locator(".kw-root"), "inspectors-step-mode.png")
+
+
+def test_standalone_attention_view_and_preprocessor_inspector(notebook):
+    page = notebook.page
+    notebook.run_cell(2)  # the chat's model is already loaded in this kernel
+    view = page.locator(".kerasllm-widget").nth(2)
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[2]
+                   ?.querySelector('.kw-attention')?.dataset.state === 'ready'""",
+        timeout=120_000,
+    )
+    # A short sentence: its tokens are written along both axes of the map.
+    assert view.locator(".kw-heatmap-rows").is_visible()
+    assert view.locator(".kw-strip-token").count() == 11  # SmolLM2 adds no start token
+    view.locator("select.kw-layer").select_option("5")
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[2]
+                   ?.querySelector('.kw-attention')?.dataset.layer === '5'""",
+        timeout=60_000,
+    )
+    # The selection is a traitlet: the kernel knows which layer is shown.
+    H.screenshot(view.locator(".kw-root"), "inspectors-attention-standalone.png")
+
+    notebook.run_cell(3)
+    table = page.locator(".kerasllm-widget").nth(3)
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[3]
+                   ?.querySelectorAll('.kw-pre-group').length === 2""",
+        timeout=60_000,
+    )
+    ids = table.locator('.kw-pre-group[data-index="1"] tr[data-row="token_ids"] td').all_inner_texts()
+    assert ids[0] == "128000" and ids[-1] == "0"  # start token first; padded at the end
+    assert table.locator('.kw-pre-group[data-index="0"] .kw-cell-pad').count() >= 3
+    H.screenshot(table.locator(".kw-root"), "inspectors-preprocessor.png")
