@@ -423,6 +423,10 @@ def test_stop_from_the_front_end_ends_the_reply_and_keeps_what_was_said(chat):
     request_id = view.request("chat.send", text="Tell me a long story")
     assert reached.wait(180)
     view.request("chat.cancel")
+    # The panel shows the stop at once, while the engine finishes its step (held here).
+    assert chat.transcript[-1]["status"] == "cancelled"
+    assert chat.status["state"] == "ready"
+    shown = chat.transcript[-1]["content"]
     release.set()
     _wait_for(lambda: _idle(chat), what="the stopped reply")
     (done,) = view.of_kind("chat.done", request_id)
@@ -430,6 +434,11 @@ def test_stop_from_the_front_end_ends_the_reply_and_keeps_what_was_said(chat):
     assert 0 < done["stats"]["generated_tokens"] < 256
     reply = chat.transcript[-1]
     assert reply["status"] == "cancelled" and reply["content"] == done["text"]
+    # Nothing streamed into the reply after Stop: the panel kept what it showed.
+    streamed = "".join(
+        t["text"] for b in view.of_kind("chat.token", request_id) for t in b["tokens"]
+    )
+    assert streamed == shown
     if done["text"]:  # ChatState keeps a stopped reply as the assistant's turn
         assert chat.history[-1] == {"role": "assistant", "content": done["text"]}
 

@@ -165,6 +165,7 @@ class ChatWidget(anywidget.AnyWidget):
         self._done_callbacks: list[Callable[[DoneEvent], None]] = []
         # The reply streaming now, as sent so far: what a view opened mid-reply catches up from.
         self._live: dict[str, Any] | None = None
+        self._stopped: set[str] = set()  # replies shown as stopped whose engine step still runs
         self._closed = False
         # The inspector tabs (Tokens, Attention, Probabilities) share this comm; see chat_inspectors.
         self._inspectors = chat_inspector_service(self)
@@ -274,9 +275,16 @@ class ChatWidget(anywidget.AnyWidget):
         return ReplyHandle(self._submit_regenerate(request_id), request_id, self)
 
     def stop(self) -> None:
-        """Stops the reply being generated and drops messages waiting in the queue."""
+        """Stops the reply being generated and drops messages waiting in the queue.
+
+        The panel shows the reply as stopped at once, with the text it had: the engine stops at
+        its next decode step and keeps nothing it computes after the Stop, but that step (a few
+        tokens on a slow CPU) can take a second, and the user should not have to watch it.
+        `ReplyHandle.wait` still waits for the real end.
+        """
         self._worker.drop_pending()
-        self._worker.cancel_current()
+        if self._worker.cancel_current() is not None:
+            self._show_stopped()
 
     def reset(self) -> None:
         """Starts a new conversation (keeps the model, system prompt and settings)."""
@@ -450,17 +458,31 @@ class ChatWidget(anywidget.AnyWidget):
     def _send_tokens(self, request_id: str, reply_id: str, batch: list[TokenEvent]) -> None:
         records = [P.token_record(event) for event in batch]
         with self._lock:
+            if reply_id in self._stopped:  # shown as stopped: nothing more streams into it
+                return
             live = self._live
             if live is not None and live["reply_id"] == reply_id:
                 live["tokens"].extend(records)
                 live["text"] += "".join(r["text"] for r in records)
             self._emit(P.envelope(P.CHAT_TOKEN, request_id, reply_id=reply_id, tokens=records))
 
+    def _show_stopped(self) -> None:
+        with self._lock:
+            live, self._live = self._live, None
+            if live is None:
+                return
+            self._stopped.add(live["reply_id"])
+            self._update_entry(
+                live["reply_id"], content=live["text"], status="cancelled", stop_reason="cancelled"
+            )
+        self._set_status(state=self._state_between_replies(), queued=0)
+
     def _finish(self, request_id: str, reply_id: str, done: DoneEvent) -> None:
         stats = P.reply_stats(done)
         status = "cancelled" if done.stop_reason == "cancelled" else "done"
         with self._lock:
             self._live = None
+            self._stopped.discard(reply_id)
             self._update_entry(
                 reply_id,
                 content=done.text,
@@ -495,8 +517,10 @@ class ChatWidget(anywidget.AnyWidget):
         log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
         with self._lock:
             live, self._live = self._live, None
-            partial = live["text"] if live and live["reply_id"] == reply_id else ""
             entries = list(self.transcript)
+            shown = next((e["content"] for e in entries if e["id"] == reply_id), "")
+            partial = live["text"] if live and live["reply_id"] == reply_id else shown
+            self._stopped.discard(reply_id)
             if user_id is not None:
                 entries = [{**e, "status": "sent"} if e["id"] == user_id else e for e in entries]
             if not any(e["id"] == reply_id for e in entries):

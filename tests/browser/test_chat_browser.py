@@ -1,14 +1,17 @@
 """The ChatWidget end to end: a real JupyterLab / Notebook 7 server, headless Chromium, and the real
 SmolLM2-135M-Instruct model in the kernel.
 
-One flow, run in both front ends: type a question and watch the answer stream in; Stop a long
-answer; ask again; change the temperature in the settings drawer and read it back in the kernel.
-Screenshots go to test-artifacts/.
+One flow, run in both front ends: type a question and watch the answer stream in; start a long
+answer, open a second view of the widget mid-reply and see it catch up, Stop the answer; ask again;
+change the temperature in the settings drawer and read it back in the kernel; export the
+conversation as Markdown and JSON. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import harness as H  # tests/browser is on sys.path for the tests beside it
 import pytest
@@ -164,6 +167,17 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     temperature.press("Enter")
     H.screenshot(panel.locator(".kw-root"), f"chat-{label}-settings.png")
     panel.locator(".kw-settings-toggle").click()
+    # 5. Export: the conversation as Markdown and as JSON files.
+    with page.expect_download() as markdown_download:
+        panel.locator(".kw-export-md").click()
+    markdown = Path(markdown_download.value.path()).read_text(encoding="utf-8")
+    assert markdown.count("## User") == 3 and "Paris" in markdown and "*(stopped)*" in markdown
+    with page.expect_download() as json_download:
+        panel.locator(".kw-export-json").click()
+    exported = json.loads(Path(json_download.value.path()).read_text(encoding="utf-8"))
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"] * 3
+    assert exported["settings"]["temperature"] == 0.35
+
     notebook.run_cell(1)
     printed = notebook.cell_output_text(1, "TEMPERATURE")
     assert "TEMPERATURE 0.35 SEED 0" in printed, printed
