@@ -12,6 +12,7 @@ const entries = {
   preprocess: "js/preprocess/index.ts",
   attention: "js/attention/index.ts",
   probabilities: "js/probabilities/index.ts",
+  training: "js/training/index.ts",
 };
 
 const options = {

@@ -130,3 +130,59 @@ def test_text_dataset_buckets_lengths_and_pads_the_last_batch(model):
     assert weights1[0].sum() > 0 and weights1[1:].sum() == 0 and not x1["padding_mask"][1:].any()
     with pytest.raises(ValueError, match="y must be None"):
         model.fit(CORPUS, np.zeros(8), verbose=0)
+
+
+# --- TrainingMonitor ----------------------------------------------------------------------------
+
+
+def test_training_monitor_records_the_run_and_samples_each_epoch(model):
+    from kerasllm_widget.widgets.training_monitor import TrainingMonitor
+
+    monitor = TrainingMonitor(sample_prompt=CONVERSATIONS[1][:2], max_new_tokens=4,
+                              update_interval_s=0.0)
+    model.fit(CORPUS, batch_size=4, epochs=2, validation_data=CORPUS[:2], callbacks=[monitor],
+              verbose=0)
+    assert monitor.status == "done"
+    assert [p["step"] for p in monitor.steps] == [1, 2, 3, 4]
+    assert [p["epoch"] for p in monitor.steps] == [1, 1, 2, 2]
+    assert all(np.isfinite(p["loss"]) for p in monitor.steps)
+    assert monitor.steps[0]["seconds"] is None and monitor.steps[-1]["seconds"] > 0
+    assert monitor.steps[-1]["lr"] == pytest.approx(5e-5)  # the default AdamW's
+    assert [e["epoch"] for e in monitor.epochs] == [1, 2]
+    assert monitor.epochs[-1]["loss"] == pytest.approx(monitor.steps[-1]["loss"], rel=1e-5)
+    assert np.isfinite(monitor.epochs[-1]["val_loss"]) and "accuracy" in monitor.epochs[-1]["metrics"]
+    assert [s["epoch"] for s in monitor.samples] == [1, 2]
+    assert monitor.sample_prompt_text == "Hello!"
+    assert monitor.progress["epochs"] == 2 and monitor.progress["steps_per_epoch"] == 2
+    # The samples are the model's own greedy answers, with the weights it has after the epoch.
+    answer = model.generate(CONVERSATIONS[1][:2], max_new_tokens=4, sampler="greedy",
+                            strip_prompt=True)
+    assert monitor.samples[-1]["text"] == answer
+
+
+def test_training_monitor_stop_button_ends_training_after_the_step(model):
+    from kerasllm_widget.widgets.training_monitor import STOP_REQUEST, TrainingMonitor
+
+    monitor = TrainingMonitor(update_interval_s=0.0)
+
+    class PressStop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:  # what the front end sends when Stop is clicked
+                monitor._handle_message(monitor, {"kind": STOP_REQUEST}, [])
+
+    model.fit(CORPUS, batch_size=2, epochs=3, callbacks=[monitor, PressStop()], verbose=0)
+    assert monitor.status == "stopped"
+    assert len(monitor.steps) == 1 and monitor.samples == []
+
+
+def test_training_monitor_protocol_and_thinning():
+    from pathlib import Path
+
+    from kerasllm_widget.widgets.training_monitor import STOP_REQUEST, thin_points
+
+    protocol = (Path(__file__).parents[1] / "js" / "training" / "protocol.ts").read_text()
+    assert f'stop: "{STOP_REQUEST}"' in protocol
+    points = [{"step": i} for i in range(1, 10001)]
+    thinned = thin_points(points, 4000)
+    assert len(thinned) <= 4000 and thinned[0]["step"] == 1 and thinned[-1]["step"] == 10000
+    assert [p["step"] for p in thinned[-100:]] == list(range(9901, 10001))  # recent steps dense
