@@ -187,7 +187,14 @@ export class TranscriptView {
     const bubble = h("div", { class: "kw-bubble" }, body);
     const pending = entry.status === "streaming" || entry.status === "sent";
     if (pending && !text) bubble.append(h("span", { class: "kw-thinking" }, "Thinking"));
-    if (entry.status === "streaming" && text) bubble.append(h("span", { class: "kw-caret" }));
+    if (entry.status === "streaming" && text) {
+      // The caret goes at the end of the last line of text, not on a line of its own.
+      let target: Element = body;
+      while (target.lastElementChild && target.lastElementChild.tagName !== "BR") {
+        target = target.lastElementChild;
+      }
+      target.append(h("span", { class: "kw-caret" }));
+    }
     row.append(bubble);
     if (entry.status === "error") {
       row.append(
