@@ -198,21 +198,11 @@ def llama32_instruct_tokenizer(llama32_instruct_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def smollm2_chat_template(smollm2_gguf, request) -> str:
-    """The chat template in the SmolLM2 GGUF's metadata (``tokenizer.chat_template``).
+def smollm2_chat_template(smollm2_gguf) -> str:
+    """The chat template in the SmolLM2 GGUF's metadata (``tokenizer.chat_template``)."""
+    from kerasllm_widget.checkpoints.gguf_checkpoint import read_gguf_metadata
 
-    GGUFReader parses the whole file (seconds), so the text is kept in pytest's cache, keyed by
-    the file's path, size and modification time."""
-    stat = smollm2_gguf.stat()
-    key = f"kerasllm_widget/smollm2_chat_template/{stat.st_size}-{stat.st_mtime_ns}"
-    cached = request.config.cache.get(key, None)
-    if cached is not None and cached.get("path") == str(smollm2_gguf):
-        return cached["template"]
-    from gguf import GGUFReader
-
-    template = GGUFReader(str(smollm2_gguf)).fields["tokenizer.chat_template"].contents()
-    request.config.cache.set(key, {"path": str(smollm2_gguf), "template": template})
-    return template
+    return read_gguf_metadata(smollm2_gguf)["tokenizer.chat_template"]
 
 
 @pytest.fixture(scope="session")
