@@ -1,0 +1,72 @@
+"""The inspector notebooks run from top to bottom in a real kernel, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run_notebook(name: str):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    env_path = os.environ.get("PYTHONPATH", "")
+    # The kernel imports the package from this checkout even where it is not pip-installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env_path]))
+    try:
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    return notebook
+
+
+def outputs(notebook) -> str:
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", ""))
+            texts.append(str(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
+
+
+def widget_classes(notebook) -> list[str]:
+    """The widgets the notebook displayed, by their model's module."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            plain = str(data.get("text/plain", ""))
+            # Progress bars are widgets too; only this package's views are counted.
+            if "application/vnd.jupyter.widget-view+json" in data and plain.startswith("<kerasllm_widget"):
+                found.append(plain.split(" object")[0].rsplit(".", 1)[-1])
+    return found
+
+
+def test_tokenizer_and_preprocessor_notebook(smollm2_gguf, llama3_tokenizer_json):
+    notebook = run_notebook("tokenizer_and_preprocessor.ipynb")
+    text = outputs(notebook)
+    assert "array([9906], dtype=int32)" in text  # the seed's "Hello"
+    assert "128000,   9906, 128009" in text  # the seed's preprocessor output
+    assert "Paris" in text
+    assert widget_classes(notebook) == [
+        "TokenInspector",
+        "TokenInspector",
+        "PreprocessorInspector",
+        "PreprocessorInspector",
+    ]
+
+
+def test_attention_tour_notebook(smollm2_gguf):
+    notebook = run_notebook("attention_tour.ipynb")
+    text = outputs(notebook)
+    assert "looks one token back:" in text and "attention sink:" in text
+    assert widget_classes(notebook) == ["ChatWidget", "AttentionView", "AttentionView", "ProbabilitiesView"]
