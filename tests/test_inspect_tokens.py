@@ -106,3 +106,15 @@ def test_sources_refuse_objects_without_a_tokenizer():
         inspect.tokens(object(), "Hello")
     with pytest.raises(TypeError, match="no preprocessor"):
         inspect.preprocess(np.zeros(3), "Hello")
+
+
+def test_inspect_names_are_the_functions_even_after_their_modules_load():
+    import importlib
+
+    for module in ("token_table", "attention_maps", "distributions", "preprocess_table", "quantization"):
+        importlib.import_module(f"kerasllm_widget.inspect.{module}")
+    for name in ("tokens", "attention", "next_token", "preprocess", "quantize", "score", "entropy"):
+        assert callable(getattr(inspect, name)), name
+    assert "AttentionMaps" in dir(inspect)
+    with pytest.raises(AttributeError, match="no attribute"):
+        inspect.nothing_here  # noqa: B018
