@@ -228,7 +228,12 @@ class ChatWidget(anywidget.AnyWidget):
         )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Blocks until the model is loaded (True), it failed to load, or `timeout` passed (False)."""
+        """Blocks until the model is loaded (True), it failed to load, or `timeout` passed (False).
+
+        Example:
+            >>> ChatWidget.from_preset("smollm2-135m-instruct").wait_ready(300)  # doctest: +SKIP
+            True
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.status.get("state") == "loading":
             if deadline is not None and time.monotonic() >= deadline:
@@ -245,7 +250,12 @@ class ChatWidget(anywidget.AnyWidget):
 
     @property
     def history(self) -> list[dict[str, str]]:
-        """The conversation as the model sees it: ``[{"role", "content"}, ...]``."""
+        """The conversation as the model sees it: ``[{"role", "content"}, ...]``.
+
+        Example:
+            >>> chat.history  # doctest: +SKIP
+            [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
+        """
         if self._state is None:
             return []
         return [{"role": m["role"], "content": m["content"]} for m in self._state.messages]
@@ -268,7 +278,11 @@ class ChatWidget(anywidget.AnyWidget):
         return ReplyHandle(self._submit_send(request_id, text), request_id, self)
 
     def regenerate(self) -> ReplyHandle:
-        """Generates the last reply again (with the current settings)."""
+        """Generates the last reply again (with the current settings).
+
+        Example:
+            >>> chat.temperature = 1.0; chat.regenerate().result(timeout=120)  # doctest: +SKIP
+        """
         if not any(e["role"] == "assistant" for e in self.transcript):
             raise ValueError("there is no reply to regenerate")
         request_id = P.new_id()
@@ -281,13 +295,21 @@ class ChatWidget(anywidget.AnyWidget):
         its next decode step and keeps nothing it computes after the Stop, but that step (a few
         tokens on a slow CPU) can take a second, and the user should not have to watch it.
         `ReplyHandle.wait` still waits for the real end.
+
+        Example:
+            >>> handle = chat.send("Tell me a long story."); chat.stop()  # doctest: +SKIP
         """
         self._worker.drop_pending()
         if self._worker.cancel_current() is not None:
             self._show_stopped()
 
     def reset(self) -> None:
-        """Starts a new conversation (keeps the model, system prompt and settings)."""
+        """Starts a new conversation (keeps the model, system prompt and settings).
+
+        Example:
+            >>> chat.reset(); chat.history  # doctest: +SKIP
+            []
+        """
         self.stop()
         with self._lock:
             self._live = None
@@ -301,11 +323,19 @@ class ChatWidget(anywidget.AnyWidget):
         self._worker.submit(Task(clear, stream=False, name="reset"))
 
     def on_token(self, callback: Callable[[TokenEvent], None], remove: bool = False) -> None:
-        """Calls ``callback(event)`` for every generated token (on the generation thread)."""
+        """Calls ``callback(event)`` for every generated token (on the generation thread).
+
+        Example:
+            >>> chat.on_token(lambda event: print(event.text, end=""))  # doctest: +SKIP
+        """
         _register(self._token_callbacks, callback, remove)
 
     def on_done(self, callback: Callable[[DoneEvent], None], remove: bool = False) -> None:
-        """Calls ``callback(done_event)`` when a reply ends (on the generation thread)."""
+        """Calls ``callback(done_event)`` when a reply ends (on the generation thread).
+
+        Example:
+            >>> chat.on_done(lambda done: print(done.stop_reason, done.decode_tokens_per_s))  # doctest: +SKIP
+        """
         _register(self._done_callbacks, callback, remove)
 
     def close(self) -> None:
