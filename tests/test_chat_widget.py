@@ -529,6 +529,9 @@ def test_settings_traitlets_reach_the_model(chat):
     chat.seed = 124
     assert chat.send("Hi").result(timeout=180) != first
 
+    chat.reset()
+    assert chat.history == [] and chat.transcript == []  # at once, not some time later
+
     chat.system_prompt = "Arrr, answer like a pirate."
     chat.send("Hello").result(timeout=180)
     assert chat.chat_state.system_prompt == "Arrr, answer like a pirate."

@@ -303,13 +303,19 @@ class ChatWidget(anywidget.AnyWidget):
         if self._worker.cancel_current() is not None:
             self._show_stopped()
 
-    def reset(self) -> None:
+    def reset(self, timeout: float | None = 30.0) -> None:
         """Starts a new conversation (keeps the model, system prompt and settings).
+
+        Waits (at most `timeout` seconds) for a reply being stopped to end, so that `history` is
+        empty when this returns.
 
         Example:
             >>> chat.reset(); chat.history  # doctest: +SKIP
             []
         """
+        self._clear().wait(timeout)
+
+    def _clear(self) -> Task:
         self.stop()
         with self._lock:
             self._live = None
@@ -320,7 +326,8 @@ class ChatWidget(anywidget.AnyWidget):
                 self._state.reset()
                 self._set_status(tokens_used=self._context_tokens())
 
-        self._worker.submit(Task(clear, stream=False, name="reset"))
+        # On the worker, after the reply being stopped: that reply still writes to the ChatState.
+        return self._worker.submit(Task(clear, stream=False, name="reset"))
 
     def on_token(self, callback: Callable[[TokenEvent], None], remove: bool = False) -> None:
         """Calls ``callback(event)`` for every generated token (on the generation thread).
@@ -603,7 +610,7 @@ class ChatWidget(anywidget.AnyWidget):
             P.CHAT_REGENERATE: self._handle_regenerate,
             P.CHAT_EDIT: self._handle_edit,
             P.CHAT_CANCEL: lambda r: self.stop(),
-            P.CHAT_CLEAR: lambda r: self.reset(),
+            P.CHAT_CLEAR: lambda r: self._clear(),
             P.CHAT_SYNC: self._handle_sync,
         }[request.kind]
         try:
