@@ -276,6 +276,25 @@ describe("ChatView", () => {
     expect($(".kw-status-state").textContent).toContain("Loading tiny");
   });
 
+  it("copies a message's text, not its rendered HTML", async () => {
+    const copied: string[] = [];
+    Object.defineProperty(window, "isSecureContext", { value: true, configurable: true });
+    Object.defineProperty(navigator, "clipboard", {
+      value: { writeText: async (text: string) => void copied.push(text) },
+      configurable: true,
+    });
+    model.kernelSets("transcript", [
+      { id: "u1", role: "user", content: "q", status: "done", request_id: "k" },
+      { id: "a1", role: "assistant", content: "**bold** `code`", status: "done", request_id: "k" },
+    ]);
+    await nextFrame();
+    const button = $('[data-role="assistant"] .kw-copy');
+    button.click();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    expect(copied).toEqual(["**bold** `code`"]);
+    expect(button.textContent).toBe("Copied");
+  });
+
   it("removes its listeners when the view is closed", () => {
     expect(model.listenerCount()).toBeGreaterThan(0);
     cleanup();
