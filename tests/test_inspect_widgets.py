@@ -245,3 +245,20 @@ def test_chat_widget_answers_its_inspector_tabs(tiny):
         time.sleep(0.02)
     assert front.answers(request_id)[0][0]["kind"] == "chat.snapshot"
     chat.close()
+
+
+def test_idle_time_prepares_the_deeper_layers(tiny):
+    from kerasllm_widget.widgets.attention_view import AttentionView
+
+    widget = AttentionView(tiny, text=TEXT)
+    front = FrontEnd(widget)
+    opened, _ = front.ask(P.ATTENTION_OPEN, text=None)
+    front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=0, head="mean")
+    # After the first map, the forward pass goes on through every block in idle time.
+    deadline = time.monotonic() + 60
+    while widget.service._maps.prepared_layers < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert widget.service._maps.prepared_layers == 2
+    answer, _ = front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=1, head=0)
+    assert answer["kind"] == P.ATTENTION_RESULT
+    widget.close()

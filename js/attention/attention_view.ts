@@ -44,6 +44,7 @@ export class AttentionView {
     { class: "kw-btn kw-model-view-btn" },
     "Model view: all layers",
   );
+  private readonly rowScale = h("input", { type: "checkbox", class: "kw-row-scale" });
   private readonly heatmap: Heatmap;
   private readonly strip: TextStrip;
   private readonly grid: ModelGrid;
@@ -87,6 +88,7 @@ export class AttentionView {
       this.choose(this.layer, value === "mean" ? "mean" : Number(value));
     });
     this.gridButton.addEventListener("click", () => this.startOverview());
+    this.rowScale.addEventListener("change", () => this.heatmap.setRowScale(this.rowScale.checked));
     this.el = h(
       "div",
       { class: "kw-attention", "data-state": "opening" },
@@ -95,6 +97,12 @@ export class AttentionView {
         { class: "kw-attn-controls" },
         h("label", {}, "Layer ", this.layerSelect),
         h("label", {}, "Head ", this.headSelect),
+        h(
+          "label",
+          { title: "Colour each query row relative to its largest weight" },
+          this.rowScale,
+          " scale rows",
+        ),
         this.gridButton,
       ),
       this.statusEl,
@@ -125,6 +133,10 @@ export class AttentionView {
         this.fillPickers(message);
         if (changed) {
           this.pinned = null;
+          // Long sequences spread attention thin beside the first token: rows scaled on their
+          // own show where it goes. Short ones read better on one scale.
+          this.rowScale.checked = message.length > 256;
+          this.heatmap.setRowScale(this.rowScale.checked);
           this.strip.setTokens(message.pieces, message.roles);
           this.grid.reset(message.num_layers, message.num_heads);
           this.gridEl.hidden = true;

@@ -11,6 +11,7 @@ import {
   centreOn,
   fullWindow,
   levelFor,
+  normaliseRows,
   paint,
   panBy,
   pyramid,
@@ -62,6 +63,9 @@ export class Heatmap {
   private pinned: number | null = null;
   private external: number | null = null;
   private drag: { x: number; y: number; moved: boolean } | null = null;
+  private codes: Uint8Array | null = null;
+  private base: CodeGrid | null = null;
+  private perRow = false;
 
   constructor(private readonly events: HeatmapEvents) {
     const stack = h("div", { class: "kw-heatmap-stack" }, this.canvas, this.overlay, this.tooltip);
@@ -98,7 +102,31 @@ export class Heatmap {
     this.header = header;
     this.pieces = pieces;
     this.length = length;
-    this.grids = pyramid({ data: codes, rows: length, cols: length }, OVERVIEW / 2);
+    this.codes = codes;
+    this.build();
+    if (!(keepWindow && sameShape)) this.window = fullWindow(length);
+    if (this.pinned !== null && this.pinned >= length) this.pinned = null;
+    this.render();
+  }
+
+  /** Colours each row relative to its own maximum (true) or to the whole map's (false). */
+  setRowScale(perRow: boolean): void {
+    if (perRow === this.perRow) return;
+    this.perRow = perRow;
+    if (this.codes === null) return;
+    this.build();
+    this.render();
+  }
+
+  private build(): void {
+    const codes = this.codes;
+    if (codes === null) return;
+    const base = { data: codes, rows: this.length, cols: this.length };
+    const shown = this.perRow ? normaliseRows(base) : base;
+    // The pyramid is of the colours shown; the value under the pointer is always read from the
+    // codes as sent (`base`), whatever the colour scale.
+    this.base = base;
+    this.grids = pyramid(shown, OVERVIEW / 2);
     this.levels = this.grids.map((grid) => {
       const level = document.createElement("canvas");
       level.width = grid.cols;
@@ -111,9 +139,6 @@ export class Heatmap {
       }
       return level;
     });
-    if (!(keepWindow && sameShape)) this.window = fullWindow(length);
-    if (this.pinned !== null && this.pinned >= length) this.pinned = null;
-    this.render();
   }
 
   /** Highlights a query row chosen elsewhere (a token hovered in the text). */
@@ -124,7 +149,7 @@ export class Heatmap {
 
   /** The weight of one cell, decoded. */
   value(row: number, col: number): number {
-    const base = this.grids[0];
+    const base = this.base;
     if (!base || !this.header) return 0;
     return dequantizeOne(this.header, base.data[row * base.cols + col] ?? 0);
   }

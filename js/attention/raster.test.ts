@@ -1,6 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { BLUES, lookupTable } from "../shared/colour";
-import { cellAt, fullWindow, levelFor, maxPool2, paint, panBy, pyramid, zoomAt } from "./raster";
+import {
+  cellAt,
+  fullWindow,
+  levelFor,
+  maxPool2,
+  normaliseRows,
+  paint,
+  panBy,
+  pyramid,
+  zoomAt,
+} from "./raster";
 
 describe("max pooling", () => {
   it("keeps a one-cell line through every level", () => {
@@ -63,5 +73,12 @@ describe("view window", () => {
     const window = fullWindow(10);
     expect(cellAt(window, 10, 0.05, 0.95)).toEqual({ row: 9, col: 0 });
     expect(cellAt(window, 10, 1, 0.5)).toBeNull();
+  });
+});
+
+describe("row scaling", () => {
+  it("stretches each row to its maximum and leaves empty rows empty", () => {
+    const grid = { data: Uint8Array.from([255, 0, 0, 51, 17, 0, 0, 0, 0]), rows: 3, cols: 3 };
+    expect(Array.from(normaliseRows(grid).data)).toEqual([255, 0, 0, 255, 85, 0, 0, 0, 0]);
   });
 });

@@ -28,6 +28,24 @@ export function paint(
   return pixels;
 }
 
+/**
+ * Each row stretched to its own maximum. Codes are square roots of p / max, so dividing by the
+ * row's largest code gives exactly the square root of p / rowmax: a query whose weights are all
+ * small (a long sequence, with most mass on a sink) still shows where its attention goes.
+ */
+export function normaliseRows(grid: CodeGrid): CodeGrid {
+  const out = new Uint8Array(grid.data.length);
+  for (let r = 0; r < grid.rows; r++) {
+    const row = grid.data.subarray(r * grid.cols, (r + 1) * grid.cols);
+    let top = 0;
+    for (let c = 0; c < row.length; c++) top = Math.max(top, row[c] ?? 0);
+    if (top === 0) continue;
+    const f = 255 / top;
+    for (let c = 0; c < row.length; c++) out[r * grid.cols + c] = Math.round((row[c] ?? 0) * f);
+  }
+  return { data: out, rows: grid.rows, cols: grid.cols };
+}
+
 /** Halves a grid by taking the maximum of each 2 x 2 block (odd edges keep their last cells). */
 export function maxPool2(grid: CodeGrid): CodeGrid {
   const rows = Math.ceil(grid.rows / 2);

@@ -136,6 +136,18 @@ class InspectionPass:
             self._inputs.append(x)
         return self._inputs[index]
 
+    @property
+    def computed_blocks(self) -> int:
+        """How many blocks' inputs are known (a layer below this costs no forward pass)."""
+        return max(0, len(self._inputs) - 1)
+
+    def advance(self) -> bool:
+        """Runs one more block of the fused forward pass; False once every block has run."""
+        if len(self._inputs) > self.num_layers:
+            return False
+        self.layer_input(len(self._inputs))
+        return True
+
     def probabilities(self, index: int) -> np.ndarray:
         """Block ``index``'s attention probabilities ``[B, H, T, T]`` on the real length."""
         probabilities = self._runner.probabilities(

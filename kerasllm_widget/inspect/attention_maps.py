@@ -64,6 +64,21 @@ class AttentionMaps:
     def length(self) -> int:
         return int(self.token_ids.shape[1])
 
+    def prepare_next_layer(self) -> bool:
+        """Runs the forward pass one block further, so that a later request for a deeper layer
+        costs only its own attention; False once every layer is ready. Meant for idle time.
+
+        Example:
+            >>> while maps.prepare_next_layer():  # doctest: +SKIP
+            ...     pass
+        """
+        return self._pass.advance()
+
+    @property
+    def prepared_layers(self) -> int:
+        """Layers whose attention costs no forward pass any more."""
+        return min(self.num_layers, self._pass.computed_blocks + 1)
+
     def _check_layer(self, layer: int) -> int:
         index = int(layer)
         if index < 0:

@@ -89,6 +89,7 @@ class InspectorService:
         self._maps: inspect.AttentionMaps | None = None
         self._step: inspect.StepSession | None = None
         self._proposal: int | None = None
+        self._preparing: str | None = None  # the sequence whose forward pass idle work extends
         self.timings: dict[str, float] = {}  # the last compute time of each request kind
         self._closed = False
 
@@ -256,6 +257,9 @@ class InspectorService:
         compute_s = time.perf_counter() - started
         buffers: list = []
         header = P.pack_quantized(inspect.quantize(matrix, bits=8, gamma=0.5), buffers)
+        if self._preparing != sequence_id:  # one chain of idle work per sequence
+            self._preparing = sequence_id
+            self._executor.submit(self._prepare, sequence_id)
         return (
             P.envelope(
                 P.ATTENTION_RESULT,
@@ -268,6 +272,25 @@ class InspectorService:
             ),
             buffers,
         )
+
+    def _prepare(self, sequence_id: str) -> None:
+        """Idle work after a map was sent: one more block of the forward pass, then queued again
+        behind whatever the views asked meanwhile, so the next layer a user picks opens at the
+        cost of its own attention. Stops when the sequence changes or every block has run."""
+        if self._closed:
+            return
+        with self._lock:
+            current, maps = self._current, self._maps
+        if current is None or maps is None or current.sequence_id != sequence_id:
+            self._preparing = None
+            return
+        try:
+            more = maps.prepare_next_layer()
+        except Exception:  # idle work: a failure here shows up when the layer is asked for
+            log.exception("preparing attention layers failed")
+            more = False
+        if more and not self._closed:
+            self._executor.submit(self._prepare, sequence_id)
 
     def _overview_start(self, request: P.Request):
         self._overview_layer(request, 0, self._latest["attention.overview"])

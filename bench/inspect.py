@@ -1,0 +1,308 @@
+"""What the attention inspector costs, on SmolLM2-135M-Instruct (30 layers, 9 heads), for T tokens.
+
+Prints, for each length T:
+
+- in the kernel: time to compute one layer's attention (layer 0; a deep layer, which needs the
+  forward pass through the blocks before it; the next layer, which reuses that pass), and the
+  one-off compilation for a new length;
+- on the wire: bytes per head view and per layer (8-bit codes), and the same head as a JSON list
+  of floats for contrast;
+- in the browser (JupyterLab + headless Chromium, the harness of tests/browser): time from asking
+  for a map to the map drawn, for the first view, for another head of a computed layer, and for a
+  deep layer;
+- bertviz's `head_view` on the same attention, where bertviz is importable: the size of its HTML
+  and whether headless Chromium draws it within a time limit. bertviz loads require.js, d3 and
+  jQuery from a CDN; with --bertviz-js pointing at a folder holding them (npm packages d3@5,
+  jquery@2, requirejs@2 installed with --prefix) those requests are served locally.
+
+Figures only: nothing here passes or fails.
+
+    .venv/bin/python bench/inspect.py [--lengths 256 1024 2048] [--layer 15] [--no-browser]
+        [--bertviz-path DIR] [--bertviz-js DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file has the standard library's name `inspect`; run as a script, its own folder comes first
+# on sys.path and would shadow the real module for everything imported below.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+THUMBNAIL = 44  # the model view's thumbnail side, as js/attention/attention_view.ts asks
+
+
+def corpus_ids(model, length: int) -> list[int]:
+    """``length`` token ids of real English (this repository's design notes, repeated as needed)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for extra in sorted((ROOT / "kerasllm_widget").rglob("*.py"))[:40]:
+        text += "\n" + extra.read_text(encoding="utf-8")
+    ids = [int(i) for i in model.preprocessor.tokenizer(text)]
+    while len(ids) < length:
+        ids += ids
+    return ids[:length]
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def kernel_figures(model, lengths: list[int], layer: int) -> list[dict]:
+    from kerasllm_widget import inspect
+
+    rows = []
+    backbone = model.backbone
+    heads, layers = int(backbone.num_query_heads), len(backbone.transformer_layers)
+    for length in lengths:
+        ids = corpus_ids(model, length)
+        _, compile_s = timed(lambda ids=ids: inspect.AttentionMaps(model, ids).layer(layer + 1))
+        maps = inspect.AttentionMaps(model, ids)
+        _, first_s = timed(lambda maps=maps: maps.layer(0))
+        _, deep_s = timed(lambda maps=maps: maps.layer(layer))
+        _, next_s = timed(lambda maps=maps: maps.layer(layer + 1))
+        head = maps.head(layer, 0)
+        quantized, quantize_s = timed(lambda head=head: inspect.quantize(head, bits=8))
+        json_bytes = len(json.dumps(head.tolist()).encode())
+        rows.append(
+            {
+                "T": length,
+                "compile_s": compile_s,
+                "layer0_s": first_s,
+                f"layer{layer}_s": deep_s,
+                f"layer{layer + 1}_s": next_s,
+                "quantize_s": quantize_s,
+                "head_bytes": quantized.nbytes,
+                "layer_bytes": heads * quantized.nbytes,
+                "model_view_bytes": layers * heads * min(length, THUMBNAIL) ** 2,
+                "head_json_bytes": json_bytes,
+            }
+        )
+        print(
+            f"T={length:5d}  layer 0 {first_s:6.2f} s · layer {layer} (cold) {deep_s:6.2f} s · "
+            f"layer {layer + 1} {next_s:6.2f} s · compile (new length) {compile_s:6.2f} s",
+            flush=True,
+        )
+    return rows
+
+
+def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> list[dict]:
+    import harness as H
+
+    texts = {length: model.preprocessor.tokenizer.detokenize(corpus_ids(model, length)) for length in lengths}
+    root = Path(tempfile.mkdtemp(prefix="bench-inspect-"))
+    (root / "texts.json").write_text(json.dumps({str(k): v for k, v in texts.items()}), encoding="utf-8")
+    cells = [
+        "import json\n"
+        "from kerasllm_widget import Llama3CausalLM\n"
+        "from kerasllm_widget.widgets.attention_view import AttentionView\n"
+        'model = Llama3CausalLM.from_preset("smollm2-135m-instruct")\n'
+        "TEXTS = json.load(open('texts.json'))\n"
+        "print('ready')",
+        *[f"AttentionView(model, text=TEXTS['{length}'])" for length in lengths],
+    ]
+    H.write_notebook(root / "bench.ipynb", cells)
+    rows = []
+    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
+        notebook = H.open_notebook(browser, server.lab_url("bench.ipynb"), "lab", viewport=(1280, 1200))
+        page = notebook.page
+        notebook.run_cell(0)
+        notebook.cell_output_text(0, "ready", timeout_s=timeout_s)
+
+        def wait(index: int, key: str, value: str) -> float:
+            page.wait_for_function(
+                """([i, key, value]) => {
+                    const el = document.querySelectorAll('.kw-attention')[i];
+                    return el && el.dataset.state === 'ready' && el.dataset[key] === value;
+                }""",
+                arg=[index, key, value],
+                timeout=timeout_s * 1000,
+            )
+            return float(page.evaluate("(i) => document.querySelectorAll('.kw-attention')[i].dataset.drawnMs", index))
+
+        for index, length in enumerate(lengths):
+            notebook.run_cell(index + 1)
+            first = wait(index, "head", "mean")
+            view = page.locator(".kw-attention").nth(index)
+            view.locator("select.kw-head").select_option("0")
+            other_head = wait(index, "head", "0")
+            view.locator("select.kw-layer").select_option(str(layer))
+            deep = wait(index, "layer", str(layer))
+            status = view.locator(".kw-attn-status").inner_text()
+            rows.append({"T": length, "first_ms": first, "other_head_ms": other_head, "deep_layer_ms": deep})
+            print(
+                f"T={length:5d}  browser: first view {first:8.0f} ms · another head {other_head:6.0f} ms · "
+                f"layer {layer} {deep:8.0f} ms   ({status})",
+                flush=True,
+            )
+            view.screenshot(path=str(root / f"attention-{length}.png"))
+        page.context.close()
+        server.shutdown_kernels()
+    print(f"screenshots in {root}")
+    return rows
+
+
+def bertviz_figures(
+    model, lengths: list[int], layer: int, js_dir: str | None, timeout_s: float, max_length: int
+) -> list[dict]:
+    try:
+        from bertviz import head_view
+    except ImportError:
+        print("bertviz is not importable: pip install --no-deps bertviz (or pass --bertviz-path)")
+        return []
+    import harness as H
+    import torch
+
+    from kerasllm_widget import inspect
+    from kerasllm_widget.inspect.pieces import pieces
+
+    local = {}
+    if js_dir:
+        base = Path(js_dir) / "node_modules"
+        local = {
+            "require.min.js": base / "requirejs" / "require.js",
+            "d3.min.js": base / "d3" / "dist" / "d3.min.js",
+            "jquery.min.js": base / "jquery" / "dist" / "jquery.min.js",
+        }
+    rows = []
+    with H.chromium_browser() as browser:
+        for length in lengths:
+            if length > max_length and rows:
+                # Its HTML holds every weight as decimal text: past max_length the bench does not
+                # build it (gigabytes of Python floats) and scales the last size by T^2 instead.
+                last = rows[-1]
+                estimate = last["html_bytes"] * (length / last["T"]) ** 2
+                rows.append({"T": length, "html_bytes": estimate, "build_s": float("nan"), "rendered": None, "render_s": 0.0})
+                print(f"T={length:5d}  bertviz head_view, one layer: HTML ~{estimate / 1e6:.0f} MB (estimated; not built)")
+                continue
+            ids = corpus_ids(model, length)
+            probs = inspect.AttentionMaps(model, ids).layer(layer)
+            tokens = pieces(model.preprocessor.tokenizer, ids)
+            html, build_s = timed(
+                lambda probs=probs, tokens=tokens: head_view(
+                    [torch.tensor(probs[None])], tokens, html_action="return"
+                ).data
+            )
+            size = len(html.encode())
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+
+            def serve(route, request):
+                name = request.url.rsplit("/", 1)[-1]
+                name = name if name.endswith(".js") else name + ".js"
+                path = local.get(name)
+                if path is None or not path.is_file():
+                    route.abort()
+                else:
+                    route.fulfill(path=str(path), content_type="application/javascript")
+
+            page.route("https://cdnjs.cloudflare.com/**", serve)
+            started = time.perf_counter()
+            rendered = False
+            try:
+                page.set_content(f"<html><body>{html}</body></html>", timeout=timeout_s * 1000)
+                page.wait_for_function(
+                    "(n) => document.querySelectorAll('svg text').length >= n",
+                    arg=min(length, 50),
+                    timeout=timeout_s * 1000,
+                )
+                rendered = True
+            except Exception as error:  # a page that never draws is the finding, not a crash
+                note = type(error).__name__
+            drawn_s = time.perf_counter() - started
+            rows.append({"T": length, "html_bytes": size, "build_s": build_s, "rendered": rendered, "render_s": drawn_s})
+            verdict = f"drawn in {drawn_s:.1f} s" if rendered else f"not drawn after {drawn_s:.0f} s ({note})"
+            print(
+                f"T={length:5d}  bertviz head_view, one layer: HTML {size / 1e6:8.1f} MB "
+                f"(built in {build_s:.1f} s) · {verdict}",
+                flush=True,
+            )
+            page.context.close()
+    return rows
+
+
+def bertviz_verdict(row: dict) -> str:
+    if not row:
+        return "–"
+    if row["rendered"] is None:
+        return "not tried"
+    return f"yes, {row['render_s']:.1f} s" if row["rendered"] else f"no (not after {row['render_s']:.0f} s)"
+
+
+def table(kernel: list[dict], browser: list[dict], bertviz: list[dict], layer: int) -> None:
+    def mb(n):
+        return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+
+    print(
+        f"\n| T | layer 0 | layer {layer} (cold) | layer {layer + 1} (next) | head view sent | layer sent "
+        f"| model view sent | head as JSON | browser: first view | another head | layer {layer} "
+        "| bertviz HTML (1 layer) | bertviz draws |"
+    )
+    print("|" + "---|" * 13)
+    by_t = {r["T"]: r for r in browser}
+    bv = {r["T"]: r for r in bertviz}
+    for row in kernel:
+        b = by_t.get(row["T"], {})
+        v = bv.get(row["T"], {})
+        cells = [
+            str(row["T"]),
+            f"{row['layer0_s']:.2f} s",
+            f"{row[f'layer{layer}_s']:.2f} s",
+            f"{row[f'layer{layer + 1}_s']:.2f} s",
+            mb(row["head_bytes"]),
+            mb(row["layer_bytes"]),
+            mb(row["model_view_bytes"]),
+            mb(row["head_json_bytes"]),
+            f"{b['first_ms']:.0f} ms" if b else "–",
+            f"{b['other_head_ms']:.0f} ms" if b else "–",
+            f"{b['deep_layer_ms']:.0f} ms" if b else "–",
+            (("~" if v["rendered"] is None else "") + mb(v["html_bytes"])) if v else "–",
+            bertviz_verdict(v),
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--layer", type=int, default=15, help="the deep layer to time (default 15)")
+    parser.add_argument("--no-browser", action="store_true", help="kernel and wire figures only")
+    parser.add_argument("--bertviz-path", help="a folder holding the bertviz package (pip --target)")
+    parser.add_argument("--bertviz-js", help="a folder with node_modules/{d3,jquery,requirejs}")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for one view")
+    parser.add_argument("--bertviz-max-length", type=int, default=1024, help="longest T given to bertviz")
+    args = parser.parse_args()
+    if args.bertviz_path:
+        sys.path.insert(0, args.bertviz_path)
+
+    from kerasllm_widget import Llama3CausalLM
+
+    model = Llama3CausalLM.from_preset("smollm2-135m-instruct")
+    print(f"SmolLM2-135M-Instruct: {len(model.backbone.transformer_layers)} layers x "
+          f"{model.backbone.num_query_heads} heads, {model.info['device']}, {os.cpu_count()} CPUs\n")
+    kernel = kernel_figures(model, args.lengths, args.layer)
+    browser = [] if args.no_browser else browser_figures(model, args.lengths, args.layer, args.timeout)
+    bertviz = (
+        []
+        if args.no_browser
+        else bertviz_figures(
+            model, args.lengths, args.layer, args.bertviz_js, min(args.timeout, 120), args.bertviz_max_length
+        )
+    )
+    table(kernel, browser, bertviz, args.layer)
+
+
+if __name__ == "__main__":
+    main()
