@@ -47,6 +47,7 @@ lint: test-deps
 	$(VENV)/bin/ruff check kerasllm_widget tests bench
 
 test-js: test-deps
+	test -d node_modules || npm ci
 	npm test
 
 test-py: test-deps
