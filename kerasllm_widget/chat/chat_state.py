@@ -21,7 +21,7 @@ __all__ = ["ChatState"]
 
 Message = dict[str, Any]
 
-DEFAULT_CHAT_CACHE_LENGTH = 2048
+DEFAULT_CHAT_CACHE_LENGTH = 512
 
 
 class ChatState:
@@ -56,8 +56,11 @@ class ChatState:
         model_context = int(model.backbone.max_sequence_length)
         # How many tokens the chat may use (at most the model's context).
         self.context_length = min(context_length or model_context, model_context)
-        # The key/value cache is made this long up front, so that a growing chat keeps one
-        # compiled decode program (the attention over unused slots is masked and cheap).
+        # The key/value cache starts this long and doubles as the chat grows. Attention runs
+        # over every slot of the static cache (on a CPU a 2048-slot cache costs SmolLM2 twice
+        # the time per token of a 256-slot one), so it is not made context-long up front; each
+        # doubling compiles one decode program, once (and the persistent compilation cache
+        # keeps it for later sessions).
         self.cache_length = min(cache_length or DEFAULT_CHAT_CACHE_LENGTH, self.context_length)
         self._lock = threading.Lock()
 
