@@ -78,9 +78,10 @@ def llama3_layout_map(
 def place_on_shards(variable, array: np.ndarray):
     """Puts a host array where ``variable`` lives, each device receiving only its own shard.
 
-    With JAX, ``jax.device_put`` of a numpy array with the variable's sharding copies each slice
-    straight to its device, so loading a checkpoint never materialises a whole tensor on one
-    accelerator. Other backends get the array back unchanged.
+    With JAX, each device receives ``array[its index]`` from the host
+    (``jax.make_array_from_callback``), so loading a checkpoint never materialises a whole tensor
+    on one accelerator; with several hosts, each process places only its own devices' shards.
+    Other backends get the array back unchanged.
 
     Example:
         >>> import numpy as np
@@ -95,7 +96,7 @@ def place_on_shards(variable, array: np.ndarray):
     sharding = getattr(variable.value, "sharding", None)
     if sharding is None:
         return array
-    return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def describe_sharding(model) -> dict[str, dict[str, Any]]:

@@ -156,6 +156,19 @@ def _write_safetensors(path: Path, names: list[str], shapes: dict[str, tuple[int
     return offset
 
 
+def _to_host(value) -> np.ndarray:
+    """A whole tensor on the host, also when it is sharded over devices (and hosts)."""
+    import keras
+
+    value = getattr(value, "value", value)  # a Keras variable -> its array
+    if keras.backend.backend() == "jax" and not getattr(value, "is_fully_addressable", True):
+        # Shards on other hosts' devices: gather them (every process must call this).
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return keras.ops.convert_to_numpy(value)
+
+
 def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None,
                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
     """Writes the backbone's weights under their Hugging Face names and layouts.
@@ -168,8 +181,6 @@ def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None
         >>> export_weights(model.backbone, "my-model", max_shard_size="2GB")  # doctest: +SKIP
         ['model.safetensors']
     """
-    import keras
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = resolve_dtype(dtype or _variable_dtype(backbone))
@@ -182,9 +193,7 @@ def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None
 
     def read(name: str) -> np.ndarray:
         value, transform = mapping[name]
-        # `keras.ops.convert_to_numpy` also gathers a sharded (distributed) variable to the host.
-        array = keras.ops.convert_to_numpy(value)
-        return transform(array).astype(numpy_dtype, copy=False)
+        return transform(_to_host(value)).astype(numpy_dtype, copy=False)
 
     for stale in list(folder.glob("model*.safetensors")) + [folder / INDEX_FILE]:
         stale.unlink(missing_ok=True)  # leftovers of an earlier export would confuse loaders
