@@ -17,7 +17,7 @@ Prints, for each length T:
 
 Figures only: nothing here passes or fails.
 
-    .venv/bin/python bench/inspect.py [--lengths 256 1024 2048] [--layer 15] [--no-browser]
+    .venv/bin/python bench/inspectors.py [--lengths 256 1024 2048] [--layer 15] [--no-browser]
         [--bertviz-path DIR] [--bertviz-js DIR]
 """
 
@@ -198,6 +198,13 @@ def bertviz_figures(
             )
             size = len(html.encode())
             page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+            crashed = []
+            page.on("crash", lambda _page, crashed=crashed: crashed.append(True))
+            # A file, not set_content: hundreds of megabytes through the driver's pipe would
+            # time the transfer, not the page.
+            html_path = Path(tempfile.mkdtemp(prefix="bertviz-")) / f"head_view_{length}.html"
+            html_path.write_text(f"<html><body>{html}</body></html>", encoding="utf-8")
+            del html
 
             def serve(route, request):
                 name = request.url.rsplit("/", 1)[-1]
@@ -212,7 +219,7 @@ def bertviz_figures(
             started = time.perf_counter()
             rendered = False
             try:
-                page.set_content(f"<html><body>{html}</body></html>", timeout=timeout_s * 1000)
+                page.goto(html_path.as_uri(), wait_until="commit", timeout=timeout_s * 1000)
                 page.wait_for_function(
                     "(n) => document.querySelectorAll('svg text').length >= n",
                     arg=min(length, 50),
@@ -220,7 +227,7 @@ def bertviz_figures(
                 )
                 rendered = True
             except Exception as error:  # a page that never draws is the finding, not a crash
-                note = type(error).__name__
+                note = "the page crashed" if crashed else type(error).__name__
             drawn_s = time.perf_counter() - started
             rows.append({"T": length, "html_bytes": size, "build_s": build_s, "rendered": rendered, "render_s": drawn_s})
             verdict = f"drawn in {drawn_s:.1f} s" if rendered else f"not drawn after {drawn_s:.0f} s ({note})"
@@ -230,6 +237,7 @@ def bertviz_figures(
                 flush=True,
             )
             page.context.close()
+            html_path.unlink()
     return rows
 
 
@@ -253,18 +261,22 @@ def table(kernel: list[dict], browser: list[dict], bertviz: list[dict], layer: i
     print("|" + "---|" * 13)
     by_t = {r["T"]: r for r in browser}
     bv = {r["T"]: r for r in bertviz}
-    for row in kernel:
-        b = by_t.get(row["T"], {})
-        v = bv.get(row["T"], {})
+    kn = {r["T"]: r for r in kernel}
+    for length in sorted(set(by_t) | set(bv) | set(kn)):
+        row, b, v = kn.get(length, {}), by_t.get(length, {}), bv.get(length, {})
+
+        def k(name, fmt, row=row):
+            return fmt(row[name]) if name in row else "–"
+
         cells = [
-            str(row["T"]),
-            f"{row['layer0_s']:.2f} s",
-            f"{row[f'layer{layer}_s']:.2f} s",
-            f"{row[f'layer{layer + 1}_s']:.2f} s",
-            mb(row["head_bytes"]),
-            mb(row["layer_bytes"]),
-            mb(row["model_view_bytes"]),
-            mb(row["head_json_bytes"]),
+            str(length),
+            k("layer0_s", lambda x: f"{x:.2f} s"),
+            k(f"layer{layer}_s", lambda x: f"{x:.2f} s"),
+            k(f"layer{layer + 1}_s", lambda x: f"{x:.2f} s"),
+            k("head_bytes", mb),
+            k("layer_bytes", mb),
+            k("model_view_bytes", mb),
+            k("head_json_bytes", mb),
             f"{b['first_ms']:.0f} ms" if b else "–",
             f"{b['other_head_ms']:.0f} ms" if b else "–",
             f"{b['deep_layer_ms']:.0f} ms" if b else "–",
@@ -279,6 +291,10 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048])
     parser.add_argument("--layer", type=int, default=15, help="the deep layer to time (default 15)")
     parser.add_argument("--no-browser", action="store_true", help="kernel and wire figures only")
+    parser.add_argument(
+        "--sections", nargs="+", default=["kernel", "browser", "bertviz"],
+        choices=["kernel", "browser", "bertviz"], help="which figures to take (default: all)",
+    )
     parser.add_argument("--bertviz-path", help="a folder holding the bertviz package (pip --target)")
     parser.add_argument("--bertviz-js", help="a folder with node_modules/{d3,jquery,requirejs}")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for one view")
@@ -292,11 +308,12 @@ def main() -> None:
     model = Llama3CausalLM.from_preset("smollm2-135m-instruct")
     print(f"SmolLM2-135M-Instruct: {len(model.backbone.transformer_layers)} layers x "
           f"{model.backbone.num_query_heads} heads, {model.info['device']}, {os.cpu_count()} CPUs\n")
-    kernel = kernel_figures(model, args.lengths, args.layer)
-    browser = [] if args.no_browser else browser_figures(model, args.lengths, args.layer, args.timeout)
+    sections = set(args.sections) - ({"browser", "bertviz"} if args.no_browser else set())
+    kernel = kernel_figures(model, args.lengths, args.layer) if "kernel" in sections else []
+    browser = browser_figures(model, args.lengths, args.layer, args.timeout) if "browser" in sections else []
     bertviz = (
         []
-        if args.no_browser
+        if "bertviz" not in sections
         else bertviz_figures(
             model, args.lengths, args.layer, args.bertviz_js, min(args.timeout, 120), args.bertviz_max_length
         )
