@@ -23,18 +23,13 @@ Figures only: nothing here passes or fails.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# This file has the standard library's name `inspect`; run as a script, its own folder comes first
-# on sys.path and would shadow the real module for everything imported below.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
