@@ -25,6 +25,7 @@ _EXPORTS = {
     "TokenInspector": "kerasllm_widget.widgets.token_inspector",
     "PreprocessorInspector": "kerasllm_widget.widgets.preprocessor_inspector",
     "AttentionView": "kerasllm_widget.widgets.attention_view",
+    "ProbabilitiesView": "kerasllm_widget.widgets.probabilities_view",
     "TrainingMonitor": "kerasllm_widget.widgets.training_monitor",
     "PresetError": "kerasllm_widget.checkpoints.errors",
 }
