@@ -61,6 +61,17 @@ class PortableGenerationEngine:
     def cache_slots_left(self) -> int | None:
         return None
 
+    def kept_cache_length(self) -> int | None:
+        """No cache is kept between requests, so a chat never needs a larger one prepared."""
+        return None
+
+    def cache_length_for(self, needed: int) -> int:
+        return min(int(self.model.backbone.max_sequence_length), int(needed))
+
+    def precompile(self, *args, **kwargs) -> None:
+        """Nothing is compiled ahead here: eager steps need no programs."""
+        return None
+
     def _pick(self, logits: np.ndarray, key, seen: np.ndarray, sampler: Sampler,
               num_alternatives: int):
         import jax
