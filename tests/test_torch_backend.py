@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Torch comes with the reference extra (CPU build), like transformers.
+pytestmark = pytest.mark.reference
+
 HERE = Path(__file__).resolve().parent
 PROMPT = "The sky is"
 
