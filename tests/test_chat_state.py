@@ -142,17 +142,38 @@ def test_context_overflow_drops_oldest_turns_never_the_system_prompt(model):
     assert done.prompt_tokens + 16 <= chat.context_length
 
 
+def foreground(counts: dict) -> dict:
+    return {k: v for k, v in counts.items() if not k.startswith("background_")}
+
+
 def test_later_turns_compile_nothing_after_warm_up(model):
     chat = ChatState(model, system_prompt="You are brief.")
     engine = engine_for(model)
     chat.send("Hello!", temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=0)
     chat.send("How are you?", temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=0)
-    warm = dict(engine.trace_counts)
+    warm = foreground(engine.trace_counts)
     for turn in range(5):  # bench/generate.py runs the full 20-turn chat
         chat.send(f"Tell me a number above {turn}.", temperature=0.7, top_k=50, top_p=0.9,
                   max_new_tokens=6, seed=turn)
-    assert dict(engine.trace_counts) == warm
+    assert foreground(engine.trace_counts) == warm
     assert len(chat.messages) == 14
+
+
+def test_a_chat_outgrowing_its_cache_uses_programs_compiled_ahead(model):
+    chat = ChatState(model, cache_length=256)
+    engine = engine_for(model)
+    engine.clear_cache()
+    # A sampler no other test here uses, so that no program for it exists yet.
+    options = {"temperature": 0.5, "max_new_tokens": 150, "stop_strings": ["."], "seed": 0}
+    chat.send("Say hello.", **options)
+    assert engine.kept_cache_length() == 256
+    # The next turn may need more than 256 slots: a 512-slot set was compiled in the background.
+    engine.wait_for_precompile()
+    assert 512 in engine.precompiled_cache_lengths
+    warm = foreground(engine.trace_counts)
+    chat.send("Say goodbye.", **options)
+    assert engine.kept_cache_length() == 512
+    assert foreground(engine.trace_counts) == warm
 
 
 def test_unknown_sampling_option_is_refused(model):

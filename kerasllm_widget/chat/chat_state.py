@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
-from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.engine import CONTINUATION_CHUNK, engine_for
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 
 __all__ = ["ChatState"]
@@ -223,6 +223,23 @@ class ChatState:
         yield from self._run(user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
                              top_k_alternatives, seed, stop_strings, stop_token_ids)
 
+    def _prepare_next_turn(self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives) -> None:
+        """When the next turn may not fit the kept cache, compiles the programs for a cache twice
+        as long in the background, so that turn does not wait for the compiler."""
+        engine = engine_for(self.model)
+        length = engine.kept_cache_length()
+        used = done.prompt_tokens + done.generated_tokens
+        # Room for a new user turn (one prefill chunk) and a reply as long as this one could be.
+        if length is None or used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
+            return
+        if length >= self.context_length:
+            return
+        engine.precompile(
+            engine.cache_length_for(used + CONTINUATION_CHUNK + int(max_new_tokens)),
+            sampler,
+            num_alternatives=top_k_alternatives,
+        )
+
     def _run(self, user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
              top_k_alternatives, seed, stop_strings, stop_token_ids):
         finished = False
@@ -241,6 +258,7 @@ class ChatState:
             ):
                 if isinstance(event, DoneEvent):
                     finished = True
+                    self._prepare_next_turn(event, sampler, max_new_tokens, top_k_alternatives)
                     if event.text:
                         self.messages.append({"role": "assistant", "content": event.text})
                     if dropped:

@@ -156,6 +156,13 @@ class RequestTimings:
         return (self.generated - 1) / span if self.generated > 1 and span > 0 else 0.0
 
 
+class _Phase(threading.local):
+    name = ""  # "background_" while `precompile` traces, so counts tell the two apart
+
+
+_phase = _Phase()
+
+
 # ----------------------------------------------------------------------------- pure functions
 # These run under `jax.jit`; `model` is bound with functools.partial and static.
 
@@ -225,7 +232,7 @@ def prefill(
 
     Returns ``(DecodeState, StepOutputs)`` with one token per row.
     """
-    counter["prefill"] += 1  # runs once per trace: counts compilations
+    counter[_phase.name + "prefill"] += 1  # runs once per trace: counts compilations
     length = token_ids.shape[1]
     cache_length = cache[0][0].shape[1]
     slots = jnp.arange(cache_length)
@@ -299,7 +306,7 @@ def decode_n_tokens(
 ):
     """Up to ``num_steps`` (<= ``chunk``) decode steps in one program; stops early once every
     row is done or the cache is full. Returns ``(state, StepOutputs [B, chunk], steps_run)``."""
-    counter["decode"] += 1
+    counter[_phase.name + "decode"] += 1
     batch = state.token.shape[0]
     cache_length = state.valid.shape[1]
     buffers = StepOutputs(
@@ -383,6 +390,9 @@ class GenerationEngine:
         self._variables = None
         self._jit_prefill = None
         self._jit_decode = None
+        self._executables: dict = {}  # ahead-of-time compiled programs (see `precompile`)
+        self._compiling: set = set()
+        self._threads: list[threading.Thread] = []
 
     # -- compiled functions ------------------------------------------------------------------
     def _compiled(self):
@@ -403,7 +413,119 @@ class GenerationEngine:
                 donate_argnames=("state",),
             )
             self._kept = None
+            self._executables = {}
         return self._jit_prefill, self._jit_decode
+
+    def _key(self, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
+        return (batch, cache_length, chunk_length, plan, num_alternatives, stop_count, self.chunk_size)
+
+    def _prefill(self, weights, token_ids, token_valid, positions, last_index, start, cache, valid,
+                 seen, key, stop_ids, params, *, plan, num_alternatives):
+        """`prefill`, through a program compiled ahead of time by `precompile` when there is one."""
+        compiled = self._executables.get(("prefill", *self._key(
+            token_ids.shape[0], valid.shape[1], token_ids.shape[1], plan, num_alternatives,
+            stop_ids.shape[0])))
+        args = (weights, token_ids, token_valid, positions, last_index, start, cache, valid, seen,
+                key, stop_ids, params)
+        if compiled is not None:
+            return compiled(*args)
+        return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives)
+
+    def _decode(self, weights, state, num_steps, stop_ids, params, plan, num_alternatives):
+        compiled = self._executables.get(("decode", *self._key(
+            state.token.shape[0], state.valid.shape[1], 1, plan, num_alternatives, stop_ids.shape[0])))
+        args = (weights, state, np.int32(num_steps), stop_ids, params)
+        if compiled is not None:
+            return compiled(*args)
+        return self._jit_decode(*args, plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size)
+
+    def precompile(
+        self,
+        cache_length: int,
+        sampler: Sampler | None = None,
+        num_alternatives: int = 0,
+        batch: int = 1,
+        background: bool = True,
+    ) -> threading.Thread | None:
+        """Compiles, ahead of need, the programs a longer chat will use: decode and the chat-turn
+        prefill over a cache of ``cache_length`` slots. With ``background`` it runs on a daemon
+        thread (while the user reads and types), so the turn that crosses into the larger
+        cache does not wait for a compiler.
+
+        Example:
+            >>> engine.precompile(1024, Sampler(temperature=0.7, top_p=0.9))  # doctest: +SKIP
+        """
+        sampler = sampler or self.sampler
+        plan, params = sampler.plan, sampler.params()
+        self._compiled()
+        cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
+        decode_key = ("decode", *self._key(batch, cache_length, 1, plan, num_alternatives, 8))
+        if decode_key in self._executables or decode_key in self._compiling:
+            return None
+        self._compiling.add(decode_key)
+
+        def shaped(x):
+            return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+
+        def work():
+            _phase.name = "background_"
+            try:
+                weights = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in self.weights()]
+                backbone = self.model.backbone
+                kv = (batch, cache_length, backbone.num_key_value_heads, backbone.head_dim)
+                cache = [(jax.ShapeDtypeStruct(kv, self.cache_dtype),) * 2 for _ in range(backbone.num_layers)]
+                vocab = int(backbone.vocabulary_size)
+                key = jax.random.key(0)
+                sds = jax.ShapeDtypeStruct
+                valid = sds((batch, cache_length), jnp.bool_)
+                seen = sds((batch, vocab), jnp.bool_)
+                stop_ids = sds((8,), jnp.int32)
+                abstract_params = SamplerParams(*(shaped(p) for p in params))
+                state = DecodeState(
+                    cache=cache, valid=valid, seen=seen, token=sds((batch,), jnp.int32),
+                    position=sds((batch,), jnp.int32), index=sds((), jnp.int32),
+                    done=sds((batch,), jnp.bool_), key=sds(key.shape, key.dtype),
+                )
+                decode = self._jit_decode.lower(
+                    weights, state, sds((), jnp.int32), stop_ids, abstract_params,
+                    plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                ).compile()
+                self._executables[decode_key] = decode
+                chunk = CONTINUATION_CHUNK
+                ints = sds((batch, chunk), jnp.int32)
+                prefill_compiled = self._jit_prefill.lower(
+                    weights, ints, sds((batch, chunk), jnp.bool_), ints, sds((batch,), jnp.int32),
+                    sds((), jnp.int32), cache, valid, seen, sds(key.shape, key.dtype), stop_ids,
+                    abstract_params, plan=plan, num_alternatives=num_alternatives,
+                ).compile()
+                self._executables[("prefill", *self._key(batch, cache_length, chunk, plan,
+                                                         num_alternatives, 8))] = prefill_compiled
+            finally:
+                _phase.name = ""
+                self._compiling.discard(decode_key)
+
+        if not background:
+            work()
+            return None
+        thread = threading.Thread(target=work, name="kerasllm-precompile", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    @property
+    def precompiled_cache_lengths(self) -> set[int]:
+        """Cache lengths whose decode program `precompile` has made ready."""
+        return {key[2] for key in list(self._executables) if key[0] == "decode"}
+
+    def wait_for_precompile(self, timeout: float | None = None) -> None:
+        """Blocks until background compilations started by `precompile` are done.
+
+        Example:
+            >>> engine.wait_for_precompile(timeout=60)  # doctest: +SKIP
+        """
+        for thread in list(self._threads):
+            thread.join(timeout)
+        self._threads = [t for t in self._threads if t.is_alive()]
 
     def weights(self) -> list:
         """The current variable values, read at each request (training may have changed them)."""
@@ -550,7 +672,7 @@ class GenerationEngine:
             if piece.start < 0:
                 raise ValueError("The prompt does not fit in the model's context.")
             row_last = min(last, piece.stop - 1) - piece.start
-            state, first = jit_prefill(
+            state, first = self._prefill(
                 weights,
                 token_ids[:, piece],
                 token_valid[:, piece],
@@ -584,9 +706,9 @@ class GenerationEngine:
             # device keeps working while the host turns tokens into events.
             chunk = 1
             if produced < max_new_tokens and not done.all() and not _cancelled(cancel_event):
-                in_flight = jit_decode(
-                    weights, state, np.int32(min(chunk, max_new_tokens - produced)), stop_ids, params,
-                    plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                in_flight = self._decode(
+                    weights, state, min(chunk, max_new_tokens - produced), stop_ids, params, plan,
+                    num_alternatives,
                 )
                 state = None  # donated
                 planned = produced + min(chunk, max_new_tokens - produced)
@@ -598,9 +720,8 @@ class GenerationEngine:
                 chunk = min(self.chunk_size, chunk * 2)
                 if planned < max_new_tokens and not _cancelled(cancel_event):
                     count = min(chunk, max_new_tokens - planned)
-                    in_flight = jit_decode(
-                        weights, state, np.int32(count), stop_ids, params,
-                        plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                    in_flight = self._decode(
+                        weights, state, count, stop_ids, params, plan, num_alternatives
                     )
                     planned += count
                     state = None
@@ -632,10 +753,10 @@ class GenerationEngine:
                 held = generated[0][:index] if generated is not None else []
                 self._keep_cache(state.cache, held, batch)
 
-    def cache_slots_left(self) -> int | None:
-        """Free slots in the kept cache (None when nothing is kept)."""
+    def kept_cache_length(self) -> int | None:
+        """Slots of the cache kept from the last request (None when nothing is kept)."""
         kept = self._kept
-        return None if kept is None else kept.length - len(kept.token_ids)
+        return None if kept is None else kept.length
 
 
 def _cancelled(event: threading.Event | None) -> bool:
