@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-# Whitespace gets a visible mark so that " the" and "the" differ on screen (as tokenize_pieces does).
-_VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+from kerasllm_widget.models.llama3_tokenizer import readable_bytes
 
-
-def readable_bytes(data: bytes) -> str:
-    """Bytes as text with visible whitespace; bytes that are not part of a whole UTF-8 character
-    are shown as ``<0xF0>`` so a token holding half an emoji still has a label.
-
-    Example:
-        >>> readable_bytes(b" Hello\\n"), readable_bytes("🙂".encode()[:2])
-        ('␣Hello↵', '<0xF0><0x9F>')
-    """
-    text = data.decode("utf-8", errors="surrogateescape")
-    out = []
-    for char in text:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, escaped by surrogateescape
-            out.append(f"<0x{code - 0xDC00:02X}>")
-        else:
-            out.append(char)
-    return "".join(out).translate(_VISIBLE_WHITESPACE)
+__all__ = ["piece", "pieces", "readable_bytes"]
 
 
 def piece(tokenizer, token_id: int) -> str:

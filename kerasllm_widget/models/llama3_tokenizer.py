@@ -62,8 +62,14 @@ def _token_text(value: Any) -> str | None:
     return str(value)
 
 
-def _readable(data: bytes) -> str:
-    """Bytes as text with visible whitespace; bytes that are not whole UTF-8 shown as ``<0xF0>``."""
+def readable_bytes(data: bytes) -> str:
+    """Bytes as text with visible whitespace; bytes that are not part of a whole UTF-8 character
+    are shown as ``<0xF0>`` so a token holding half an emoji still has a label.
+
+    Example:
+        >>> readable_bytes(b" Hello\\n"), readable_bytes("🙂".encode()[:2])
+        ('␣Hello↵', '<0xF0><0x9F>')
+    """
     text = data.decode("utf-8", errors="surrogateescape")
     out = []
     for char in text:
@@ -447,7 +453,7 @@ class Llama3Tokenizer:
             pieces.append(
                 {
                     "id": token_id,
-                    "piece": self.id_to_token(token_id) if is_special else _readable(data),
+                    "piece": self.id_to_token(token_id) if is_special else readable_bytes(data),
                     "bytes": data,
                     "is_special": is_special,
                     "start": start,
