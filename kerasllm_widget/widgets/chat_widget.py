@@ -19,7 +19,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anywidget
@@ -27,27 +26,11 @@ import traitlets
 
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.widgets import protocol as P
+from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
 from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
 
 log = logging.getLogger(__name__)
-
-_STATIC = Path(__file__).resolve().parent.parent / "static"
-
-# Shown instead of the panel when the package was installed without its front end (a source
-# checkout where `npm run build` has not run); anywidget would otherwise fail at import time.
-_MISSING_BUNDLE_ESM = """
-export default { render({ el }) {
-  el.textContent = "kerasllm_widget: the chat front end is not built. " +
-    "Run `npm install && npm run build` in the source folder, or `pip install -e .`.";
-} };
-"""
-
-
-def _static(name: str, fallback: str) -> Path | str:
-    path = _STATIC / name
-    return path if path.is_file() else fallback
-
 
 SAMPLING_NAMES = (
     "temperature",
@@ -124,8 +107,8 @@ class ChatWidget(anywidget.AnyWidget):
         >>> chat.history  # doctest: +SKIP
     """
 
-    _esm = _static("chat.js", _MISSING_BUNDLE_ESM)
-    _css = _static("chat.css", "")
+    _esm = bundle("chat")
+    _css = bundle("chat", "css")
 
     transcript = traitlets.List(traitlets.Dict()).tag(sync=True)
     status = traitlets.Dict().tag(sync=True)

@@ -8,25 +8,10 @@ from typing import Any
 import anywidget
 import traitlets
 
+from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets.inspector_service import InspectorService
 
-_STATIC = Path(__file__).resolve().parent.parent / "static"
-
-
-def bundle(name: str, kind: str = "js") -> Path | str:
-    """The built front end ``static/<name>.<kind>``, or a stand-in that says how to build it (a
-    source checkout before ``npm run build``) instead of failing at import time."""
-    path = _STATIC / f"{name}.{kind}"
-    if path.is_file():
-        return path
-    if kind == "css":
-        return ""
-    return (
-        "export default { render({ el }) { el.textContent = 'kerasllm_widget: the " + name
-        + " front end is not built. Run `npm install && npm run build` in the source folder, "
-        "or `pip install -e .`.'; } };"
-    )
-
+__all__ = ["InspectorWidget", "bundle", "source_name"]
 
 def source_name(source: Any) -> str:
     """A short label for a model or tokenizer: its preset name when it has one."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import anywidget
 import keras
 import traitlets
+
+from kerasllm_widget.widgets._bundle import bundle
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,6 @@ __all__ = ["TrainingMonitor", "STOP_REQUEST"]
 
 # Front end to kernel; mirrored in js/training/protocol.ts.
 STOP_REQUEST = "training.stop"
-
-_STATIC = Path(__file__).resolve().parent.parent / "static"
-_MISSING_BUNDLE_ESM = """
-export default { render({ el }) {
-  el.textContent = "kerasllm_widget: the training monitor's front end is not built. " +
-    "Run `npm install && npm run build` in the source folder, or `pip install -e .`.";
-} };
-"""
-
-
-def _static(name: str, fallback: str) -> Path | str:
-    path = _STATIC / name
-    return path if path.is_file() else fallback
 
 
 def _number(value: Any) -> float | None:
@@ -87,8 +75,8 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         >>> model.fit(conversations, epochs=3, callbacks=[monitor])  # doctest: +SKIP
     """
 
-    _esm = _static("training.js", _MISSING_BUNDLE_ESM)
-    _css = _static("training.css", "")
+    _esm = bundle("training")
+    _css = bundle("training", "css")
 
     title = traitlets.Unicode("Training").tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)  # idle | training | done | stopped | error
