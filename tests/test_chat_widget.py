@@ -260,6 +260,7 @@ class FrontEnd:
     def __init__(self, widget) -> None:
         self.widget = widget
         self.messages: list[dict] = []
+        self.states: list[dict] = []  # the trait changes of each state message, in order
         self._lock = threading.Lock()
         widget.comm.send = self._record  # the comm is the transport; the widget stays real
         self._counter = 0
@@ -268,6 +269,9 @@ class FrontEnd:
         if data and data.get("method") == "custom":
             with self._lock:
                 self.messages.append(data["content"])
+        elif data and data.get("method") == "update":
+            with self._lock:
+                self.states.append(data["state"])
 
     def request(self, kind: str, **fields) -> str:
         self._counter += 1
@@ -361,6 +365,22 @@ def test_send_from_the_front_end_streams_tokens_then_done(chat, tiny_model):
     # Batches are the last thing before done: nothing streams after the end.
     kinds = [m["kind"] for m in view.messages]
     assert kinds[-1] == "chat.done" and set(kinds[:-1]) == {"chat.token"}
+
+
+def test_a_finished_reply_and_the_ready_status_reach_the_views_in_one_message(chat):
+    # Two messages would let a view draw the finished reply beside a Stop button for a frame.
+    view = FrontEnd(chat)
+    view.request("chat.send", text="Hello there")
+    _wait_for(lambda: _idle(chat) and len(chat.transcript) == 2, what="the reply")
+
+    finished = [
+        state
+        for state in view.states
+        if "transcript" in state and state["transcript"][-1]["status"] == "done"
+    ]
+    assert finished, "no state message carried the finished reply"
+    assert "status" in finished[0], "the finished reply came without its status"
+    assert finished[0]["status"]["state"] == "ready"
 
 
 def test_python_send_returns_a_handle_and_calls_the_callbacks(chat):

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -492,15 +493,20 @@ class ChatWidget(anywidget.AnyWidget):
             if live is None:
                 return
             self._stopped.add(live["reply_id"])
-            self._update_entry(
-                live["reply_id"], content=live["text"], status="cancelled", stop_reason="cancelled"
-            )
-        self._set_status(state=self._state_between_replies(), queued=0)
+            with self._one_update():
+                self._update_entry(
+                    live["reply_id"],
+                    content=live["text"],
+                    status="cancelled",
+                    stop_reason="cancelled",
+                )
+                self._set_status(state=self._state_between_replies(), queued=0)
 
     def _finish(self, request_id: str, reply_id: str, done: DoneEvent) -> None:
         stats = P.reply_stats(done)
         status = "cancelled" if done.stop_reason == "cancelled" else "done"
-        with self._lock:
+        tokens_used = self._context_tokens()
+        with self._one_update():
             self._live = None
             self._stopped.discard(reply_id)
             self._update_entry(
@@ -510,6 +516,13 @@ class ChatWidget(anywidget.AnyWidget):
                 stop_reason=done.stop_reason,
                 notice=done.notice or "",
                 stats=stats,
+            )
+            self._set_status(
+                state=self._state_between_replies(),
+                queued=len(self._worker.pending),
+                tokens_used=tokens_used,
+                time_to_first_token_s=stats["time_to_first_token_s"],
+                decode_tokens_per_s=stats["decode_tokens_per_s"],
             )
             self._emit(
                 P.envelope(
@@ -522,20 +535,14 @@ class ChatWidget(anywidget.AnyWidget):
                     stats=stats,
                 )
             )
-        self._set_status(
-            state=self._state_between_replies(),
-            queued=len(self._worker.pending),
-            tokens_used=self._context_tokens(),
-            time_to_first_token_s=stats["time_to_first_token_s"],
-            decode_tokens_per_s=stats["decode_tokens_per_s"],
-        )
 
     def _fail(
         self, request_id: str, reply_id: str, user_id: str | None, exc: BaseException
     ) -> None:
         message = _describe(exc)
         log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
-        with self._lock:
+        tokens_used = self._context_tokens()
+        with self._one_update():
             live, self._live = self._live, None
             entries = list(self.transcript)
             shown = next((e["content"] for e in entries if e["id"] == reply_id), "")
@@ -550,12 +557,12 @@ class ChatWidget(anywidget.AnyWidget):
             self._update_entry(
                 reply_id, content=partial, status="error", stop_reason="error", error=message
             )
+            self._set_status(
+                state=self._state_between_replies(),
+                queued=len(self._worker.pending),
+                tokens_used=tokens_used,
+            )
         self._broadcast_error(request_id, reply_id, P.ERROR_GENERATION, message)
-        self._set_status(
-            state=self._state_between_replies(),
-            queued=len(self._worker.pending),
-            tokens_used=self._context_tokens(),
-        )
 
     def _rewind_state(self, kept: list[dict[str, Any]]) -> None:
         """Makes the ChatState's turns those of the transcript entries `kept`.
@@ -659,6 +666,13 @@ class ChatWidget(anywidget.AnyWidget):
         self._emit(
             P.envelope(P.CHAT_ERROR, request_id, reply_id=reply_id, code=code, message=message)
         )
+
+    @contextlib.contextmanager
+    def _one_update(self) -> Iterator[None]:
+        """Sends every trait changed inside as one state message, so no view ever draws a
+        finished reply next to a status that still says it is generating."""
+        with self._lock, self.hold_sync():
+            yield
 
     def _set_status(self, **changes: Any) -> None:
         with self._lock:
