@@ -27,7 +27,9 @@ def resolve_dtype(dtype) -> str:
     if dtype is None:
         return "float32"
     name = getattr(dtype, "name", None) or str(dtype)
-    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(
+        name, name
+    )
     if name not in SUPPORTED_DTYPES:
         raise PresetError(
             f"Unknown dtype {dtype!r}. Use one of {', '.join(repr(d) for d in SUPPORTED_DTYPES)} "
@@ -52,14 +54,23 @@ def backbone_kwargs_from_hf_config(config: dict[str, Any], source: str = "config
             f"Llama family (model_type {', '.join(repr(t) for t in SUPPORTED_MODEL_TYPES)}: Llama 2, "
             "3, 3.1, 3.2, SmolLM2, TinyLlama). Pick a Llama-architecture checkpoint."
         )
-    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads")
+    required = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
     missing = [key for key in required if key not in config]
     if missing:
-        raise PresetError(f"{source}: missing field(s) {', '.join(missing)}; the file is incomplete.")
+        raise PresetError(
+            f"{source}: missing field(s) {', '.join(missing)}; the file is incomplete."
+        )
     act = config.get("hidden_act", "silu")
     if act != "silu":
-        raise UnsupportedModelError(f"{source}: hidden_act {act!r} is not supported (Llama uses 'silu').")
+        raise UnsupportedModelError(
+            f"{source}: hidden_act {act!r} is not supported (Llama uses 'silu')."
+        )
 
     # Newer transformers write `rope_parameters` (with rope_theta inside); older ones write
     # `rope_theta` beside `rope_scaling`. Real checkpoints exist in both forms.
@@ -166,8 +177,13 @@ def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> 
 
     mapping = weight_map(backbone)
     check_tensors(ckpt, mapping)
-    bar = tqdm(total=len(mapping), desc=f"Loading {ckpt.name}", unit="tensor", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(mapping),
+        desc=f"Loading {ckpt.name}",
+        unit="tensor",
+        disable=not progress,
+        leave=False,
+    )
     for name, (variable, transform) in mapping.items():
         array = transform(ckpt.read_tensor(name))
         # Cast here (bfloat16/float16 via ml_dtypes) so that no float32 copy of the whole model
@@ -180,7 +196,9 @@ def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> 
     bar.close()
 
 
-def backbone_from_checkpoint(ckpt: Checkpoint, dtype=None, load_weights: bool = True, progress=True):
+def backbone_from_checkpoint(
+    ckpt: Checkpoint, dtype=None, load_weights: bool = True, progress=True
+):
     """Builds a `Llama3Backbone` from a `Checkpoint` and loads its weights.
 
     Example:

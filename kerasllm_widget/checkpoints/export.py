@@ -23,8 +23,16 @@ from kerasllm_widget.checkpoints.safetensors_checkpoint import INDEX_FILE, SINGL
 
 # safetensors' dtype codes for the dtypes a Llama checkpoint is written in.
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
-               "GIB": 2**30}
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' own default for safetensors shards
 
 
@@ -40,7 +48,9 @@ def parse_size(size: int | str) -> int:
     match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
     unit = match.group(2).upper() if match else None
     if not match or unit not in _SIZE_UNITS:
-        raise ValueError(f"max_shard_size={size!r}: write it as bytes (int) or like '5GB', '500MB'.")
+        raise ValueError(
+            f"max_shard_size={size!r}: write it as bytes (int) or like '5GB', '500MB'."
+        )
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
@@ -117,8 +127,9 @@ def generation_config_from_tokenizer(tokenizer) -> dict[str, Any]:
     return {**_special_token_ids(tokenizer)} if tokenizer is not None else {}
 
 
-def _shard_plan(tensors: list[tuple[str, tuple[int, ...]]], itemsize: int,
-                max_shard_size: int) -> list[list[str]]:
+def _shard_plan(
+    tensors: list[tuple[str, tuple[int, ...]]], itemsize: int, max_shard_size: int
+) -> list[list[str]]:
     """Greedy, in order: a new shard starts when the next tensor would overflow this one."""
     shards: list[list[str]] = [[]]
     size = 0
@@ -132,16 +143,20 @@ def _shard_plan(tensors: list[tuple[str, tuple[int, ...]]], itemsize: int,
     return shards
 
 
-def _write_safetensors(path: Path, names: list[str], shapes: dict[str, tuple[int, ...]],
-                       dtype: str, read) -> int:
+def _write_safetensors(
+    path: Path, names: list[str], shapes: dict[str, tuple[int, ...]], dtype: str, read
+) -> int:
     """Streams tensors into one safetensors file; ``read(name)`` returns one array at a time."""
     itemsize = np.dtype(ml_dtypes_name(dtype)).itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
         nbytes = int(np.prod(shapes[name], dtype=np.int64)) * itemsize
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shapes[name]),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shapes[name]),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)  # the format aligns the data on 8 bytes
@@ -169,8 +184,12 @@ def _to_host(value) -> np.ndarray:
     return keras.ops.convert_to_numpy(value)
 
 
-def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None,
-                   max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
+def export_weights(
+    backbone,
+    folder: str | os.PathLike,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> list[str]:
     """Writes the backbone's weights under their Hugging Face names and layouts.
 
     One ``model.safetensors`` when everything fits in ``max_shard_size``, else
@@ -188,8 +207,10 @@ def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None
     mapping = weight_map(backbone)
     # Every transform in the map (identity, transpose) is its own inverse, so the same function
     # takes a Keras value back to the Hugging Face layout.
-    shapes = {name: tuple(transform(np.empty(tuple(value.shape), np.int8)).shape)
-              for name, (value, transform) in mapping.items()}
+    shapes = {
+        name: tuple(transform(np.empty(tuple(value.shape), np.int8)).shape)
+        for name, (value, transform) in mapping.items()
+    }
 
     def read(name: str) -> np.ndarray:
         value, transform = mapping[name]
@@ -214,8 +235,13 @@ def export_weights(backbone, folder: str | os.PathLike, dtype: str | None = None
     return files
 
 
-def export_preset(backbone, folder: str | os.PathLike, tokenizer=None, dtype: str | None = None,
-                  max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
+def export_preset(
+    backbone,
+    folder: str | os.PathLike,
+    tokenizer=None,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
     """Writes a complete Hugging Face model folder for a backbone and (optionally) its tokenizer.
 
     Args:
@@ -239,6 +265,7 @@ def export_preset(backbone, folder: str | os.PathLike, tokenizer=None, dtype: st
         tokenizer.save_to_preset(folder)
         _write_effective_chat_template(folder, tokenizer)
         generation = {**generation_config_from_tokenizer(tokenizer)}
-        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2),
-                                                       encoding="utf-8")
+        (folder / "generation_config.json").write_text(
+            json.dumps(generation, indent=2), encoding="utf-8"
+        )
     return folder

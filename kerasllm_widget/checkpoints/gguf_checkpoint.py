@@ -209,7 +209,9 @@ def _parse(buffer: mmap.mmap, size: int) -> tuple[dict[str, Any], dict[str, _Raw
             raise _Corrupt(f"tensor {name!r} has unknown GGML type id {type_id}") from error
         block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
         if dims[0] % block_size:
-            raise _Corrupt(f"tensor {name!r} rows of {dims[0]} do not split into {qtype.name} blocks")
+            raise _Corrupt(
+                f"tensor {name!r} rows of {dims[0]} do not split into {qtype.name} blocks"
+            )
         nbytes = math.prod(dims) // block_size * type_size
         start = data_start + offset
         if start + nbytes > size:
@@ -278,7 +280,9 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
             "the GGUF metadata do not match the q/k tensors"
         )
     half = rows // num_heads // 2
-    return weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 # --- Config ----------------------------------------------------------------------------------------
@@ -308,7 +312,8 @@ def llama3_rope_divisors(
         (1.0, 32.0)
     """
     inv_freq = 1.0 / (
-        np.float32(rope_theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+        np.float32(rope_theta)
+        ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
     )
     wavelen = 2 * math.pi / inv_freq.astype(np.float64)
     smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
@@ -383,14 +388,18 @@ def _check_architecture(metadata: dict[str, Any], where: str) -> None:
 
 
 def _hf_config(
-    metadata: dict[str, Any], tensors: dict[str, _RawTensor], read_raw: Callable[[str], np.ndarray], where: str
+    metadata: dict[str, Any],
+    tensors: dict[str, _RawTensor],
+    read_raw: Callable[[str], np.ndarray],
+    where: str,
 ) -> dict[str, Any]:
     """A transformers ``config.json`` dict for a llama GGUF."""
     hidden_size = _required(metadata, "llama.embedding_length", where)
     num_heads = _required(metadata, "llama.attention.head_count", where)
     num_kv_heads = metadata.get("llama.attention.head_count_kv", num_heads)
     head_dim = metadata.get(
-        "llama.attention.key_length", metadata.get("llama.rope.dimension_count", hidden_size // num_heads)
+        "llama.attention.key_length",
+        metadata.get("llama.rope.dimension_count", hidden_size // num_heads),
     )
     rope_theta = metadata.get("llama.rope.freq_base", 10000.0)
     vocab_size = metadata.get("llama.vocab_size")
@@ -478,7 +487,11 @@ _GPT2_PRE_TOKENIZERS = {"default", "gpt2", "gpt-2", "smollm"}
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from bytes to the printable characters byte-level vocabularies are spelled in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(printable)
     extra = 0
     for byte in range(256):
@@ -529,7 +542,9 @@ def _byte_level_bpe(metadata: dict[str, Any], where: str) -> tuple[Tokenizer, se
     # Tokens are stored in the byte alphabet ("Ġthe"); a token with other characters is stored
     # as its text, so it is spelled in the alphabet to be reachable by BPE (as transformers does).
     vocab = {
-        token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8")): index
+        token
+        if set(token) <= alphabet
+        else "".join(spelling[b] for b in token.encode("utf-8")): index
         for index, token in enumerate(tokens)
     }
     merges = _merges(metadata, where)
@@ -624,7 +639,9 @@ def _sentencepiece_bpe(metadata: dict[str, Any], where: str) -> tuple[Tokenizer,
     return tokenizer, None
 
 
-_TOKENIZER_BUILDERS: dict[str, Callable[[dict[str, Any], str], tuple[Tokenizer, set[str] | None]]] = {
+_TOKENIZER_BUILDERS: dict[
+    str, Callable[[dict[str, Any], str], tuple[Tokenizer, set[str] | None]]
+] = {
     "gpt2": _byte_level_bpe,
     "llama": _sentencepiece_bpe,
 }
@@ -719,7 +736,9 @@ def _format_error(path: Path, detail: str) -> CheckpointFormatError:
 def _open(path: Path) -> tuple[mmap.mmap, int]:
     """A read-only map of the file, after checking that it exists and can hold a header."""
     if not path.is_file():
-        raise PresetError(f"GGUF file not found: {path}. Check the path, or download the file again.")
+        raise PresetError(
+            f"GGUF file not found: {path}. Check the path, or download the file again."
+        )
     size = path.stat().st_size
     if size < 24:  # magic, version and the two counts
         raise _format_error(path, f"the file is only {size} bytes long")
@@ -831,7 +850,9 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
 
     def read_tensor(hf_name: str) -> np.ndarray:
         if closed:
-            raise PresetError(f"{where}: the checkpoint was closed; load it again to read {hf_name}.")
+            raise PresetError(
+                f"{where}: the checkpoint was closed; load it again to read {hf_name}."
+            )
         gguf_name = by_hf_name.get(hf_name)
         if gguf_name is None:
             raise KeyError(f"{hf_name!r} is not a tensor of {path}")

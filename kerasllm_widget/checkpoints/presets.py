@@ -58,13 +58,15 @@ def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
         >>> parse_hf_uri("hf://meta-llama/Llama-3.2-1B-Instruct@main")
         ('meta-llama/Llama-3.2-1B-Instruct', None, 'main')
     """
-    rest = uri[len(HF_SCHEME):]
+    rest = uri[len(HF_SCHEME) :]
     revision = None
     if "@" in rest:
         rest, revision = rest.rsplit("@", 1)
     parts = [p for p in rest.split("/") if p]
     if len(parts) < 2:
-        raise PresetError(f"{uri!r} is not a Hub URI; write it as 'hf://org/name' or 'hf://org/name@revision'.")
+        raise PresetError(
+            f"{uri!r} is not a Hub URI; write it as 'hf://org/name' or 'hf://org/name@revision'."
+        )
     filename = "/".join(parts[2:]) or None
     return f"{parts[0]}/{parts[1]}", filename, revision or None
 
@@ -88,7 +90,9 @@ def download_hf(uri: str) -> Path:
     offline = _offline()
     try:
         if filename:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline))
+            return Path(
+                hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline)
+            )
         return Path(
             snapshot_download(
                 repo_id,
@@ -131,8 +135,12 @@ def load_checkpoint(preset: str | os.PathLike) -> Checkpoint:
     from kerasllm_widget.checkpoints.safetensors_checkpoint import load_folder_checkpoint
 
     name = str(preset)
-    if not name.startswith(HF_SCHEME) and not os.path.exists(name) and os.sep not in name \
-            and not name.endswith(".gguf"):
+    if (
+        not name.startswith(HF_SCHEME)
+        and not os.path.exists(name)
+        and os.sep not in name
+        and not name.endswith(".gguf")
+    ):
         location = resolve_builtin(name)
     else:
         location = name

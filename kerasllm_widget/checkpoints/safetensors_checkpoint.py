@@ -28,7 +28,9 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise CheckpointFormatError(f"{path}: not valid JSON ({error}); re-download the file.") from None
+        raise CheckpointFormatError(
+            f"{path}: not valid JSON ({error}); re-download the file."
+        ) from None
 
 
 def _shard_files(folder: Path) -> dict[str, Path]:
@@ -127,7 +129,9 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
         config=config,
         tensor_infos=infos,
         read_tensor=read_tensor,
-        tokenizer_json=tokenizer_path.read_text(encoding="utf-8") if tokenizer_path.exists() else None,
+        tokenizer_json=tokenizer_path.read_text(encoding="utf-8")
+        if tokenizer_path.exists()
+        else None,
         tokenizer_config=tokenizer_config,
         generation_config=_read_json(folder / "generation_config.json", required=False),
     )

@@ -32,7 +32,9 @@ def _is_network_error(error: BaseException) -> bool:
 
 def _check_folder(preset_dir: Path) -> None:
     if not preset_dir.is_dir():
-        raise UploadError(f"{preset_dir}: no such folder. Write it first with model.save_to_preset().")
+        raise UploadError(
+            f"{preset_dir}: no such folder. Write it first with model.save_to_preset()."
+        )
     has_weights = any(preset_dir.glob("*.safetensors"))
     if not (preset_dir / "config.json").exists() or not has_weights:
         raise UploadError(
