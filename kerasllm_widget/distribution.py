@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["describe_sharding", "llama3_layout_map", "place_on_shards"]
+__all__ = ["describe_sharding", "llama3_layout_map", "place_batch", "place_on_shards"]
 
 _LAYER = r".*transformer_layer_\d+/"
 
@@ -97,6 +97,51 @@ def place_on_shards(variable, array: np.ndarray):
     if sharding is None:
         return array
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def place_batch(tree: Any) -> Any:
+    """Lays out every array of ``tree`` as the active distribution lays out data.
+
+    Under a `keras.distribution` (JAX), an array whose first dimension divides evenly over the
+    distribution's batch axis is split along it, as Keras splits ``fit``'s batches; the others
+    (batch 1 on a split batch axis) are replicated over the mesh. The generation engine passes
+    its token ids, masks and key/value cache through this, so that they are laid out like the
+    activations the layout map gives: XLA then never pairs a replicated mask with split queries
+    and keys (which cuDNN's fused attention refuses). Without a distribution, or on another
+    backend, ``tree`` comes back unchanged. Scalars are left as they are.
+
+    Example:
+        >>> import numpy as np
+        >>> place_batch({"token_ids": np.zeros((8, 4), "int32")})["token_ids"].shape  # doctest: +SKIP
+        (8, 4)
+    """
+    if keras.backend.backend() != "jax":
+        return tree
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return tree
+    import jax
+
+    mesh = distribution.device_mesh.backend_mesh
+    batch_axis = getattr(distribution, "batch_dim_name", None)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(x: Any) -> Any:
+        shape = np.shape(x)
+        if not shape:
+            return x
+        sharding = replicated
+        if batch_axis is not None and shape[0] % mesh.shape[batch_axis] == 0:
+            sharding = distribution.get_data_layout(shape).backend_layout
+        if isinstance(x, jax.Array):
+            if x.sharding.is_equivalent_to(sharding, len(shape)):
+                return x
+            if jax.process_count() == 1 or not x.is_fully_addressable:
+                return jax.device_put(x, sharding)
+        array = np.asarray(x)  # several hosts: each places its own devices' slices
+        return jax.make_array_from_callback(shape, sharding, lambda index: array[index])
+
+    return jax.tree.map(place, tree)
 
 
 def describe_sharding(model) -> dict[str, dict[str, Any]]:

@@ -20,17 +20,37 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = ["The sky is"]
+# A batch of 8 splits over the 8-way batch axis of the FSDP-style mesh.
+BATCH_PROMPTS = [
+    "The sky is",
+    "A cat",
+    "Keras runs on",
+    "Llama models",
+    "Fine-tuning",
+    "What is the capital",
+    "Arrr",
+    "Hello",
+]
 MESHES = {"model_parallel_2x4": (2, 4), "model_parallel_1x8": (1, 8)}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("distribution")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    result = subprocess.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True,
-                            text=True, timeout=900)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
+    }
+    result = subprocess.run(
+        [sys.executable, __file__, str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((workdir / "report.json").read_text())
 
@@ -88,11 +108,27 @@ def test_fsdp_layout_map_slices_weights_over_both_axes():
     assert fsdp[path.format("ffn_down")].axes == ("model", "batch")
     assert fsdp[path.format("attention/attention_output")].axes == ("model", "batch")
     assert fsdp["llama3_backbone/transformer_layer_0/attention/key/output"].axes == (
-        "batch", None, "model")
+        "batch",
+        None,
+        "model",
+    )
     assert default["llama3_backbone/transformer_layer_0/attention/key/output"] is None
     assert default["llama3_backbone/sequence_output_layernorm/scale"] is None  # replicated
     with pytest.raises(ValueError, match="not in the device mesh"):
         Llama3Backbone.get_layout_map(mesh, model_parallel_dim_name="tensor")
+
+
+def test_fsdp_generation_lays_the_batch_out_like_the_activations(report):
+    """With weights sliced over "batch" (mesh 8 x 1), generation at batch 8 gives the single
+    device's tokens, and the prefill program receives its token ids, mask and cache split over
+    the batch axis, as the distribution lays out data (a replicated mask beside split queries
+    and keys is what cuDNN's fused attention refuses on GPUs)."""
+    got = report["fsdp_8x1"]
+    assert got["generated"] == report["single_device"]["generated_batch"]
+    assert len(set(got["generated"])) > 1
+    for name in ("token_ids", "token_valid", "positions", "cache[0][0]", "cache[1][1]", "valid"):
+        assert got["prefill_inputs"][name] is not None, name
+        assert got["prefill_inputs"][name].startswith('[{"batch"}'), (name, got["prefill_inputs"])
 
 
 def test_data_parallel_replicates_the_weights(report):
@@ -147,8 +183,10 @@ def _main(workdir: Path) -> None:
             model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5))
             model.fit(CORPUS, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[losses])
             out["losses"] = losses.losses
-        print(f"inference {inferred - started:.1f}s, training {time.perf_counter() - inferred:.1f}s",
-              file=sys.stderr)
+        print(
+            f"inference {inferred - started:.1f}s, training {time.perf_counter() - inferred:.1f}s",
+            file=sys.stderr,
+        )
         return out
 
     report = {"devices": len(jax.devices())}
@@ -160,8 +198,10 @@ def _main(workdir: Path) -> None:
     cases = {
         name: keras.distribution.ModelParallel(
             layout_map=Llama3Backbone.get_layout_map(
-                keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)),
-            batch_dim_name="batch")
+                keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)
+            ),
+            batch_dim_name="batch",
+        )
         for name, shape in MESHES.items()
     }
     cases["data_parallel_8"] = keras.distribution.DataParallel(devices=devices)
@@ -169,20 +209,74 @@ def _main(workdir: Path) -> None:
         with distribution.scope():
             model = Llama3CausalLM.from_preset(str(preset))
             # Keyed without the model's own name (llama3_backbone, llama3_backbone_1, ...).
-            shardings = {path.split("/", 1)[1]: info
-                         for path, info in describe_sharding(model.backbone).items()}
+            shardings = {
+                path.split("/", 1)[1]: info
+                for path, info in describe_sharding(model.backbone).items()
+            }
             loaded_on_shards = all(
                 len(w.value.addressable_shards) == 8
-                and all(s.data.shape == tuple(shardings[w.path.split("/", 1)[1]]["shard_shape"])
-                        for s in w.value.addressable_shards)
+                and all(
+                    s.data.shape == tuple(shardings[w.path.split("/", 1)[1]]["shard_shape"])
+                    for s in w.value.addressable_shards
+                )
                 for w in model.backbone.weights
             )
             result = run(model, train=name != "model_parallel_1x8")
-        result["max_logit_difference"] = float(np.abs(result.pop("logits") - reference_logits).max())
+        result["max_logit_difference"] = float(
+            np.abs(result.pop("logits") - reference_logits).max()
+        )
         result["shardings"] = shardings
         result["loaded_on_shards"] = loaded_on_shards
         report[name] = result
+
+    # FSDP-style layout, generation at batch 8, with the lowered programs written out to read
+    # how the prefill's inputs arrive.
+    report["single_device"]["generated_batch"] = Llama3CausalLM.from_preset(str(preset)).generate(
+        BATCH_PROMPTS, max_new_tokens=6, sampler="greedy"
+    )
+    fsdp = keras.distribution.ModelParallel(
+        layout_map=Llama3Backbone.get_layout_map(
+            keras.distribution.DeviceMesh((8, 1), ("batch", "model"), devices),
+            shard_weights_over_batch=True,
+        ),
+        batch_dim_name="batch",
+    )
+    ir_folder = workdir / "ir"
+    jax.config.update("jax_dump_ir_to", str(ir_folder))
+    try:
+        with fsdp.scope():
+            model = Llama3CausalLM.from_preset(str(preset))
+            generated = model.generate(BATCH_PROMPTS, max_new_tokens=6, sampler="greedy")
+    finally:
+        jax.config.update("jax_dump_ir_to", "")
+    report["fsdp_8x1"] = {
+        "generated": generated,
+        "prefill_inputs": _argument_shardings(ir_folder, "prefill"),
+    }
     (workdir / "report.json").write_text(json.dumps(report, default=list))
+
+
+def _argument_shardings(folder: Path, program: str) -> dict[str, str | None]:
+    """The sharding of each named argument of the lowered ``program`` (its dims, e.g.
+    ``[{"batch"}, {}]``), read from the StableHLO JAX wrote to ``folder``; None: unspecified."""
+    import re
+
+    found: dict[str, str | None] = {}
+    for path in sorted(folder.glob(f"*{program}*.mlir")):
+        text = path.read_text()
+        signature = re.search(r"func\.func public @main\((.*?)\) ->", text, re.S)
+        if signature is None:
+            continue
+        # Argument names are written inline, loc("name"), or through an alias, loc(#loc3).
+        aliases = dict(re.findall(r"^(#loc\d+) = loc\(\"([^\"]+)\"\)", text, re.M))
+        for argument in re.split(r"%arg\d+: ", signature.group(1))[1:]:
+            location = re.search(r"loc\((#loc\d+|\"[^\"]+\")\)", argument)
+            if location is None:
+                continue
+            name = aliases.get(location.group(1), location.group(1).strip('"'))
+            spec = re.search(r"sdy\.sharding<@\w+, (\[.*?\])>", argument)
+            found[name] = spec.group(1) if spec else None
+    return found
 
 
 if __name__ == "__main__":

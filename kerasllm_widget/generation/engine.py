@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from kerasllm_widget.distribution import place_batch
 from kerasllm_widget.generation.samplers import (
     Sampler,
     SamplerParams,
@@ -425,6 +426,10 @@ class GenerationEngine:
         compiled = self._executables.get(("prefill", *self._key(
             token_ids.shape[0], valid.shape[1], token_ids.shape[1], plan, num_alternatives,
             stop_ids.shape[0])))
+        # Under a keras.distribution the batch is laid out as the distribution lays out data, so
+        # that the mask and cache are split like the queries and keys (cuDNN requires it).
+        token_ids, token_valid, positions, last_index, cache, valid, seen = place_batch(
+            (token_ids, token_valid, positions, last_index, cache, valid, seen))
         args = (weights, token_ids, token_valid, positions, last_index, start, cache, valid, seen,
                 key, stop_ids, params)
         if compiled is not None:
