@@ -25,14 +25,36 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-LLAMA32_1B = dict(vocabulary_size=128256, num_layers=16, num_query_heads=32, num_key_value_heads=8,
-                  hidden_dim=2048, intermediate_dim=8192, head_dim=64,
-                  rope_max_wavelength=500000.0,
-                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                  layer_norm_epsilon=1e-5, tie_word_embeddings=True, max_sequence_length=131072)
-TINY = dict(LLAMA32_1B, vocabulary_size=512, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-            hidden_dim=64, intermediate_dim=128, head_dim=16)
+LLAMA32_1B = dict(
+    vocabulary_size=128256,
+    num_layers=16,
+    num_query_heads=32,
+    num_key_value_heads=8,
+    hidden_dim=2048,
+    intermediate_dim=8192,
+    head_dim=64,
+    rope_max_wavelength=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    layer_norm_epsilon=1e-5,
+    tie_word_embeddings=True,
+    max_sequence_length=131072,
+)
+TINY = dict(
+    LLAMA32_1B,
+    vocabulary_size=512,
+    num_layers=2,
+    num_query_heads=4,
+    num_key_value_heads=2,
+    hidden_dim=64,
+    intermediate_dim=128,
+    head_dim=16,
+)
 
 
 def build(config: dict, dtype: str):
@@ -56,8 +78,12 @@ def time_generation(model, prompt_length: int, new_tokens: int, batch: int) -> d
         engine.clear_cache()  # no prefix reuse: the timed run prefills the whole prompt again
         timings = RequestTimings()
         started = time.perf_counter()
-        produced = sum(out.tokens.shape[1] for out in engine.generate_tokens(
-            prompts, max_new_tokens=new_tokens, stop_token_ids=(), timings=timings))
+        produced = sum(
+            out.tokens.shape[1]
+            for out in engine.generate_tokens(
+                prompts, max_new_tokens=new_tokens, stop_token_ids=(), timings=timings
+            )
+        )
         results[run] = {"seconds": time.perf_counter() - started, "tokens": produced}
     return {
         "batch": batch,
@@ -76,8 +102,10 @@ def time_training(model, batch: int, length: int, steps: int) -> dict:
 
     rng = np.random.default_rng(1)
     vocab = model.backbone.vocabulary_size
-    x = {"token_ids": rng.integers(0, vocab, (batch * (steps + 1), length)).astype("int32"),
-         "padding_mask": np.ones((batch * (steps + 1), length), bool)}
+    x = {
+        "token_ids": rng.integers(0, vocab, (batch * (steps + 1), length)).astype("int32"),
+        "padding_mask": np.ones((batch * (steps + 1), length), bool),
+    }
     labels = np.roll(x["token_ids"], -1, axis=1)
     weights = np.ones(labels.shape, "float32")
 
@@ -96,8 +124,16 @@ def time_training(model, batch: int, length: int, steps: int) -> dict:
 
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-5))
     callback = StepTimes()
-    model.fit(x, labels, sample_weight=weights, batch_size=batch, epochs=1, shuffle=False,
-              verbose=0, callbacks=[callback])
+    model.fit(
+        x,
+        labels,
+        sample_weight=weights,
+        batch_size=batch,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
     steady = sorted(callback.times[1:])
     median = steady[len(steady) // 2]
     return {
@@ -132,8 +168,11 @@ def main() -> None:
     config = TINY if args.tiny else LLAMA32_1B
     devices = keras.distribution.list_devices()
     count = len(devices)
-    print(f"{count} x {jax.devices()[0].device_kind}, jax {jax.__version__}, keras "
-          f"{keras.__version__}, dtype {args.dtype}", flush=True)
+    print(
+        f"{count} x {jax.devices()[0].device_kind}, jax {jax.__version__}, keras "
+        f"{keras.__version__}, dtype {args.dtype}",
+        flush=True,
+    )
     results = {"devices": count, "device_kind": jax.devices()[0].device_kind, "layouts": {}}
     for layout in args.layouts.split(","):
         if layout != "single" and count < 2:
@@ -144,9 +183,11 @@ def main() -> None:
             shape = (1, count) if layout == "model_parallel" else (count, 1)
             mesh = keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)
             layout_map = Llama3Backbone.get_layout_map(
-                mesh, shard_weights_over_batch=layout == "fsdp")
-            distribution = keras.distribution.ModelParallel(layout_map=layout_map,
-                                                            batch_dim_name="batch")
+                mesh, shard_weights_over_batch=layout == "fsdp"
+            )
+            distribution = keras.distribution.ModelParallel(
+                layout_map=layout_map, batch_dim_name="batch"
+            )
         keras.utils.set_random_seed(0)
         started = time.perf_counter()
         if distribution is None:
@@ -158,8 +199,11 @@ def main() -> None:
         shard = describe_sharding(model.backbone)
         itemsize = 4 if args.dtype == "float32" else 2
         per_device = sum(itemsize * math.prod(v["shard_shape"]) for v in shard.values())
-        row = {"build_s": round(built, 1), "parameters": int(model.backbone.count_params()),
-               "weight_bytes_per_device": per_device}
+        row = {
+            "build_s": round(built, 1),
+            "parameters": int(model.backbone.count_params()),
+            "weight_bytes_per_device": per_device,
+        }
         scope = distribution.scope() if distribution is not None else _null()
         measurements = [
             ("generate_batch1", time_generation, (args.prompt, args.new_tokens, 1)),
@@ -178,6 +222,41 @@ def main() -> None:
         if args.json:  # after each layout, so a run cut short still leaves its figures
             with open(args.json, "w") as handle:
                 json.dump(results, handle, indent=2)
+    summary(results)
+
+
+def summary(results: dict) -> None:
+    """One line per layout: its figures beside the single device's, and the ratio."""
+    layouts = results["layouts"]
+    single = layouts.get("single", {})
+    rows = [
+        ("generate_batch1", "decode_tokens_per_s", "decode tok/s, batch 1", True),
+        ("generate_batch8", "decode_tokens_per_s", "decode tok/s, batch 8", True),
+        ("generate_batch8", "time_to_first_token_ms", "first token ms, batch 8", False),
+        ("train", "step_ms", "train step ms", False),
+        ("train", "tokens_per_s", "train tok/s", True),
+    ]
+    print(
+        f"\n{'':26}{'single':>12}" + "".join(f"{name:>24}" for name in layouts if name != "single")
+    )
+    for measure, key, label, higher_is_better in rows:
+        base = single.get(measure, {}).get(key)
+        cells = []
+        for name, row in layouts.items():
+            if name == "single":
+                continue
+            value = row.get(measure, {}).get(key)
+            if value is None:
+                cells.append(f"{'failed' if 'error' in row.get(measure, {}) else '-':>24}")
+                continue
+            ratio = (
+                ""
+                if not base
+                else f" ({(value / base if higher_is_better else base / value):.2f}x)"
+            )
+            cells.append(f"{str(value) + ratio:>24}")
+        print(f"{label:26}{str(base if base is not None else '-'):>12}" + "".join(cells))
+    print(f"ratios: speed-up over one device ({results['devices']} devices in the sharded layouts)")
 
 
 def _null():
