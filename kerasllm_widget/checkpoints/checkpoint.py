@@ -9,11 +9,15 @@ so that conversion to Keras is written once (`checkpoints/convert.py`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+# How much of one tensor is read at a time (as float32) when it is copied into a model weight.
+ROW_BLOCK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -44,8 +48,33 @@ class Checkpoint:
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     generation_config: dict[str, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
+    # HF name, start, stop -> rows [start, stop) along the first axis, as read_tensor gives them.
+    # None: the source reads whole tensors only.
+    read_row_range: Callable[[str, int, int], np.ndarray] | None = None
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """Yields ``(name, array)`` one tensor at a time, so that only one is in memory."""
         for name in self.tensor_infos:
             yield name, self.read_tensor(name)
+
+    def row_blocks(
+        self, name: str, max_bytes: int = ROW_BLOCK_BYTES
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields ``(first_row, rows)`` pieces of one tensor of about ``max_bytes`` (as float32).
+
+        A loader copies each piece into its destination and drops it, so that a large tensor
+        (the embedding) is never held twice in host memory.
+
+        Example:
+            >>> ckpt = load_checkpoint("smollm2-135m-instruct")  # doctest: +SKIP
+            >>> [(start, rows.shape) for start, rows in ckpt.row_blocks("model.norm.weight")]  # doctest: +SKIP
+            [(0, (576,))]
+        """
+        shape = tuple(self.tensor_infos[name].shape)
+        if self.read_row_range is None or not shape:
+            yield 0, self.read_tensor(name)
+            return
+        row_bytes = 4 * math.prod(shape[1:])
+        step = max(1, max_bytes // max(1, row_bytes))
+        for start in range(0, shape[0], step):
+            yield start, self.read_row_range(name, start, min(start + step, shape[0]))

@@ -17,6 +17,7 @@ from kerasllm_widget.checkpoints.errors import (
     PresetError,
     UnsupportedModelError,
 )
+from kerasllm_widget.models.placeholder_initializer import aligned_empty
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -169,13 +170,51 @@ def check_tensors(ckpt: Checkpoint, mapping: dict) -> None:
             )
 
 
-def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> None:
-    """Reads, converts and assigns every tensor, one at a time (peak memory ~ one tensor)."""
+def read_converted(
+    ckpt: Checkpoint, name: str, shape: tuple[int, ...], dtype, transform
+) -> np.ndarray:
+    """One checkpoint tensor in Keras layout and ``dtype``, filled a block of rows at a time.
+
+    ``transform`` maps the Keras-layout array to a view in Hugging Face layout (`_same`,
+    `_transpose`); every block is cast and written through that view, so the only full-size array
+    made is the result.
+    """
+    out = aligned_empty(tuple(shape), np.dtype(ml_dtypes_name(dtype)))
+    hf_view = transform(out)
+    for start, rows in ckpt.row_blocks(name):
+        hf_view[start : start + len(rows)] = rows
+        del rows
+    return out
+
+
+def _release(variable) -> None:
+    """Frees a placeholder value before its replacement is made (JAX); other backends copy in place."""
+    value = variable.value
+    if hasattr(value, "delete") and hasattr(value, "is_deleted") and not value.is_deleted():
+        value.delete()
+
+
+def load_backbone_weights(
+    backbone, ckpt: Checkpoint, progress: bool = True, release_placeholders: bool = False
+) -> None:
+    """Reads, converts and assigns every tensor, one at a time (peak memory ~ one tensor).
+
+    With ``release_placeholders=True`` (a backbone just built to be loaded), each weight's current
+    value is freed before its replacement is read, so the two never exist together; anything still
+    holding the old values then holds deleted arrays, and a failed load leaves the backbone unusable.
+    """
     from tqdm.auto import tqdm
 
     from kerasllm_widget.distribution import place_on_shards
 
     mapping = weight_map(backbone)
+    mapped = {id(variable) for variable, _ in mapping.values()}
+    unmapped = [weight.path for weight in backbone.weights if id(weight) not in mapped]
+    if unmapped:
+        raise PresetError(
+            f"The backbone has weights that no checkpoint tensor fills: {unmapped[:5]}. Load the "
+            "checkpoint before enabling LoRA or adding weights."
+        )
     check_tensors(ckpt, mapping)
     bar = tqdm(
         total=len(mapping),
@@ -185,10 +224,10 @@ def load_backbone_weights(backbone, ckpt: Checkpoint, progress: bool = True) -> 
         leave=False,
     )
     for name, (variable, transform) in mapping.items():
-        array = transform(ckpt.read_tensor(name))
-        # Cast here (bfloat16/float16 via ml_dtypes) so that no float32 copy of the whole model
-        # is ever made when a 16-bit model is asked for.
-        array = np.ascontiguousarray(array, dtype=np.dtype(ml_dtypes_name(variable.dtype)))
+        if release_placeholders:
+            _release(variable)
+        # Cast while filling (bfloat16/float16 via ml_dtypes): no float32 copy of a 16-bit model.
+        array = read_converted(ckpt, name, tuple(variable.shape), variable.dtype, transform)
         # Straight onto the variable's shards (under keras.distribution), never whole on one device.
         variable.assign(place_on_shards(variable, array))
         del array
@@ -208,11 +247,8 @@ def backbone_from_checkpoint(
 
     dtype = resolve_dtype(dtype)
     kwargs = backbone_kwargs_from_hf_config(ckpt.config, source=f"{ckpt.source}/config.json")
+    # Every weight is overwritten: no random numbers, no zeros, no memory until it is filled.
+    backbone = Llama3Backbone(**kwargs, dtype=dtype, placeholder_weights=load_weights)
     if load_weights:
-        # Zeros instead of random init: every weight is overwritten, so skip the RNG work.
-        kwargs["initializer_range"] = 0.0
-    backbone = Llama3Backbone(**kwargs, dtype=dtype)
-    backbone.initializer_range = ckpt.config.get("initializer_range", 0.02)
-    if load_weights:
-        load_backbone_weights(backbone, ckpt, progress=progress)
+        load_backbone_weights(backbone, ckpt, progress=progress, release_placeholders=True)
     return backbone

@@ -28,6 +28,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -777,9 +778,11 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Checkpoint:
     """Opens a llama-architecture GGUF file as a Hugging Face-style `Checkpoint`.
 
-    Only the metadata is read here; ``read_tensor(hf_name)`` dequantizes one tensor at a time from
-    the memory-mapped file into a float32 array in Hugging Face layout (``[out, in]``, q/k rows in
-    transformers' order). Call ``close()`` to release the map.
+    Only the metadata is read here (through a memory map that is closed again at once);
+    ``read_tensor(hf_name)`` reads one tensor's bytes from the file and dequantizes them into a
+    float32 array in Hugging Face layout (``[out, in]``, q/k rows in transformers' order), and
+    ``read_row_range`` does the same for a range of rows, so that a large tensor can be converted
+    piece by piece. Call ``close()`` to close the file.
 
     Raises `PresetError` if the file does not exist, `CheckpointFormatError` if it is truncated or
     corrupt, and `UnsupportedModelError` for architectures other than llama.
@@ -794,6 +797,43 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
     buffer, size = _open(path)
     try:
         metadata, raw_tensors = _parse_or_raise(path, buffer, size)
+    finally:
+        # Tensors are read with plain file reads: a map would keep every page it touched resident
+        # until close(), which adds the whole file to the peak memory of a load.
+        buffer.close()
+    handle = open(path, "rb")  # noqa: SIM115  (closed by the checkpoint's close())
+    lock = threading.Lock()
+
+    def read_raw(gguf_name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) (first axis) of a tensor, dequantized to float32."""
+        tensor = raw_tensors[gguf_name]
+        first = tensor.shape[0]
+        stop = first if stop is None else stop
+        # Quantization blocks run along the last axis, so a range of the first axis is one run of
+        # bytes, except in a 1-D tensor, which is read whole.
+        begin, end = (start, stop) if len(tensor.shape) > 1 else (0, first)
+        stride = tensor.nbytes // first
+        raw = np.empty((end - begin) * stride, dtype=np.uint8)
+        with lock:
+            handle.seek(tensor.offset + begin * stride)
+            count = handle.readinto(memoryview(raw))
+        if count != raw.size:
+            raise _format_error(path, f"tensor {gguf_name} ends past the end of the file")
+        raw = raw.reshape(
+            (end - begin, *tensor.raw_shape[1:]) if len(tensor.shape) > 1 else tensor.raw_shape
+        )
+        try:
+            array = gguf.quants.dequantize(raw, tensor.qtype)
+        except NotImplementedError as error:
+            raise UnsupportedModelError(
+                f"{where}: tensor {gguf_name} is stored as {tensor.qtype.name}, which the "
+                f"installed gguf package ({getattr(gguf, '__version__', '?')}) cannot "
+                "dequantize; upgrade gguf or use a file of another quantization."
+            ) from error
+        array = array.astype(np.float32, copy=False)
+        return array if len(tensor.shape) > 1 else array[start:stop]
+
+    try:
         _check_architecture(metadata, where)
 
         unknown = [n for n in raw_tensors if n != _ROPE_FREQS and _hf_tensor_name(n) is None]
@@ -805,22 +845,6 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
                 f"({len(unknown)} unknown in all); this GGUF holds a variant that is not supported."
             )
 
-        def read_raw(gguf_name: str) -> np.ndarray:
-            tensor = raw_tensors[gguf_name]
-            raw = np.frombuffer(buffer, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset)
-            raw = raw.reshape(tensor.raw_shape)
-            try:
-                array = gguf.quants.dequantize(raw, tensor.qtype)
-            except NotImplementedError as error:
-                raise UnsupportedModelError(
-                    f"{where}: tensor {gguf_name} is stored as {tensor.qtype.name}, which the "
-                    f"installed gguf package ({getattr(gguf, '__version__', '?')}) cannot "
-                    "dequantize; upgrade gguf or use a file of another quantization."
-                ) from error
-            array = array.astype(np.float32, copy=False)
-            # F32 tensors come back as views of the map: copy, so close() can unmap the file.
-            return array.copy() if np.may_share_memory(array, raw) else array
-
         config = _hf_config(metadata, raw_tensors, read_raw, where)
         layers = {int(m.group(1)) for n in raw_tensors if (m := _LAYER_PATTERN.fullmatch(n))}
         if layers and max(layers) >= config["num_hidden_layers"]:
@@ -830,7 +854,7 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
             )
         tokenizer_json, tokenizer_config, generation_config = _tokenizer(metadata, where)
     except BaseException:
-        buffer.close()
+        handle.close()
         raise
 
     by_hf_name = {
@@ -848,7 +872,7 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
     }
     closed = False
 
-    def read_tensor(hf_name: str) -> np.ndarray:
+    def read_row_range(hf_name: str, start: int, stop: int) -> np.ndarray:
         if closed:
             raise PresetError(
                 f"{where}: the checkpoint was closed; load it again to read {hf_name}."
@@ -856,22 +880,34 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
         gguf_name = by_hf_name.get(hf_name)
         if gguf_name is None:
             raise KeyError(f"{hf_name!r} is not a tensor of {path}")
-        array = read_raw(gguf_name)
-        for marker, heads in permuted_heads.items():
-            if marker in gguf_name:
-                try:
-                    array = unpermute_rows(array, heads)
-                except CheckpointFormatError as error:
-                    raise CheckpointFormatError(f"{where}: tensor {gguf_name}: {error}") from None
+        heads = next((h for marker, h in permuted_heads.items() if marker in gguf_name), None)
+        rows = raw_tensors[gguf_name].shape[0]
+        if heads is None:
+            array = read_raw(gguf_name, start, stop)
+        elif rows % (2 * heads) == 0:
+            # The rows are permuted within each head: read whole heads, put them back in order.
+            per_head = rows // heads
+            first, last = start // per_head * per_head, -(-stop // per_head) * per_head
+            array = unpermute_rows(read_raw(gguf_name, first, last), (last - first) // per_head)
+            array = array[start - first : stop - first]
+        else:
+            try:  # the heads do not fit the rows: this raises, naming the tensor
+                array = unpermute_rows(read_raw(gguf_name), heads)[start:stop]
+            except CheckpointFormatError as error:
+                raise CheckpointFormatError(f"{where}: tensor {gguf_name}: {error}") from None
         if not np.isfinite(array).all():
             raise _format_error(path, f"tensor {gguf_name} holds NaN or infinite values")
         return array
 
+    def read_tensor(hf_name: str) -> np.ndarray:
+        gguf_name = by_hf_name.get(hf_name)
+        rows = raw_tensors[gguf_name].shape[0] if gguf_name is not None else 0
+        return read_row_range(hf_name, 0, rows)
+
     def close() -> None:
         nonlocal closed
         closed = True
-        # Every array handed out is a copy, so no view of the map is left to block this.
-        buffer.close()
+        handle.close()
 
     return Checkpoint(
         name=name if name is not None else str(path),
@@ -883,4 +919,5 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
         tokenizer_config=tokenizer_config,
         generation_config=generation_config,
         close=close,
+        read_row_range=read_row_range,
     )

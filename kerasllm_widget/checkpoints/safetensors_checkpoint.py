@@ -104,18 +104,26 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
             "does not contain it. The shards and the index disagree; re-download them."
         )
 
-    def read_tensor(tensor_name: str) -> np.ndarray:
+    def read(tensor_name: str, rows: slice | None) -> np.ndarray:
         path = files[tensor_name]
-        # Open per tensor: the memory map is released after each read, so the mapped file pages
-        # do not add up to a second copy of the model in resident memory while loading.
+        # Open per read: the memory map is released after each one, so the mapped file pages do
+        # not add up to a second copy of the model in resident memory while loading.
         try:
             with safe_open(str(path), framework="numpy") as handle:
-                return handle.get_tensor(tensor_name)
+                if rows is None:
+                    return handle.get_tensor(tensor_name)
+                return handle.get_slice(tensor_name)[rows]
         except (SafetensorError, OSError) as error:
             raise CheckpointFormatError(
                 f"{path}: tensor {tensor_name!r} cannot be read ({error}); the file looks truncated "
                 "or corrupt. Re-download it."
             ) from None
+
+    def read_tensor(tensor_name: str) -> np.ndarray:
+        return read(tensor_name, None)
+
+    def read_row_range(tensor_name: str, start: int, stop: int) -> np.ndarray:
+        return read(tensor_name, slice(start, stop))
 
     tokenizer_path = folder / "tokenizer.json"
     tokenizer_config = _read_json(folder / "tokenizer_config.json", required=False)
@@ -134,4 +142,5 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
         else None,
         tokenizer_config=tokenizer_config,
         generation_config=_read_json(folder / "generation_config.json", required=False),
+        read_row_range=read_row_range,
     )

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kerasllm_widget.models.llama3_decoder import Llama3TransformerDecoder
+from kerasllm_widget.models.placeholder_initializer import PlaceholderInitializer
 from kerasllm_widget.models.reversible_embedding import ReversibleEmbedding
 from kerasllm_widget.models.rms_normalization import RMSNormalization
 from kerasllm_widget.models.rotary_embedding import rope_inverse_frequencies
@@ -38,6 +39,9 @@ class Llama3Backbone(keras.Model):
         >>> x = {"token_ids": np.array([[1, 2, 3]]), "padding_mask": np.array([[1, 1, 1]], bool)}
         >>> backbone(x).shape
         (1, 3, 16)
+
+    ``placeholder_weights=True`` leaves the weights unwritten for a checkpoint to fill (as
+    `from_preset` does); such a backbone must be loaded before it is used.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Llama3Backbone(keras.Model):
         max_sequence_length: int = 8192,
         initializer_range: float = 0.02,
         dtype=None,
+        placeholder_weights: bool = False,
         **kwargs,
     ):
         super().__init__(dtype=dtype, **kwargs)
@@ -82,13 +87,15 @@ class Llama3Backbone(keras.Model):
                 f"({self.num_key_value_heads})."
             )
 
-        # initializer_range 0 means "weights are about to be loaded": zeros cost nothing, while
-        # drawing random normals for every weight takes longer than reading the checkpoint.
-        initializer = (
-            keras.initializers.RandomNormal(stddev=initializer_range)
-            if initializer_range > 0
-            else keras.initializers.Zeros()
-        )
+        # placeholder_weights: a checkpoint is about to overwrite every weight, so the projections
+        # and embeddings get memory that is neither written nor (on JAX's CPU) even touched;
+        # random normals for every weight take longer than reading the checkpoint.
+        if placeholder_weights:
+            initializer = PlaceholderInitializer()
+        elif initializer_range > 0:
+            initializer = keras.initializers.RandomNormal(stddev=initializer_range)
+        else:
+            initializer = keras.initializers.Zeros()
         policy = self.dtype_policy
         self.inverse_frequencies = rope_inverse_frequencies(
             self.head_dim, rope_max_wavelength, self.rope_scaling
