@@ -52,7 +52,9 @@ def assert_is_attention(probabilities, padding_mask):
 
 @pytest.fixture(scope="module")
 def tiny(random_llama32_checkpoint):
-    backbone = backbone_from_checkpoint(load_checkpoint(str(random_llama32_checkpoint)), progress=False)
+    backbone = backbone_from_checkpoint(
+        load_checkpoint(str(random_llama32_checkpoint)), progress=False
+    )
     return backbone, eager_reference(random_llama32_checkpoint)
 
 
@@ -170,3 +172,89 @@ def test_thumbnails_keep_sharp_lines(tiny):
     thumbs = maps.thumbnails(0, size=16)
     assert thumbs.shape == (8, 15, 15)  # 100 tokens in blocks of 7
     assert np.allclose(thumbs.max(axis=(-2, -1)), maps.layer(0).max(axis=(-2, -1)))
+
+
+def test_chunked_blocks_match_the_whole_block(tiny):
+    """Blocks run their queries in chunks against the keys up to each chunk's end; the residual
+    stream must be the model's own block output."""
+    from kerasllm_widget.inspect._compiled import CHUNK, InspectionPass
+    from kerasllm_widget.models.llama3_backbone import (
+        causal_attention_mask,
+        positions_from_padding_mask,
+    )
+
+    backbone, _ = tiny
+    length = 2 * CHUNK + 90  # three chunks, the last one padded
+    token_ids = np.random.default_rng(4).integers(0, 512, size=(1, length))
+    run = InspectionPass(backbone, token_ids, np.ones((1, length), bool))
+    mask = np.ones((1, length), bool)
+    x = backbone.token_embedding(token_ids)
+    for index, layer in enumerate(backbone.transformer_layers):
+        x = layer(
+            x,
+            positions=positions_from_padding_mask(mask),
+            attention_mask=causal_attention_mask(mask),
+        )[0]
+        chunked = np.asarray(run.layer_input(index + 1))[:, :length]
+        assert np.abs(chunked - np.asarray(x)).max() < 1e-4 * max(1.0, float(np.abs(x).max())), (
+            index
+        )
+
+
+def test_quantized_heads_are_the_explicit_path_in_8_bits(tiny):
+    from kerasllm_widget.inspect import dequantize
+
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(5).integers(0, 512, size=300)
+    maps = AttentionMaps(backbone, token_ids)
+    for layer in range(2):
+        whole = maps.layer(layer)
+        for head in (0, 5, -1, "mean"):
+            expected = whole.mean(0) if head == "mean" else whole[head]
+            quantized = maps.quantized(layer, head)
+            assert quantized.codes.dtype == np.uint8 and quantized.codes.shape == (300, 300)
+            assert abs(quantized.scale - expected.max()) < 1e-6
+            # Within one code step in the square-root domain, as `quantize` promises.
+            step = 1.0 / 255
+            assert (
+                np.abs(
+                    np.sqrt(dequantize(quantized) / quantized.scale)
+                    - np.sqrt(expected / expected.max())
+                ).max()
+                < step
+            )
+    with pytest.raises(IndexError, match="head 8"):
+        maps.quantized(0, 8)
+
+
+def test_thumbnails_are_the_block_maxima_of_every_head(tiny):
+    from kerasllm_widget.inspect import downsample_max
+
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(6).integers(0, 512, size=300)
+    maps = AttentionMaps(backbone, token_ids)
+    for size in (44, 400):
+        thumbs = maps.thumbnails(1, size=size)
+        expected = downsample_max(maps.layer(1), size)
+        assert thumbs.shape == expected.shape
+        assert np.abs(thumbs - expected).max() < 1e-6
+
+
+def test_a_grown_sequence_reuses_the_forward_pass_of_its_prefix(tiny):
+    backbone, _ = tiny
+    rng = np.random.default_rng(7)
+    before = rng.integers(0, 512, size=600)
+    after = np.concatenate([before, rng.integers(0, 512, size=150)])
+    first = AttentionMaps(backbone, before)
+    while first.prepare_next_layer():
+        pass
+    grown = AttentionMaps(backbone, after, previous=first)
+    fresh = AttentionMaps(backbone, after)
+    assert grown.reused_tokens == 600 and fresh.reused_tokens == 0
+    for layer in range(2):
+        assert np.abs(grown.layer(layer) - fresh.layer(layer)).max() < 1e-5, layer
+    assert np.abs(grown._pass.logits() - fresh._pass.logits()).max() < 1e-3
+    # A sequence that differs early shares nothing a chunk could skip.
+    changed = after.copy()
+    changed[10] = (changed[10] + 1) % 512
+    assert AttentionMaps(backbone, changed, previous=first).reused_tokens == 0

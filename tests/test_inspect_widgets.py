@@ -40,10 +40,19 @@ def test_protocol_kinds_match_the_typescript_mirror():
     "message, problem",
     [
         ({"kind": "attention.request", "id": "a", "sequence_id": "s", "layer": 0}, "'head'"),
-        ({"kind": "attention.request", "id": "a", "sequence_id": "s", "layer": True, "head": 0}, "'layer'"),
-        ({"kind": "attention.request", "id": "a", "sequence_id": "s", "layer": 0, "head": "max"}, "'mean'"),
+        (
+            {"kind": "attention.request", "id": "a", "sequence_id": "s", "layer": True, "head": 0},
+            "'layer'",
+        ),
+        (
+            {"kind": "attention.request", "id": "a", "sequence_id": "s", "layer": 0, "head": "max"},
+            "'mean'",
+        ),
         ({"kind": "step.request", "id": "a", "action": "jump"}, "unknown step action"),
-        ({"kind": "preprocess.request", "id": "a", "sequence_length": 4, "texts": [1]}, "list of strings"),
+        (
+            {"kind": "preprocess.request", "id": "a", "sequence_length": 4, "texts": [1]},
+            "list of strings",
+        ),
         ({"kind": "attention.nope", "id": "a"}, "unknown message kind"),
         ({"kind": "tokens.request", "text": "x"}, "'id'"),
     ],
@@ -56,7 +65,9 @@ def test_requests_are_checked(message, problem):
 def test_token_inspector_answers_with_tables_and_compares(llama32_instruct_tokenizer, smollm2_gguf):
     from kerasllm_widget.widgets.token_inspector import TokenInspector
 
-    widget = TokenInspector(llama32_instruct_tokenizer, text="Hello", compare_with=str(smollm2_gguf))
+    widget = TokenInspector(
+        llama32_instruct_tokenizer, text="Hello", compare_with=str(smollm2_gguf)
+    )
     front = FrontEnd(widget)
     answer, _ = front.ask(P.TOKENS_REQUEST, text=None)
     assert answer["kind"] == P.TOKENS_RESULT and answer["text"] == "Hello"
@@ -75,7 +86,9 @@ def test_token_inspector_answers_with_tables_and_compares(llama32_instruct_token
     widget.close()
 
 
-def test_preprocessor_inspector_answers_for_its_texts_and_refuses_bad_lengths(llama32_instruct_tokenizer):
+def test_preprocessor_inspector_answers_for_its_texts_and_refuses_bad_lengths(
+    llama32_instruct_tokenizer,
+):
     from kerasllm_widget.widgets.preprocessor_inspector import PreprocessorInspector
 
     widget = PreprocessorInspector(llama32_instruct_tokenizer, ["Hello", "Hi!"], sequence_length=6)
@@ -118,9 +131,7 @@ def test_attention_view_sends_quantised_maps_of_the_asked_head(tiny):
     # Answers about an older sequence are refused, so a view never draws a stale map.
     answer, _ = front.ask(P.ATTENTION_REQUEST, sequence_id="old", layer=0, head=0)
     assert answer["kind"] == P.INSPECT_ERROR and answer["code"] == P.ERROR_SUPERSEDED
-    answer, _ = front.ask(
-        P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=5, head=0
-    )
+    answer, _ = front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=5, head=0)
     assert answer["kind"] == P.INSPECT_ERROR and answer["code"] == P.ERROR_FAILED
     assert "layer 5" in answer["message"]
     widget.close()
@@ -146,7 +157,9 @@ def test_attention_overview_streams_every_layer_and_yields_to_clicks(tiny):
     header = thumbnails[0][0]["array"]
     assert header["shape"][0] == 8 and header["shape"][1] <= 16 and len(header["scale"]) == 8
     maps = widget.maps()
-    assert np.allclose(decode(header, thumbnails[0][1]).max(axis=(1, 2)), maps.layer(0).max(axis=(1, 2)), atol=1e-6)
+    assert np.allclose(
+        decode(header, thumbnails[0][1]).max(axis=(1, 2)), maps.layer(0).max(axis=(1, 2)), atol=1e-6
+    )
     widget.close()
 
 
@@ -231,7 +244,9 @@ def test_chat_widget_answers_its_inspector_tabs(tiny):
     front = FrontEnd(chat, wait_idle=chat._inspectors.wait_idle)
     opened, _ = front.ask(P.ATTENTION_OPEN, text=None)
     assert {"user", "assistant"} <= set(opened["roles"])
-    answer, buffers = front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=0, head=0)
+    answer, buffers = front.ask(
+        P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=0, head=0
+    )
     assert answer["kind"] == P.ATTENTION_RESULT and len(buffers[0]) == opened["length"] ** 2
     answer, _ = front.ask(P.TOKENS_REQUEST, text=None)
     assert answer["text"].count("Hi there") == 1  # the conversation, as the template renders it
@@ -247,18 +262,55 @@ def test_chat_widget_answers_its_inspector_tabs(tiny):
     chat.close()
 
 
-def test_idle_time_prepares_the_deeper_layers(tiny):
+def test_opening_a_sequence_runs_its_forward_pass_in_the_background(tiny):
     from kerasllm_widget.widgets.attention_view import AttentionView
 
     widget = AttentionView(tiny, text=TEXT)
     front = FrontEnd(widget)
     opened, _ = front.ask(P.ATTENTION_OPEN, text=None)
-    front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=0, head="mean")
-    # After the first map, the forward pass goes on through every block in idle time.
+    # No map asked for yet: the pass runs on its own and says how far it has come.
     deadline = time.monotonic() + 60
-    while widget.service._maps.prepared_layers < 2 and time.monotonic() < deadline:
+    while widget.service._maps is None or widget.service._maps.prepared_layers < 2:
+        assert time.monotonic() < deadline, "the forward pass did not run in the background"
         time.sleep(0.05)
-    assert widget.service._maps.prepared_layers == 2
-    answer, _ = front.ask(P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=1, head=0)
+    assert widget.wait_idle(30)
+    progress = [m for m, _ in front.messages if m["kind"] == P.ATTENTION_PROGRESS]
+    assert progress and progress[-1]["ready_layers"] == progress[-1]["num_layers"] == 2
+    assert {m["sequence_id"] for m in progress} == {opened["sequence_id"]}
+    assert all(m["id"] == "" for m in progress)  # not an answer to any request
+    answer, buffers = front.ask(
+        P.ATTENTION_REQUEST, sequence_id=opened["sequence_id"], layer=1, head=0
+    )
     assert answer["kind"] == P.ATTENTION_RESULT
+    expected = widget.maps().head(1, 0)
+    assert np.abs(decode(answer["array"], buffers) - expected).max() < 0.02
     widget.close()
+
+
+def test_a_chat_that_grew_prepares_its_attention_reusing_the_old_pass(tiny):
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    chat = ChatWidget(tiny, temperature=0.0, max_new_tokens=40)
+    service = chat._inspectors
+    chat.send("Tell me a long story about a cat " * 12).result(timeout=120)
+    front = FrontEnd(chat, wait_idle=service.wait_idle)
+    first, _ = front.ask(P.ATTENTION_OPEN, text=None)
+    assert first["length"] > 256  # past one chunk, so a shared prefix can be skipped
+    chat.send("And then?").result(timeout=120)
+    # Nobody asked: the conversation change alone starts the pass over the new conversation.
+    deadline = time.monotonic() + 60
+    while not any(
+        m["kind"] == P.ATTENTION_PROGRESS
+        and m["sequence_id"] != first["sequence_id"]
+        and m["ready_layers"] == m["num_layers"]
+        for m, _ in front.messages
+    ):
+        assert time.monotonic() < deadline, "the grown conversation was not prepared"
+        time.sleep(0.05)
+    assert service.wait_idle(30)
+    maps = service._maps
+    assert maps is not None and maps.length > first["length"]
+    assert maps.reused_tokens >= 256
+    fresh = inspect.AttentionMaps(tiny, maps.token_ids[0])
+    assert np.abs(maps.layer(1) - fresh.layer(1)).max() < 1e-5
+    chat.close()

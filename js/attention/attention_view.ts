@@ -7,10 +7,12 @@ import { decodeArray } from "../shared/codecs";
 import { h } from "../shared/dom";
 import { type Answer, type InspectClient, InspectError } from "../shared/inspect_client";
 import {
+  type AttentionProgress,
   type AttentionResult,
   type AttentionSequence,
   type AttentionThumbnails,
   REQUEST,
+  RESPONSE,
 } from "../shared/inspect_protocol";
 import { Heatmap } from "./heatmap";
 import { ModelGrid } from "./model_view";
@@ -38,6 +40,17 @@ export class AttentionView {
   private readonly layerSelect = h("select", { class: "kw-layer", "aria-label": "Layer" });
   private readonly headSelect = h("select", { class: "kw-head", "aria-label": "Head" });
   private readonly statusEl = h("div", { class: "kw-attn-status", role: "status" });
+  private readonly passBar = h("progress", { class: "kw-attn-pass-bar", max: 1, value: 0 });
+  private readonly passText = h("span", { class: "kw-attn-pass-text" });
+  private readonly passEl = h(
+    "div",
+    { class: "kw-attn-pass kw-muted", hidden: true },
+    this.passBar,
+    this.passText,
+  );
+  private readonly stopProgress: () => void;
+  /** Layers whose forward pass the kernel has finished (a map of one of them is quick). */
+  private readyLayers = 0;
   private readonly errorEl = h("div", { class: "kw-inspect-error", role: "alert", hidden: true });
   private readonly gridButton = h(
     "button",
@@ -106,6 +119,7 @@ export class AttentionView {
         this.gridButton,
       ),
       this.statusEl,
+      this.passEl,
       this.errorEl,
       this.heatmap.el,
       h(
@@ -116,7 +130,31 @@ export class AttentionView {
       this.strip.el,
       this.gridEl,
     );
+    this.stopProgress = options.client.listen(RESPONSE.attentionProgress, ({ message }) =>
+      this.showProgress(message as AttentionProgress),
+    );
     this.open();
+  }
+
+  /** The kernel's forward pass over the sequence, shown while it runs. */
+  private showProgress(progress: AttentionProgress): void {
+    if (progress.sequence_id !== this.sequence?.sequence_id) return;
+    this.readyLayers = progress.ready_layers;
+    const done = progress.ready_layers >= progress.num_layers;
+    this.passEl.hidden = done;
+    this.el.dataset.readyLayers = String(progress.ready_layers);
+    this.passBar.max = progress.num_layers;
+    this.passBar.value = progress.ready_layers;
+    const reused = progress.reused_tokens > 0 ? ` (${progress.reused_tokens} tokens reused)` : "";
+    this.passText.textContent = ` Forward pass: ${progress.ready_layers} of ${progress.num_layers} layers ready${reused}`;
+    if (this.el.dataset.state === "loading") this.statusEl.textContent = this.loadingText();
+  }
+
+  private loadingText(): string {
+    if (this.layer < this.readyLayers || this.sequence === null) {
+      return `Computing layer ${this.layer}…`;
+    }
+    return `Computing layer ${this.layer}: the forward pass is at layer ${this.readyLayers} of ${this.sequence.num_layers}…`;
   }
 
   /** Asks the kernel which tokens to show (again: the text or the conversation changed). */
@@ -133,6 +171,8 @@ export class AttentionView {
         this.fillPickers(message);
         if (changed) {
           this.pinned = null;
+          this.readyLayers = 0;
+          this.passEl.hidden = true;
           // Long sequences spread attention thin beside the first token: rows scaled on their
           // own show where it goes. Short ones read better on one scale.
           this.rowScale.checked = message.length > 256;
@@ -186,7 +226,7 @@ export class AttentionView {
     const started = performance.now();
     const { layer, head } = this;
     this.el.dataset.state = "loading";
-    this.statusEl.textContent = `Computing layer ${layer}…`;
+    this.statusEl.textContent = this.loadingText();
     this.options.client
       .request<AttentionResult>(REQUEST.attention, {
         sequence_id: sequence.sequence_id,
@@ -269,6 +309,7 @@ export class AttentionView {
   }
 
   dispose(): void {
+    this.stopProgress();
     this.stopOverview();
     this.heatmap.dispose();
     this.el.remove();

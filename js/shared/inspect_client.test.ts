@@ -50,6 +50,26 @@ describe("InspectClient", () => {
     expect(layers).toEqual([0, 1]);
   });
 
+  it("hands messages that answer no request to the listeners of their kind", () => {
+    const channel = new Channel();
+    const client = new InspectClient(channel.model);
+    const pending = client.request("attention.request", { layer: 3 });
+    const ready: number[] = [];
+    const stop = client.listen("attention.progress", ({ message }) =>
+      ready.push((message as { ready_layers: number }).ready_layers),
+    );
+    channel.reply({ kind: "attention.progress", id: "", ready_layers: 2, num_layers: 4 });
+    channel.reply({ kind: "attention.progress", id: "", ready_layers: 3, num_layers: 4 });
+    stop();
+    channel.reply({ kind: "attention.progress", id: "", ready_layers: 4, num_layers: 4 });
+    expect(ready).toEqual([2, 3]);
+    let settled = false;
+    pending.then(() => {
+      settled = true;
+    });
+    return Promise.resolve().then(() => expect(settled).toBe(false)); // still waiting for its map
+  });
+
   it("rejects what is pending when the view closes", async () => {
     const channel = new Channel();
     const client = new InspectClient(channel.model);

@@ -29,6 +29,7 @@ type Listener = (answer: Answer) => void;
 export class InspectClient {
   private readonly pending = new Map<string, { resolve: Listener; reject: (e: Error) => void }>();
   private readonly streams = new Map<string, Listener>();
+  private readonly broadcasts = new Map<string, Set<Listener>>();
   private readonly handler: (message: unknown, buffers?: BufferLike[]) => void;
   /** Milliseconds each answered request took, by kind, for the views' status lines and the bench. */
   readonly timings = new Map<string, number>();
@@ -73,6 +74,18 @@ export class InspectClient {
     return id;
   }
 
+  /** Calls `listener` with every message of `kind` that answers no request (id ""), such as
+   * the forward pass's progress; returns the function that stops it. */
+  listen(kind: string, listener: Listener): () => void {
+    let listeners = this.broadcasts.get(kind);
+    if (!listeners) {
+      listeners = new Set();
+      this.broadcasts.set(kind, listeners);
+    }
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  }
+
   /** Stops routing a stream's answers (the kernel stops it when a newer one starts). */
   endStream(id: string): void {
     this.streams.delete(id);
@@ -82,6 +95,11 @@ export class InspectClient {
   private receive(raw: unknown, buffers: BufferLike[]): void {
     const message = parseInspectResponse(raw);
     if (message === null) return;
+    if (message.id === "") {
+      for (const listener of this.broadcasts.get(message.kind) ?? [])
+        listener({ message, buffers });
+      return;
+    }
     if (message.kind === "inspect.error") {
       const waiting = this.pending.get(message.id);
       if (waiting) {
@@ -109,5 +127,6 @@ export class InspectClient {
       reject(new InspectError("superseded", "view closed"));
     this.pending.clear();
     this.streams.clear();
+    this.broadcasts.clear();
   }
 }

@@ -27,6 +27,7 @@ export const RESPONSE = {
   attentionSequence: "attention.sequence",
   attention: "attention.result",
   attentionThumbnails: "attention.thumbnails",
+  attentionProgress: "attention.progress",
   probabilities: "probabilities.result",
   step: "step.state",
   error: "inspect.error",
@@ -150,6 +151,16 @@ export interface AttentionThumbnails {
   array: ArrayHeader;
 }
 
+/** How far the kernel's forward pass over a sequence has come (id ""; not an answer). */
+export interface AttentionProgress {
+  kind: "attention.progress";
+  id: string;
+  sequence_id: string;
+  ready_layers: number;
+  num_layers: number;
+  reused_tokens: number;
+}
+
 export interface ProbabilitiesResult {
   kind: "probabilities.result";
   id: string;
@@ -192,6 +203,7 @@ export type InspectResponse =
   | AttentionSequence
   | AttentionResult
   | AttentionThumbnails
+  | AttentionProgress
   | ProbabilitiesResult
   | StepState
   | InspectError;

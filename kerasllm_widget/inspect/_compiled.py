@@ -7,16 +7,32 @@ of block ``i`` are passed in as arguments (Keras' `StatelessScope`). Sequence le
 up to a bucket and padded on the right with masked tokens, which leaves every real query's
 attention unchanged (a causal query never sees a later key), so typing a few more tokens does not
 compile a new program.
+
+A block runs its queries in chunks of `CHUNK` rows through the decoder's own cached path, each
+chunk against the keys up to its end only: a causal map's upper triangle is never computed, which
+halves the attention work of long sequences. The same chunks let a pass reuse another pass's
+residual streams for a shared prefix (a chat that grew by one reply): chunks that lie wholly in
+the prefix are copied, not computed.
+
+The views ask for one head (or the head average) at a time: `LayerRunner.head_codes` computes
+only that head's softmax and returns it already quantised, so a 2,048-token map costs one
+``T x T`` matrix product and 4 MB, not every head's probabilities in float32.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import keras
 import numpy as np
 
+from kerasllm_widget.inspect.quantization import QuantizedArray
+
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+CHUNK = 256  # query rows per chunk of a block (bucket lengths past 256 are multiples of it)
+_MASK_VALUE = -1e9  # as the model's explicit path: a fully masked row stays finite
+_CODE_LEVELS = 255  # the views' maps: 8-bit square-root codes (see quantization.py)
 
 
 def bucket_length(length: int) -> int:
@@ -26,12 +42,17 @@ def bucket_length(length: int) -> int:
         >>> bucket_length(5), bucket_length(300), bucket_length(2048)
         (64, 512, 2048)
     """
-    step = 64 if length <= 256 else 256
+    step = 64 if length <= 256 else CHUNK
     return max(step, -(-length // step) * step)
 
 
+def _chunks(length: int) -> list[tuple[int, int]]:
+    size = CHUNK if length > CHUNK else length
+    return [(start, min(length, start + size)) for start in range(0, length, size)]
+
+
 class LayerRunner:
-    """The fused block step and the explicit attention step of one backbone, compiled once."""
+    """The block step and the attention steps of one backbone, compiled once per length."""
 
     def __init__(self, backbone):
         self.backbone = backbone
@@ -41,20 +62,76 @@ class LayerRunner:
             if [v.shape for v in layer.variables] != [v.shape for v in self.template.variables]:
                 raise ValueError("decoder blocks differ in structure; cannot share one program")
             self._variables.append(layer.variables)
+        attention = self.template.attention
+        self.num_heads = int(attention.num_query_heads)
+        self._groups = self.num_heads // int(attention.num_key_value_heads)
         self.compiled = keras.backend.backend() == "jax"
         if self.compiled:
             import jax
 
             self._block = jax.jit(self._block_step)
             self._probabilities = jax.jit(self._probabilities_step)
+            self._head_codes = jax.jit(self._head_codes_step, static_argnames=("mean",))
+            self._thumbnails = jax.jit(self._thumbnails_step, static_argnames=("block",))
 
     def _scope(self, values):
-        return keras.StatelessScope(state_mapping=list(zip(self.template.variables, values, strict=True)))
+        return keras.StatelessScope(
+            state_mapping=list(zip(self.template.variables, values, strict=True))
+        )
 
-    def _block_step(self, values, x, positions, attention_mask):
+    # ---- traced steps (block 0's layers, block i's weights) ----
+
+    def _project(self, x, positions, queries: bool):
+        """Queries (``[B, T, H, d]``, with ``queries``) or keys and values of the attention's
+        input, as the attention layer computes them before it attends."""
+        from keras import ops
+
+        from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
+
+        attention = self.template.attention
+        normed = self.template.attention_norm(x)
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+
+        def heads(dense, count):
+            return ops.reshape(dense(normed), (batch, length, count, attention.head_dim))
+
+        if queries:
+            query = heads(attention.query_dense, attention.num_query_heads)
+            key = heads(attention.key_dense, attention.num_key_value_heads)
+            rope = attention.inverse_frequencies
+            return apply_rotary_embedding(query, positions, rope), apply_rotary_embedding(
+                key, positions, rope
+            )
+        key = heads(attention.key_dense, attention.num_key_value_heads)
+        value = heads(attention.value_dense, attention.num_key_value_heads)
+        return apply_rotary_embedding(key, positions, attention.inverse_frequencies), value
+
+    def _block_step(self, values, x, known, positions, attention_mask, start):
+        import jax
+        from keras import ops
+
         with self._scope(values):
-            out, _, _ = self.template(x, positions=positions, attention_mask=attention_mask)
-        return out
+            keys, cached_values = self._project(x, positions, queries=False)
+            outputs = []
+            for begin, end in _chunks(x.shape[1]):
+
+                def compute(begin=begin, end=end):
+                    out, _, _ = self.template(
+                        x[:, begin:end],
+                        positions=positions[:, begin:end],
+                        attention_mask=attention_mask[:, begin:end, :end],
+                        cache=(keys[:, :end], cached_values[:, :end]),
+                        cache_index=begin,
+                    )
+                    return out
+
+                # A chunk wholly inside the shared prefix is already known.
+                outputs.append(
+                    jax.lax.cond(
+                        end > start, compute, lambda begin=begin, end=end: known[:, begin:end]
+                    )
+                )
+            return ops.concatenate(outputs, axis=1)
 
     def _probabilities_step(self, values, x, positions, attention_mask):
         with self._scope(values):
@@ -67,18 +144,90 @@ class LayerRunner:
             )
         return probabilities
 
+    def _head_probabilities(self, query, key, allowed, head):
+        """One head's ``[T, T]`` probabilities of batch row 0, as the model's explicit path
+        computes them (scores cast to float32, then scaled; masked keys exactly zero)."""
+        import jax.numpy as jnp
+
+        q = jnp.take(query[0], head, axis=1)
+        k = jnp.take(key[0], head // self._groups, axis=1)
+        scores = (q @ k.T).astype(jnp.float32) * (1.0 / math.sqrt(q.shape[-1]))
+        probabilities = _softmax(jnp.where(allowed, scores, _MASK_VALUE))
+        return jnp.where(allowed, probabilities, 0.0)
+
+    def _rows_of(self, values, x, positions, attention_mask, length, head_fn):
+        """``head_fn(probabilities_of)`` under block ``values``, with rows past ``length`` zeroed."""
+        import jax.numpy as jnp
+
+        with self._scope(values):
+            query, key = self._project(x, positions, queries=True)
+        real_rows = jnp.arange(x.shape[1]) < length
+        allowed = attention_mask[0] & real_rows[:, None]
+        return head_fn(lambda head: self._head_probabilities(query, key, allowed, head))
+
+    def _head_codes_step(self, values, x, positions, attention_mask, length, head, mean: bool):
+        import jax
+        import jax.numpy as jnp
+
+        def pick(probabilities_of):
+            if not mean:
+                return probabilities_of(head)
+            total = jax.lax.fori_loop(
+                0,
+                self.num_heads,
+                lambda h, acc: acc + probabilities_of(h),
+                jnp.zeros((x.shape[1], x.shape[1]), jnp.float32),
+            )
+            return total / self.num_heads
+
+        probabilities = self._rows_of(values, x, positions, attention_mask, length, pick)
+        scale = probabilities.max()
+        normalised = probabilities / jnp.where(scale > 0, scale, 1.0)
+        codes = jnp.rint(jnp.sqrt(normalised) * _CODE_LEVELS).astype(jnp.uint8)
+        return codes, scale
+
+    def _thumbnails_step(self, values, x, positions, attention_mask, length, block: int):
+        import jax
+        import jax.numpy as jnp
+
+        padded = -(-x.shape[1] // block) * block
+        side = padded // block
+
+        def shrink(probabilities):
+            extra = padded - probabilities.shape[0]
+            probabilities = jnp.pad(probabilities, ((0, extra), (0, extra)))
+            return probabilities.reshape(side, block, side, block).max(axis=(1, 3))
+
+        return self._rows_of(
+            values,
+            x,
+            positions,
+            attention_mask,
+            length,
+            lambda probabilities_of: jax.lax.map(
+                lambda h: shrink(probabilities_of(h)), jnp.arange(self.num_heads)
+            ),
+        )
+
+    # ---- calls ----
+
     def _values(self, index: int):
         return [v.value for v in self._variables[index]]
 
-    def block(self, index: int, x, positions, attention_mask):
-        """Block ``index`` on the fused path: the residual stream after it."""
+    def block(self, index: int, x, positions, attention_mask, known=None, start: int = 0):
+        """Block ``index`` on the fused path: the residual stream after it. Rows below ``start``
+        may be taken from ``known`` (the same block's output for a shared prefix)."""
         if not self.compiled:
             layer = self.backbone.transformer_layers[index]
             return layer(x, positions=positions, attention_mask=attention_mask)[0]
-        return self._block(self._values(index), x, positions, attention_mask)
+        known = x if known is None else known
+        return self._block(
+            self._values(index), x, known, positions, attention_mask, np.int32(start)
+        )
 
     def probabilities(self, index: int, x, positions, attention_mask) -> np.ndarray:
-        """Block ``index``'s attention probabilities ``[B, H, T, S]`` (float32 numpy)."""
+        """Block ``index``'s attention probabilities ``[B, H, T, S]`` (float32 numpy), from the
+        model's own explicit-softmax path."""
         if not self.compiled:
             layer = self.backbone.transformer_layers[index]
             result = layer.attention(
@@ -91,6 +240,58 @@ class LayerRunner:
             result = self._probabilities(self._values(index), x, positions, attention_mask)
         return np.asarray(result, dtype=np.float32)
 
+    def head_codes(
+        self, index: int, x, positions, attention_mask, length: int, head
+    ) -> QuantizedArray:
+        """One head's map (``head="mean"``: the head average) of batch row 0, ``[length, length]``,
+        as 8-bit square-root codes relative to its maximum."""
+        mean = head == "mean"
+        if not self.compiled:
+            from kerasllm_widget.inspect.quantization import quantize
+
+            probabilities = self.probabilities(index, x, positions, attention_mask)[
+                0, :, :length, :length
+            ]
+            return quantize(
+                probabilities.mean(0) if mean else probabilities[int(head)], bits=8, gamma=0.5
+            )
+        codes, scale = self._head_codes(
+            self._values(index),
+            x,
+            positions,
+            attention_mask,
+            np.int32(length),
+            np.int32(0 if mean else head),
+            mean=mean,
+        )
+        codes = np.ascontiguousarray(np.asarray(codes)[:length, :length])
+        return QuantizedArray(codes, float(scale), 0.5)
+
+    def thumbnails(
+        self, index: int, x, positions, attention_mask, length: int, size: int
+    ) -> np.ndarray:
+        """Every head of batch row 0 shrunk to at most ``size x size`` by block maxima: ``[H, s, s]``."""
+        block = max(1, -(-length // size))
+        side = -(-length // block)
+        if not self.compiled:
+            from kerasllm_widget.inspect.quantization import downsample_max
+
+            probabilities = self.probabilities(index, x, positions, attention_mask)[
+                0, :, :length, :length
+            ]
+            return downsample_max(probabilities, size)
+        result = self._thumbnails(
+            self._values(index), x, positions, attention_mask, np.int32(length), block=block
+        )
+        return np.ascontiguousarray(np.asarray(result, dtype=np.float32)[:, :side, :side])
+
+
+def _softmax(scores):
+    import jax.numpy as jnp
+
+    shifted = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
 
 class InspectionPass:
     """One non-cached pass over a batch: the residual stream entering each block, kept as computed.
@@ -99,6 +300,8 @@ class InspectionPass:
         backbone: a `Llama3Backbone`.
         token_ids: ``[B, T]`` int32.
         padding_mask: ``[B, T]`` bool.
+        previous: an earlier pass over a sequence sharing a prefix with this one (one row, all
+            real tokens): its residual streams for the shared tokens are reused.
 
     Example:
         >>> run = InspectionPass(model.backbone, ids[None], np.ones((1, len(ids)), bool))  # doctest: +SKIP
@@ -106,21 +309,50 @@ class InspectionPass:
         (1, 9, 12, 12)
     """
 
-    def __init__(self, backbone, token_ids: np.ndarray, padding_mask: np.ndarray):
+    def __init__(self, backbone, token_ids: np.ndarray, padding_mask: np.ndarray, previous=None):
         from kerasllm_widget.models.llama3_backbone import (
             causal_attention_mask,
             positions_from_padding_mask,
         )
 
         self.backbone = backbone
+        self.token_ids = np.asarray(token_ids, np.int32)
+        self.padding_mask = np.asarray(padding_mask, bool)
         self.length = int(token_ids.shape[1])
-        extra = bucket_length(self.length) - self.length
+        self.padded_length = bucket_length(self.length)
+        extra = self.padded_length - self.length
         padded_mask = np.pad(padding_mask, ((0, 0), (0, extra)))
         self._padded_ids = np.pad(token_ids, ((0, 0), (0, extra)))
         self._positions = positions_from_padding_mask(padded_mask)
         self._attention_mask = causal_attention_mask(padded_mask)
         self._runner = runner_for(backbone)
         self._inputs: list = []
+        self.reused_tokens = 0
+        self._known: list = []  # a previous pass's residual streams, padded to this length
+        if previous is not None:
+            self._take_prefix(previous)
+
+    def _take_prefix(self, previous: InspectionPass) -> None:
+        if (
+            previous.backbone is not self.backbone
+            or not self._runner.compiled
+            or self.token_ids.shape[0] != 1
+            or previous.token_ids.shape[0] != 1
+            or not (self.padding_mask.all() and previous.padding_mask.all())
+        ):
+            return
+        shared = min(self.length, previous.length)
+        differ = np.flatnonzero(self.token_ids[0, :shared] != previous.token_ids[0, :shared])
+        prefix = int(differ[0]) if differ.size else shared
+        if prefix < _chunks(self.padded_length)[0][1]:  # no chunk lies wholly in the prefix
+            return
+        import jax.numpy as jnp
+
+        self.reused_tokens = prefix
+        rows = min(previous.padded_length, self.padded_length)
+        for stream in previous._inputs:
+            known = stream[:, :rows]
+            self._known.append(jnp.pad(known, ((0, 0), (0, self.padded_length - rows), (0, 0))))
 
     @property
     def num_layers(self) -> int:
@@ -132,7 +364,17 @@ class InspectionPass:
             self._inputs.append(self.backbone.token_embedding(self._padded_ids))
         while len(self._inputs) <= index:
             i = len(self._inputs) - 1
-            x = self._runner.block(i, self._inputs[i], self._positions, self._attention_mask)
+            reuse = i + 1 < len(self._known)
+            x = self._runner.block(
+                i,
+                self._inputs[i],
+                self._positions,
+                self._attention_mask,
+                known=self._known[i + 1] if reuse else None,
+                start=self.reused_tokens if reuse else 0,
+            )
+            if reuse:
+                self._known[i + 1] = None  # each layer's copy is needed once
             self._inputs.append(x)
         return self._inputs[index]
 
@@ -154,6 +396,18 @@ class InspectionPass:
             index, self.layer_input(index), self._positions, self._attention_mask
         )
         return np.ascontiguousarray(probabilities[..., : self.length, : self.length])
+
+    def head_codes(self, index: int, head) -> QuantizedArray:
+        """Block ``index``'s map of one head or ``"mean"`` (batch row 0) as 8-bit codes."""
+        return self._runner.head_codes(
+            index, self.layer_input(index), self._positions, self._attention_mask, self.length, head
+        )
+
+    def thumbnails(self, index: int, size: int) -> np.ndarray:
+        """Block ``index``'s heads (batch row 0) shrunk by block maxima to at most ``size``."""
+        return self._runner.thumbnails(
+            index, self.layer_input(index), self._positions, self._attention_mask, self.length, size
+        )
 
     def logits(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Float32 logits ``[B, stop - start, V]`` of positions ``start..stop`` (the final norm and

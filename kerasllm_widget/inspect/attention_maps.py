@@ -4,6 +4,8 @@ The generation path keeps every layer's attention fused. Here a separate, non-ca
 the stack on the fused path and remembers the residual stream entering each layer; asking for a
 layer then recomputes only that layer's attention with the explicit softmax. A second layer
 (or a second head of the same layer) therefore costs one attention block, not a new forward pass.
+The views take one head at a time, already quantised (`AttentionMaps.quantized`), and the
+model view's thumbnails are shrunk where they are computed; neither holds every head in float32.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from kerasllm_widget.inspect._compiled import InspectionPass
 from kerasllm_widget.inspect._sources import backbone_of
-from kerasllm_widget.inspect.quantization import downsample_max
+from kerasllm_widget.inspect.quantization import QuantizedArray
 
 Head = int | Literal["mean"] | None
 
@@ -28,6 +30,8 @@ class AttentionMaps:
         token_ids: ``[T]`` or ``[B, T]`` ints.
         padding_mask: same shape, True on real tokens (default: all real).
         max_cached_layers: how many layers' probabilities to keep (each is ``B*H*T*T`` float32).
+        previous: the `AttentionMaps` of an earlier version of the same text (a chat before its
+            last reply): the forward pass over the tokens both share is reused, not recomputed.
 
     Example:
         >>> maps = AttentionMaps(model, tokenizer("The cat sat on the mat"))  # doctest: +SKIP
@@ -35,20 +39,30 @@ class AttentionMaps:
         (6, 6)
     """
 
-    def __init__(self, model, token_ids, padding_mask=None, max_cached_layers: int = 2):
+    def __init__(
+        self,
+        model,
+        token_ids,
+        padding_mask=None,
+        max_cached_layers: int = 2,
+        previous: AttentionMaps | None = None,
+    ):
         self.backbone = backbone_of(model)
         token_ids = np.asarray(token_ids, dtype=np.int32)
         self.batched = token_ids.ndim == 2
         if token_ids.ndim == 1:
             token_ids = token_ids[None]
         if token_ids.ndim != 2 or token_ids.shape[1] == 0:
-            raise ValueError(f"token_ids must be [T] or [B, T] with T > 0, got shape {token_ids.shape}")
+            raise ValueError(
+                f"token_ids must be [T] or [B, T] with T > 0, got shape {token_ids.shape}"
+            )
         if padding_mask is None:
             padding_mask = np.ones(token_ids.shape, dtype=bool)
         padding_mask = np.asarray(padding_mask, dtype=bool).reshape(token_ids.shape)
         self.token_ids = token_ids
         self.padding_mask = padding_mask
-        self._pass = InspectionPass(self.backbone, token_ids, padding_mask)
+        earlier = previous._pass if previous is not None else None
+        self._pass = InspectionPass(self.backbone, token_ids, padding_mask, previous=earlier)
         self.max_cached_layers = max(1, int(max_cached_layers))
         self._probabilities: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -79,12 +93,15 @@ class AttentionMaps:
         """Layers whose attention costs no forward pass any more."""
         return min(self.num_layers, self._pass.computed_blocks + 1)
 
-    def _check_layer(self, layer: int) -> int:
+    def layer_index(self, layer: int) -> int:
+        """``layer`` as an index from 0 (negative layers count from the end); IndexError if out of range."""
         index = int(layer)
         if index < 0:
             index += self.num_layers
         if not 0 <= index < self.num_layers:
-            raise IndexError(f"layer {layer} is out of range for a model of {self.num_layers} layers")
+            raise IndexError(
+                f"layer {layer} is out of range for a model of {self.num_layers} layers"
+            )
         return index
 
     def layer(self, layer: int) -> np.ndarray:
@@ -95,7 +112,7 @@ class AttentionMaps:
             >>> maps.layer(0).sum(-1).round(5).min()  # doctest: +SKIP
             1.0
         """
-        index = self._check_layer(layer)
+        index = self.layer_index(layer)
         if index in self._probabilities:
             self._probabilities.move_to_end(index)
         else:
@@ -112,25 +129,45 @@ class AttentionMaps:
             >>> maps.head(0, 2)[-1].argmax()  # doctest: +SKIP
             0
         """
-        probabilities = self.layer(layer)
         if head is None or head == "mean":
-            return probabilities.mean(axis=-3)
+            return self.layer(layer).mean(axis=-3)
+        h = self._check_head(head)
+        return self.layer(layer)[..., h, :, :]
+
+    def _check_head(self, head: int) -> int:
         h = int(head)
         if not -self.num_heads <= h < self.num_heads:
             raise IndexError(f"head {head} is out of range for {self.num_heads} heads")
-        return probabilities[..., h, :, :]
+        return h % self.num_heads
+
+    @property
+    def reused_tokens(self) -> int:
+        """How many leading tokens' forward pass came from ``previous``."""
+        return self._pass.reused_tokens
+
+    def quantized(self, layer: int, head: Head = "mean") -> QuantizedArray:
+        """One head's map (or the head average) as 8-bit square-root codes (what the views draw),
+        computed for that head only; the first row of a batch.
+
+        Example:
+            >>> from kerasllm_widget.inspect import dequantize
+            >>> dequantize(maps.quantized(3, head=0)).shape  # doctest: +SKIP
+            (6, 6)
+        """
+        index = self.layer_index(layer)
+        if head is None or head == "mean":
+            return self._pass.head_codes(index, "mean")
+        return self._pass.head_codes(index, self._check_head(head))
 
     def thumbnails(self, layer: int, size: int = 48) -> np.ndarray:
-        """Every head of one layer shrunk to at most ``size x size`` (block maximum): ``[H, s, s]``.
+        """Every head of one layer shrunk to at most ``size x size`` (block maximum): ``[H, s, s]``;
+        the first row of a batch.
 
         Example:
             >>> maps.thumbnails(0, size=32).shape  # doctest: +SKIP
             (9, 32, 32)
         """
-        probabilities = self.layer(layer)
-        if self.batched:
-            probabilities = probabilities[0]
-        return downsample_max(probabilities, size)
+        return self._pass.thumbnails(self.layer_index(layer), max(1, int(size)))
 
     def query_row(self, layer: int, query: int, head: Head = "mean") -> np.ndarray:
         """What one token attends to: the ``query``-th row of a head's map (``[S]``).

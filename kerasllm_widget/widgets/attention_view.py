@@ -43,12 +43,15 @@ class AttentionView(InspectorWidget):
         self.source = ChatSource(model, chat, text=lambda: self.text)
         self._start_service(
             model=self.source.model,
-            sequence=lambda t: self.source.sequence(t if t is not None or self.follows_chat else self.text),
+            sequence=lambda t: self.source.sequence(
+                t if t is not None or self.follows_chat else self.text
+            ),
         )
         self.source.watch(self._conversation_changed)
 
     def _conversation_changed(self) -> None:
         self.revision += 1
+        self.service.refresh()
 
     def maps(self) -> inspect.AttentionMaps:
         """`AttentionMaps` of what the view shows, for the same numbers in code.

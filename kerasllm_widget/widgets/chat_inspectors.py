@@ -12,7 +12,15 @@ from typing import Any
 from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets.inspector_service import InspectorService
 
-_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens")
+_SETTINGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "max_new_tokens",
+)
 
 
 def chat_inspector_service(chat: Any) -> InspectorService:
@@ -24,10 +32,13 @@ def chat_inspector_service(chat: Any) -> InspectorService:
         True
     """
     source = ChatSource(chat=chat)
-    return InspectorService(
+    service = InspectorService(
         chat,
         model=source.model,
         sequence=source.sequence,
         step_prompt=source.prompt_ids,
         settings=lambda: {name: getattr(chat, name) for name in _SETTINGS},
+        busy=lambda: (getattr(chat, "status", None) or {}).get("state") == "generating",
     )
+    source.watch(service.refresh)
+    return service

@@ -36,7 +36,11 @@ PREPROCESS_RESULT = "preprocess.result"  # {table}
 ATTENTION_SEQUENCE = "attention.sequence"  # {sequence_id, pieces, roles, num_layers, num_heads}
 ATTENTION_RESULT = "attention.result"  # {sequence_id, layer, head, compute_s, array} + 1 buffer
 ATTENTION_THUMBNAILS = "attention.thumbnails"  # {sequence_id, layer, num_layers, array} + 1 buffer
-PROBABILITIES_RESULT = "probabilities.result"  # {sequence_id, pieces, roles, labels, arrays} + buffers
+# {sequence_id, ready_layers, num_layers, reused_tokens}, id "": how far the forward pass has come
+ATTENTION_PROGRESS = "attention.progress"
+PROBABILITIES_RESULT = (
+    "probabilities.result"  # {sequence_id, pieces, roles, labels, arrays} + buffers
+)
 STEP_STATE = "step.state"  # {prompt_tail, steps, distribution, proposal, finished, text}
 INSPECT_ERROR = "inspect.error"  # {request_kind, code, message}
 
@@ -60,6 +64,7 @@ RESPONSE_KINDS = frozenset(
         ATTENTION_SEQUENCE,
         ATTENTION_RESULT,
         ATTENTION_THUMBNAILS,
+        ATTENTION_PROGRESS,
         PROBABILITIES_RESULT,
         STEP_STATE,
         INSPECT_ERROR,
@@ -134,7 +139,9 @@ def parse_request(content: Any) -> Request:
         raise ProtocolError(f"unknown step action {content['action']!r}")
     if kind == PREPROCESS_REQUEST:
         texts = content.get("texts")
-        if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+        if texts is not None and not (
+            isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+        ):
             raise ProtocolError("preprocess.request needs 'texts' as a list of strings or null")
     return Request(kind, request_id, dict(content))
 
@@ -152,7 +159,11 @@ def pack_arrays(arrays: dict[str, np.ndarray], buffers: list | None = None) -> t
     for name, array in arrays.items():
         array = np.ascontiguousarray(array)
         array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        headers[name] = {"dtype": array.dtype.name, "shape": list(array.shape), "buffer": len(buffers)}
+        headers[name] = {
+            "dtype": array.dtype.name,
+            "shape": list(array.shape),
+            "buffer": len(buffers),
+        }
         buffers.append(memoryview(array).cast("B"))
     return headers, buffers
 

@@ -6,6 +6,11 @@ attention maps computed for it so far, the step-mode session, and one worker thr
 slow attention pass never blocks the kernel's main thread (where Stop and new requests arrive).
 A newer request of a kind supersedes an older one that has not started: scrubbing through
 layers computes the layer the user stopped on, not every layer passed on the way.
+
+Attention: once a view has opened a sequence, the forward pass runs on through every block in
+the background, one block per job and behind any request the views make meanwhile, reporting
+its progress (``attention.progress``). A map of a prepared layer then costs one head's softmax.
+When the conversation grows, the new pass reuses the old one's work on the shared prefix.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
 log = logging.getLogger(__name__)
 
 SLOW_REQUEST_S = 1.0  # requests slower than this are logged
+PROGRESS_INTERVAL_S = 0.25  # the least time between two progress reports of the forward pass
 STEP_TOP_K = 10
 PROBABILITIES_TOP_K = 5
 # Attention maps are T x T per head: past this many tokens a view asks the user to shorten.
@@ -54,6 +60,8 @@ class InspectorService:
         compare_tokenizer: returns a second tokenizer for side-by-side token views, or None.
         labels: returns the names of the tokenizers, for the token views' headings.
         batch: returns the texts of the preprocessor view (default: the sequence's text).
+        busy: returns True while the model is busy elsewhere (a chat generating); background
+            work waits for the next conversation change instead of competing for it.
 
     Example:
         >>> service = InspectorService(widget, model=lambda: model,
@@ -72,6 +80,7 @@ class InspectorService:
         compare_tokenizer: Callable[[], Any] | None = None,
         labels: Callable[[], list[str]] | None = None,
         batch: Callable[[], list[str]] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self._widget = widget
         self._model = model
@@ -81,12 +90,17 @@ class InspectorService:
         self._compare_tokenizer = compare_tokenizer or (lambda: None)
         self._labels = labels or (lambda: [])
         self._batch = batch or (lambda: [self._sequence(None).text])
+        self._busy = busy or (lambda: False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerasllm-inspect")
         self._counter = itertools.count(1)
         self._latest: dict[str, int] = {}
         self._lock = threading.Lock()
         self._current: InspectedSequence | None = None
         self._maps: inspect.AttentionMaps | None = None
+        self._previous_maps: inspect.AttentionMaps | None = None  # reused for a shared prefix
+        self._attention_seen = False  # a view has looked at attention: keep its pass warm
+        self._waiting = 0  # submitted requests not yet started (background work yields to them)
+        self._last_progress = 0.0
         self._step: inspect.StepSession | None = None
         self._proposal: int | None = None
         self._preparing: str | None = None  # the sequence whose forward pass idle work extends
@@ -103,7 +117,9 @@ class InspectorService:
             request = P.parse_request(content)
         except P.ProtocolError as exc:
             request_id = content.get("id") if isinstance(content, dict) else ""
-            self._error(str(request_id or ""), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc))
+            self._error(
+                str(request_id or ""), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc)
+            )
             return True
         handler = {
             P.TOKENS_REQUEST: (self._tokens, None),
@@ -122,13 +138,21 @@ class InspectorService:
         if self._closed:
             return
         token = next(self._counter)
-        if supersede:
-            with self._lock:
+        with self._lock:
+            self._waiting += 1
+            if supersede:
                 self._latest[supersede] = token
 
         def job() -> None:
+            with self._lock:
+                self._waiting -= 1
             if supersede and self._latest.get(supersede) != token:
-                self._error(request.id, request.kind, P.ERROR_SUPERSEDED, "a newer request replaced this one")
+                self._error(
+                    request.id,
+                    request.kind,
+                    P.ERROR_SUPERSEDED,
+                    "a newer request replaced this one",
+                )
                 return
             started = time.perf_counter()
             try:
@@ -138,7 +162,9 @@ class InspectorService:
                 return
             except Exception as exc:  # answered as a message, never raised into the void
                 log.exception("inspector request %s failed", request.kind)
-                self._error(request.id, request.kind, P.ERROR_FAILED, f"{type(exc).__name__}: {exc}")
+                self._error(
+                    request.id, request.kind, P.ERROR_FAILED, f"{type(exc).__name__}: {exc}"
+                )
                 return
             elapsed = time.perf_counter() - started
             self.timings[request.kind] = elapsed
@@ -168,7 +194,9 @@ class InspectorService:
 
     def _error(self, request_id: str, request_kind: str, code: str, message: str) -> None:
         self._send(
-            P.envelope(P.INSPECT_ERROR, request_id, request_kind=request_kind, code=code, message=message)
+            P.envelope(
+                P.INSPECT_ERROR, request_id, request_kind=request_kind, code=code, message=message
+            )
         )
 
     def _require_model(self):
@@ -188,6 +216,8 @@ class InspectorService:
         with self._lock:
             if self._current is None or self._current.sequence_id != sequence.sequence_id:
                 self._current = sequence
+                if self._maps is not None:
+                    self._previous_maps = self._maps
                 self._maps = None
                 self._latest["attention.overview"] = next(self._counter)  # stops a running overview
             return self._current
@@ -198,7 +228,12 @@ class InspectorService:
         if current is None or current.sequence_id != sequence_id:
             raise _Superseded()
         if self._maps is None:
-            self._maps = inspect.AttentionMaps(self._require_model(), current.ids)
+            model = self._require_model()
+            previous = self._previous_maps
+            if previous is not None and previous.backbone is not getattr(model, "backbone", model):
+                previous = None
+            self._maps = inspect.AttentionMaps(model, current.ids, previous=previous)
+            self._previous_maps = None
         return self._maps
 
     # ---- tokens and preprocessing ----
@@ -213,7 +248,9 @@ class InspectorService:
         if other is not None:
             tables.append(inspect.tokens(other, text).to_dict())
         labels = self._labels() or [f"tokenizer {i + 1}" for i in range(len(tables))]
-        return P.envelope(P.TOKENS_RESULT, request.id, text=text, tables=tables, labels=labels[: len(tables)]), None
+        return P.envelope(
+            P.TOKENS_RESULT, request.id, text=text, tables=tables, labels=labels[: len(tables)]
+        ), None
 
     def _preprocess(self, request: P.Request):
         model = self._require_model()
@@ -231,6 +268,8 @@ class InspectorService:
     def _attention_open(self, request: P.Request):
         model = self._require_model()
         sequence = self._open(request.content.get("text"))
+        self._attention_seen = True
+        self._start_preparing(sequence.sequence_id)
         return (
             P.envelope(
                 P.ATTENTION_SEQUENCE,
@@ -253,13 +292,15 @@ class InspectorService:
             self._error(request.id, request.kind, P.ERROR_SUPERSEDED, "the conversation changed")
             return None
         started = time.perf_counter()
-        matrix = maps.head(layer, head)
+        index = maps.layer_index(layer)
+        while maps.prepared_layers <= index:  # the forward pass up to it, reported as it goes
+            maps.prepare_next_layer()
+            self._progress(sequence_id, maps)
+        quantized = maps.quantized(index, head)
         compute_s = time.perf_counter() - started
         buffers: list = []
-        header = P.pack_quantized(inspect.quantize(matrix, bits=8, gamma=0.5), buffers)
-        if self._preparing != sequence_id:  # one chain of idle work per sequence
-            self._preparing = sequence_id
-            self._executor.submit(self._prepare, sequence_id)
+        header = P.pack_quantized(quantized, buffers)
+        self._start_preparing(sequence_id)
         return (
             P.envelope(
                 P.ATTENTION_RESULT,
@@ -273,24 +314,77 @@ class InspectorService:
             buffers,
         )
 
+    def refresh(self) -> None:
+        """The conversation changed: if a view has looked at attention, its forward pass over
+        the new conversation starts now, in the background (reusing the old one's prefix)."""
+        if not self._attention_seen or self._closed:
+            return
+
+        def open_current() -> None:
+            try:
+                sequence = self._open(None)
+                self._require_model()
+            except (_NotReady, ValueError):
+                return
+            self._start_preparing(sequence.sequence_id)
+
+        self._executor.submit(self._quiet, open_current)
+
+    def _start_preparing(self, sequence_id: str) -> None:
+        if self._preparing != sequence_id:  # one chain of background work per sequence
+            self._preparing = sequence_id
+            self._executor.submit(self._prepare, sequence_id)
+
     def _prepare(self, sequence_id: str) -> None:
-        """Idle work after a map was sent: one more block of the forward pass, then queued again
-        behind whatever the views asked meanwhile, so the next layer a user picks opens at the
-        cost of its own attention. Stops when the sequence changes or every block has run."""
+        """Background work: one more block of the forward pass, then queued again behind
+        whatever the views asked meanwhile, so the layer a user picks next opens at the cost of
+        its own attention. Stops when the sequence changes, every block has run, or the model is
+        busy generating (the next conversation change starts it again)."""
         if self._closed:
             return
         with self._lock:
-            current, maps = self._current, self._maps
-        if current is None or maps is None or current.sequence_id != sequence_id:
+            current, waiting = self._current, self._waiting
+        if current is None or current.sequence_id != sequence_id or self._busy():
             self._preparing = None
             return
+        if waiting:  # a view's request goes first
+            self._executor.submit(self._prepare, sequence_id)
+            return
         try:
+            maps = self._maps_for(sequence_id)
             more = maps.prepare_next_layer()
-        except Exception:  # idle work: a failure here shows up when the layer is asked for
+            self._progress(sequence_id, maps)
+        except Exception:  # background work: a failure shows up when the layer is asked for
             log.exception("preparing attention layers failed")
             more = False
         if more and not self._closed:
             self._executor.submit(self._prepare, sequence_id)
+        else:
+            self._preparing = None
+
+    def _progress(self, sequence_id: str, maps: inspect.AttentionMaps) -> None:
+        """Tells the views how far the forward pass has come (at most a few times a second)."""
+        ready = maps.prepared_layers
+        now = time.perf_counter()
+        if ready < maps.num_layers and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        self._send(
+            P.envelope(
+                P.ATTENTION_PROGRESS,
+                "",  # not an answer: every view of the sequence may show it
+                sequence_id=sequence_id,
+                ready_layers=ready,
+                num_layers=maps.num_layers,
+                reused_tokens=maps.reused_tokens,
+            )
+        )
+
+    def _quiet(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("inspector background work failed")
 
     def _overview_start(self, request: P.Request):
         self._overview_layer(request, 0, self._latest["attention.overview"])
@@ -310,7 +404,9 @@ class InspectorService:
             return
         thumbnails = maps.thumbnails(layer, size=size)
         buffers: list = []
-        header = P.pack_quantized(inspect.quantize(thumbnails, bits=8, gamma=0.5, per_row=True), buffers)
+        header = P.pack_quantized(
+            inspect.quantize(thumbnails, bits=8, gamma=0.5, per_row=True), buffers
+        )
         self._send(
             P.envelope(
                 P.ATTENTION_THUMBNAILS,
@@ -398,28 +494,24 @@ class InspectorService:
             self._proposal = self._propose(session)
         return P.envelope(P.STEP_STATE, request.id, **self._step_state(session)), None
 
-    def _propose(self, session: inspect.StepSession) -> int:
+    def _sampling(self) -> dict:
+        """The sampler settings of the widget, as `StepSession.propose` and `finish` take them."""
         settings = self._settings()
-        return session.propose(
-            temperature=float(settings.get("temperature", 0.7)),
-            top_k=settings.get("top_k") or None,
-            top_p=settings.get("top_p"),
-            min_p=settings.get("min_p") or None,
-            repetition_penalty=settings.get("repetition_penalty"),
-            seed=settings.get("seed"),
-        )
+        return {
+            "temperature": float(settings.get("temperature", 0.7)),
+            "top_k": settings.get("top_k") or None,
+            "top_p": settings.get("top_p"),
+            "min_p": settings.get("min_p") or None,
+            "repetition_penalty": settings.get("repetition_penalty"),
+            "seed": settings.get("seed"),
+        }
+
+    def _propose(self, session: inspect.StepSession) -> int:
+        return session.propose(**self._sampling())
 
     def _finish(self, session: inspect.StepSession) -> None:
-        settings = self._settings()
-        session.finish(
-            max_new_tokens=int(settings.get("max_new_tokens") or 128) - len(session.steps),
-            temperature=float(settings.get("temperature", 0.7)),
-            top_k=settings.get("top_k") or None,
-            top_p=settings.get("top_p"),
-            min_p=settings.get("min_p") or None,
-            repetition_penalty=settings.get("repetition_penalty"),
-            seed=settings.get("seed"),
-        )
+        limit = int(self._settings().get("max_new_tokens") or 128)
+        session.finish(max_new_tokens=limit - len(session.steps), **self._sampling())
 
     def _step_state(self, session: inspect.StepSession) -> dict:
         tokenizer = session.tokenizer
