@@ -73,12 +73,22 @@ def llama_cpp_rope_freqs(factor, low_freq_factor, high_freq_factor, old_context_
         elif wavelen > low_freq_wavelen:
             factors.append(factor)
         else:
-            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            smooth = (old_context_len / wavelen - low_freq_factor) / (
+                high_freq_factor - low_freq_factor
+            )
             factors.append(1 / ((1 - smooth) / factor + smooth))
     return np.array(factors, dtype=np.float32)
 
 
-TINY = {"hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "layers": 2, "ffn": 64, "vocab": 96}
+TINY = {
+    "hidden": 64,
+    "heads": 4,
+    "kv_heads": 2,
+    "head_dim": 16,
+    "layers": 2,
+    "ffn": 64,
+    "vocab": 96,
+}
 
 # HF name -> GGUF name, written out independently of the reader's table.
 TINY_GLOBAL = {
@@ -163,7 +173,12 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(TINY["vocab"])
     for key, value in (kv or {}).items():
-        add = {bool: writer.add_bool, int: writer.add_uint32, float: writer.add_float32, str: writer.add_string}
+        add = {
+            bool: writer.add_bool,
+            int: writer.add_uint32,
+            float: writer.add_float32,
+            str: writer.add_string,
+        }
         add[type(value)](key, value)
     for hf_name, weight in (hf_weights or {}).items():
         if ".q_proj." in hf_name:
@@ -176,7 +191,9 @@ def write_gguf(
         elif qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name(hf_name), weight)
         else:
-            writer.add_tensor(gguf_name(hf_name), gguf.quants.quantize(weight, qtype), raw_dtype=qtype)
+            writer.add_tensor(
+                gguf_name(hf_name), gguf.quants.quantize(weight, qtype), raw_dtype=qtype
+            )
     for name, tensor in (extra_tensors or {}).items():
         writer.add_tensor(name, tensor)
     writer.write_header_to_file()
@@ -315,7 +332,8 @@ def test_truncated_file_is_a_clear_error(smollm2_gguf, tmp_path, keep):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", os.urandom(4096), b"GGUF" + os.urandom(4096), b"GGUF\x03\x00\x00\x00" + os.urandom(4096)]
+    "content",
+    [b"", os.urandom(4096), b"GGUF" + os.urandom(4096), b"GGUF\x03\x00\x00\x00" + os.urandom(4096)],
 )
 def test_garbage_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "garbage.gguf"
@@ -381,7 +399,11 @@ def test_tiny_llama_tensors_round_trip(tmp_path):
     config = checkpoint.config
     assert config["tie_word_embeddings"] is False and config["attention_bias"] is True
     assert config["mlp_bias"] is False
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 16)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (
+        4,
+        2,
+        16,
+    )
     assert set(checkpoint.tensor_infos) == set(weights)
     for name, expected in weights.items():
         qtype = qtypes.get(name)
@@ -404,7 +426,9 @@ LLAMA_3_2 = {"factor": 32.0, "rope_theta": 500000.0, "head_dim": 64}
 
 @pytest.mark.parametrize("variant", [LLAMA_3_1, LLAMA_3_2], ids=["llama-3.1", "llama-3.2"])
 def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path, variant):
-    freqs = llama_cpp_rope_freqs(variant["factor"], 1.0, 4.0, 8192, variant["rope_theta"], variant["head_dim"])
+    freqs = llama_cpp_rope_freqs(
+        variant["factor"], 1.0, 4.0, 8192, variant["rope_theta"], variant["head_dim"]
+    )
     assert freqs.min() == 1.0 and freqs.max() == variant["factor"]  # all three regimes present
     assert ((freqs > 1.0) & (freqs < variant["factor"])).any()
     path = write_gguf(
@@ -436,7 +460,9 @@ def test_recovered_rope_scaling_gives_transformers_frequencies(tmp_path):
 
     head_dim, theta = 64, 500000.0
     freqs = llama_cpp_rope_freqs(32.0, 1.0, 4.0, 8192, theta, head_dim)
-    path = write_gguf(tmp_path / "l32.gguf", head_dim=head_dim, extra_tensors={"rope_freqs.weight": freqs})
+    path = write_gguf(
+        tmp_path / "l32.gguf", head_dim=head_dim, extra_tensors={"rope_freqs.weight": freqs}
+    )
     checkpoint = load_gguf_checkpoint(path)
     config = checkpoint.config
     hf_config = LlamaConfig(
@@ -462,8 +488,12 @@ def test_recovered_rope_scaling_gives_transformers_frequencies(tmp_path):
     ids=["low-freq-factor", "original-context", "wrong-length"],
 )
 def test_nonstandard_rope_freqs_is_a_clear_error(tmp_path, tensor):
-    path = write_gguf(tmp_path / "odd-rope.gguf", head_dim=16, extra_tensors={"rope_freqs.weight": tensor})
-    with pytest.raises(CheckpointFormatError, match="odd-rope.gguf: rope_freqs.weight does not match"):
+    path = write_gguf(
+        tmp_path / "odd-rope.gguf", head_dim=16, extra_tensors={"rope_freqs.weight": tensor}
+    )
+    with pytest.raises(
+        CheckpointFormatError, match="odd-rope.gguf: rope_freqs.weight does not match"
+    ):
         load_gguf_checkpoint(path)
 
 
@@ -558,7 +588,10 @@ def test_llama3_vocabulary_tokenizes_like_meta_tokenizer(llama3_gguf, llama3_tok
     assert checkpoint.tokenizer_config["bos_token"] == "<|begin_of_text|>"
     assert checkpoint.tokenizer_config["eos_token"] == "<|eot_id|>"
     assert checkpoint.tokenizer_config["chat_template"] is None
-    assert checkpoint.generation_config == {"bos_token_id": 128000, "eos_token_id": [128009, 128008]}
+    assert checkpoint.generation_config == {
+        "bos_token_id": 128000,
+        "eos_token_id": [128009, 128008],
+    }
     checkpoint.close()
 
 
@@ -600,6 +633,7 @@ def sentencepiece_gguf(tmp_path_factory):
 @pytest.mark.reference
 def test_sentencepiece_vocabulary_tokenizes_like_transformers(sentencepiece_gguf):
     import transformers
+
     hf = transformers.AutoTokenizer.from_pretrained(
         sentencepiece_gguf.parent, gguf_file=sentencepiece_gguf.name
     )

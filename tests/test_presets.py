@@ -45,7 +45,9 @@ def test_unsupported_model_type(checkpoint_copy, model_type):
     config = json.loads((checkpoint_copy / "config.json").read_text())
     config["model_type"] = model_type
     (checkpoint_copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedModelError, match=rf"model_type '{model_type}' is not supported.*Llama"):
+    with pytest.raises(
+        UnsupportedModelError, match=rf"model_type '{model_type}' is not supported.*Llama"
+    ):
         load(checkpoint_copy)
 
 
@@ -60,7 +62,9 @@ def _rewrite_weights(folder, edit):
 
 def test_missing_tensor_is_named(checkpoint_copy):
     _rewrite_weights(checkpoint_copy, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(CheckpointFormatError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"
+    ):
         load(checkpoint_copy)
 
 
@@ -69,7 +73,9 @@ def test_wrong_shape_is_named(checkpoint_copy):
         tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 128), np.float32)
 
     _rewrite_weights(checkpoint_copy, shrink)
-    with pytest.raises(CheckpointFormatError, match=r"k_proj\.weight' has shape \(16, 128\).*\(32, 128\)"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"k_proj\.weight' has shape \(16, 128\).*\(32, 128\)"
+    ):
         load(checkpoint_copy)
 
 
@@ -82,7 +88,9 @@ def test_truncated_safetensors(checkpoint_copy):
 
 
 def test_corrupt_safetensors_header(checkpoint_copy):
-    (checkpoint_copy / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    (checkpoint_copy / "model.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"
+    )
     with pytest.raises(CheckpointFormatError, match="truncated or corrupt"):
         load(checkpoint_copy)
 
@@ -93,12 +101,25 @@ def test_index_naming_a_missing_shard(checkpoint_copy):
     tensors = load_file(str(checkpoint_copy / "model.safetensors"))
     names = sorted(tensors)
     half = len(names) // 2
-    save_file({n: tensors[n] for n in names[:half]}, str(checkpoint_copy / "model-00001-of-00002.safetensors"))
+    save_file(
+        {n: tensors[n] for n in names[:half]},
+        str(checkpoint_copy / "model-00001-of-00002.safetensors"),
+    )
     (checkpoint_copy / "model.safetensors").unlink()
-    index = {"weight_map": {n: ("model-00001-of-00002.safetensors" if i < half else
-                                "model-00002-of-00002.safetensors") for i, n in enumerate(names)}}
+    index = {
+        "weight_map": {
+            n: (
+                "model-00001-of-00002.safetensors"
+                if i < half
+                else "model-00002-of-00002.safetensors"
+            )
+            for i, n in enumerate(names)
+        }
+    }
     (checkpoint_copy / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointFormatError, match=r"names shard 'model-00002-of-00002\.safetensors'"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"names shard 'model-00002-of-00002\.safetensors'"
+    ):
         load(checkpoint_copy)
 
 
@@ -110,7 +131,10 @@ def test_sharded_checkpoint_loads_like_single_file(random_llama32_checkpoint, tm
     tensors = load_file(str(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     weight_map = {}
     for shard, shard_names in shards.items():
         save_file({n: tensors[n] for n in shard_names}, str(folder / shard))
@@ -133,7 +157,10 @@ def test_hf_repo_not_in_cache_while_offline(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(PresetError, match=r"hf://someone/missing-model: not in the Hugging Face cache.*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        PresetError,
+        match=r"hf://someone/missing-model: not in the Hugging Face cache.*HF_HUB_OFFLINE",
+    ):
         load_checkpoint("hf://someone/missing-model")
 
 
@@ -145,7 +172,11 @@ def test_unknown_dtype():
 
 
 def test_parse_hf_uri_forms():
-    assert parse_hf_uri("hf://meta-llama/Llama-3.2-1B-Instruct") == ("meta-llama/Llama-3.2-1B-Instruct", None, None)
+    assert parse_hf_uri("hf://meta-llama/Llama-3.2-1B-Instruct") == (
+        "meta-llama/Llama-3.2-1B-Instruct",
+        None,
+        None,
+    )
     assert parse_hf_uri("hf://org/name@v1.0") == ("org/name", None, "v1.0")
     assert parse_hf_uri("hf://org/name/model.Q4_0.gguf") == ("org/name", "model.Q4_0.gguf", None)
     with pytest.raises(PresetError, match="hf://org/name"):
@@ -155,8 +186,9 @@ def test_parse_hf_uri_forms():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_16_bit_load_is_the_rounded_float32_load(random_llama32_checkpoint, dtype):
     full = load(random_llama32_checkpoint)
-    half = backbone_from_checkpoint(load_checkpoint(str(random_llama32_checkpoint)), dtype=dtype,
-                                    progress=False)
+    half = backbone_from_checkpoint(
+        load_checkpoint(str(random_llama32_checkpoint)), dtype=dtype, progress=False
+    )
     assert half.dtype_policy.name == dtype
     kernel = half.transformer_layers[0].attention.query_dense.kernel
     assert str(kernel.dtype) == dtype
