@@ -172,14 +172,19 @@ class Llama3CausalLM(keras.Model):
             >>> model.fit(["The sky is blue.", "Grass is green."], batch_size=2, epochs=3)  # doctest: +SKIP
         """
         from kerasllm_widget.training.trainer import prepare_inputs, prepare_validation_data
+        from kerasllm_widget.training.turns import forget_generation_cache, model_turns
 
         self._compile_if_needed()
         validation_data = prepare_validation_data(self, validation_data, batch_size)
         x, y, batch_size, sample_weight = prepare_inputs(
             self, x, y, batch_size, sample_weight, shuffle=shuffle
         )
-        return super().fit(x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
-                           validation_data=validation_data, shuffle=shuffle, **kwargs)
+        # Chat replies wait while the weights change (see training.turns); the cache kept from
+        # the last reply holds keys of the old weights, so it goes when training ends.
+        with model_turns(self).training(on_end=lambda: forget_generation_cache(self)):
+            return super().fit(x, y, batch_size=batch_size, epochs=epochs,
+                               sample_weight=sample_weight, validation_data=validation_data,
+                               shuffle=shuffle, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """Keras ``evaluate``, also on text (see `fit`).
