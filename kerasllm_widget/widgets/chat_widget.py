@@ -24,14 +24,19 @@ from typing import Any
 
 import anywidget
 import traitlets
+from ipywidgets import widget_serialization
 
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.training.turns import model_turns
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
 from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
+from kerasllm_widget.widgets.training_monitor import TrainingMonitor
 
 log = logging.getLogger(__name__)
+
+TRAINING_WAIT_MESSAGE = "Training is running: the reply starts after the current step."
 
 SAMPLING_NAMES = (
     "temperature",
@@ -125,11 +130,16 @@ class ChatWidget(anywidget.AnyWidget):
     seed = traitlets.Int(None, allow_none=True).tag(sync=True)
     # Alternatives recorded per generated token (the Probabilities tab asks for them).
     top_k_alternatives = traitlets.Int(0).tag(sync=True)
+    # The TrainingMonitor drawn in the Training tab (the tab shows once one is set).
+    training = traitlets.Instance(TrainingMonitor, allow_none=True).tag(
+        sync=True, **widget_serialization
+    )
 
     def __init__(
         self,
         model_or_chat_state: Any = None,
         system_prompt: str | None = None,
+        training: TrainingMonitor | None = None,
         **sampling: Any,
     ) -> None:
         unknown = set(sampling) - set(SAMPLING_NAMES)
@@ -140,6 +150,7 @@ class ChatWidget(anywidget.AnyWidget):
         super().__init__(
             status=_status("loading" if model_or_chat_state is None else "ready"),
             system_prompt=system_prompt or "",
+            training=training,
             **sampling,
         )
         self._lock = threading.RLock()
@@ -226,6 +237,24 @@ class ChatWidget(anywidget.AnyWidget):
         return self._state is not None
 
     # ---- Python API ----
+
+    def training_monitor(self, sample_prompt: Any = None, **kwargs: Any) -> TrainingMonitor:
+        """A `TrainingMonitor` shown as this panel's Training tab: pass it to ``fit``.
+
+        The chat talks to the model being trained. A message sent while ``fit`` runs (on a
+        thread, so that the kernel stays free) waits for the end of the current training step,
+        is answered with the weights trained so far, and training goes on after the reply; the
+        status line says that the reply waits. Without a monitor in ``fit``'s callbacks, replies
+        wait until ``fit`` returns. ``kwargs`` are `TrainingMonitor`'s.
+
+        Example:
+            >>> chat = ChatWidget(model); chat  # doctest: +SKIP
+            >>> monitor = chat.training_monitor(sample_prompt="Who are you?")  # doctest: +SKIP
+            >>> model.fit(conversations, epochs=3, callbacks=[monitor])  # doctest: +SKIP
+        """
+        monitor = TrainingMonitor(sample_prompt=sample_prompt, **kwargs)
+        self.training = monitor
+        return monitor
 
     @property
     def chat_state(self) -> Any:
@@ -408,7 +437,7 @@ class ChatWidget(anywidget.AnyWidget):
         def run(cancel: threading.Event) -> Iterator[Any]:
             if self._state is None:
                 raise RuntimeError(self.status.get("message") or "the model is not loaded")
-            return self._observe(prepare(cancel))
+            return self._observe(self._in_turn(prepare, cancel))
 
         def on_start(task: Task) -> None:
             if self._state is not None:  # without a model the status keeps saying why
@@ -441,6 +470,25 @@ class ChatWidget(anywidget.AnyWidget):
         if self._worker.current is not task:
             self._set_status(queued=len(self._worker.pending))
         return task
+
+    def _in_turn(
+        self, prepare: Callable[[threading.Event], Iterator[Any]], cancel: threading.Event
+    ) -> Iterator[Any]:
+        """The reply's stream, made while no training step changes the weights (see
+        `kerasllm_widget.training.turns`): during ``fit`` it waits for the end of a step."""
+        events = prepare(cancel)  # shows the reply as started; computes nothing yet
+
+        def waiting() -> None:
+            self._set_status(message=TRAINING_WAIT_MESSAGE)
+
+        with model_turns(self._state.model).reply(cancel, on_wait=waiting) as granted:
+            if self.status.get("message") == TRAINING_WAIT_MESSAGE:
+                self._set_status(message="")
+            if not granted:  # stopped while waiting: nothing was computed
+                events.close()
+                yield DoneEvent("cancelled", "", [], 0, 0, 0.0, 0.0, 0.0)
+                return
+            yield from events
 
     def _sampling(self, cancel: threading.Event) -> dict[str, Any]:
         settings: dict[str, Any] = {name: getattr(self, name) for name in SAMPLING_NAMES}

@@ -5,6 +5,10 @@ Pass it to ``fit(callbacks=[monitor])`` and display it: a loss curve per step wi
 epoch a sample answer to a fixed prompt from the model being trained. A Stop button ends training
 after the current step (Keras' ``model.stop_training``).
 
+``ChatWidget.training_monitor()`` makes one that is also the chat's Training tab; chat replies
+sent while it trains run between two steps, on the weights trained so far (see
+`kerasllm_widget.training.turns`).
+
 Durable state is in traitlets (``steps``, ``epochs``, ``samples``, ``progress``, ``status``), so
 a view displayed again, or a second one, shows the whole run. Step points are sent at most every
 ``update_interval_s`` seconds, and a long run's curve is thinned to ``max_points`` points.
@@ -26,6 +30,7 @@ import anywidget
 import keras
 import traitlets
 
+from kerasllm_widget.training.turns import forget_generation_cache, model_turns
 from kerasllm_widget.widgets._bundle import bundle
 
 log = logging.getLogger(__name__)
@@ -181,6 +186,10 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
             else self.progress.get("seconds_per_step"),
         }
         self._flush()
+        # Chat replies that wait for the model run now, between two steps, on the trained
+        # weights; the time they take is not counted as training time.
+        if model_turns(self._model).let_replies_run(self._weights_for_replies):
+            self._last_batch_end = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
@@ -216,6 +225,10 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         except Exception:  # an optimizer without a readable learning rate: draw none
             return None
 
+    def _weights_for_replies(self) -> None:
+        model = self.model  # on JAX this writes the trained state back into the variables
+        forget_generation_cache(model)
+
     def _sample(self, epoch: int) -> dict | None:
         if self.sample_prompt is None:
             return None
@@ -223,6 +236,7 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         if getattr(model, "preprocessor", None) is None or not hasattr(model, "generate"):
             return None
         try:
+            forget_generation_cache(model)  # the last sample's keys came from older weights
             text = model.generate(
                 self.sample_prompt,
                 max_new_tokens=self.max_new_tokens,
