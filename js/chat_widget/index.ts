@@ -9,26 +9,46 @@ import { TABS, type TabDefinition } from "./tabs";
 import "../chat/chat.css";
 import "./shell.css";
 import "../shared/inspect.css";
+import "../training/training.css";
 
 function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefinition[]) {
   const panels = new Map<string, { el: HTMLElement; cleanup: (() => void) | null }>();
-  const strip = h("div", { class: "kw-tabs", role: "tablist", hidden: tabs.length < 2 });
+  const strip = h("div", { class: "kw-tabs", role: "tablist" });
   const body = h("div", { class: "kw-tab-body" });
   const root = h("div", { class: "kw-root" }, strip, body);
   const buttons = new Map<string, HTMLButtonElement>();
+  let selected: string | null = null;
 
+  const offered = (tab: TabDefinition) => tab.available?.(model) ?? true;
   const show = (id: string) => {
+    selected = id;
     for (const tab of tabs) {
-      const selected = tab.id === id;
-      buttons.get(tab.id)?.setAttribute("aria-selected", String(selected));
+      const isSelected = tab.id === id;
+      buttons.get(tab.id)?.setAttribute("aria-selected", String(isSelected));
       let panel = panels.get(tab.id);
-      if (selected && !panel) {
+      if (isSelected && !panel) {
         const panelEl = h("div", { class: "kw-tab-panel", role: "tabpanel", "data-tab": tab.id });
         body.append(panelEl);
         panel = { el: panelEl, cleanup: tab.render(model, panelEl) };
         panels.set(tab.id, panel);
       }
-      if (panel) panel.el.hidden = !selected;
+      if (panel) panel.el.hidden = !isSelected;
+    }
+  };
+  // Tabs that come and go (Training): the strip shows those on offer now.
+  const refresh = () => {
+    let visible = 0;
+    for (const tab of tabs) {
+      const on = offered(tab);
+      const button = buttons.get(tab.id);
+      if (button) button.hidden = !on;
+      if (on) visible += 1;
+    }
+    strip.hidden = visible < 2;
+    const current = tabs.find((tab) => tab.id === selected);
+    if (!current || !offered(current)) {
+      const first = tabs.find(offered);
+      if (first) show(first.id);
     }
   };
   for (const tab of tabs) {
@@ -40,11 +60,13 @@ function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefin
     buttons.set(tab.id, button);
     strip.append(button);
   }
+  const events = [...new Set(tabs.flatMap((tab) => tab.changes ?? []))];
+  for (const event of events) model.on(event, refresh);
   el.classList.add("kerasllm-widget");
   el.append(root);
-  const first = tabs[0];
-  if (first) show(first.id);
+  refresh();
   return () => {
+    for (const event of events) model.off(event, refresh);
     for (const panel of panels.values()) panel.cleanup?.();
     root.remove();
   };

@@ -1,5 +1,6 @@
 // The tabs of the ChatWidget. Chat is the first; the inspectors (Tokens, Attention, Probabilities)
-// register here as they are built, each acting on the same model and conversation.
+// register here as they are built, each acting on the same model and conversation. Training shows
+// once a TrainingMonitor is attached (`chat.training_monitor()`).
 
 import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
@@ -7,12 +8,16 @@ import { renderChat } from "../chat/chat_view";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
 import { renderTokensTab } from "../tokens/chat_tab";
+import { hasTraining, renderTrainingTab } from "../training/chat_tab";
 
 export interface TabDefinition {
   id: string;
   label: string;
   /** Draws the tab into `el`; returns its cleanup. Called the first time the tab is shown. */
   render(model: AnyModel<ChatModel>, el: HTMLElement): () => void;
+  /** When present, the tab is offered only while this is true; re-read on `changes` events. */
+  available?: (model: AnyModel<ChatModel>) => boolean;
+  changes?: string[];
 }
 
 export const TABS: TabDefinition[] = [
@@ -20,4 +25,11 @@ export const TABS: TabDefinition[] = [
   { id: "tokens", label: "Tokens", render: renderTokensTab },
   { id: "attention", label: "Attention", render: renderAttentionTab },
   { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
+  {
+    id: "training",
+    label: "Training",
+    render: renderTrainingTab,
+    available: hasTraining,
+    changes: ["change:training"],
+  },
 ];
