@@ -3,8 +3,8 @@
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { debounce, h } from "../shared/dom";
-import { InspectClient } from "../shared/inspect_client";
 import { type PreprocessResult, REQUEST } from "../shared/inspect_protocol";
+import { standalone } from "../shared/standalone";
 import { renderPreprocessTable } from "./table";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -20,7 +20,7 @@ export function renderPreprocessor(
   model: AnyModel<PreprocessorModel>,
   el: HTMLElement,
 ): () => void {
-  const client = new InspectClient(model);
+  const shell = standalone(model, el);
   const textsInput = h("textarea", {
     class: "kw-token-input",
     rows: 3,
@@ -45,7 +45,7 @@ export function renderPreprocessor(
   };
   const refresh = () => {
     const ticket = ++latest;
-    client
+    shell.client
       .request<PreprocessResult>(REQUEST.preprocess, {
         texts: texts(),
         sequence_length: model.get("sequence_length") ?? 8,
@@ -75,32 +75,23 @@ export function renderPreprocessor(
     if (document.activeElement !== textsInput) show();
     refresh();
   };
-  model.on("change:texts", onChange);
-  model.on("change:sequence_length", onChange);
-
-  el.classList.add("kerasllm-widget");
-  const root = h(
-    "div",
-    { class: "kw-root kw-inspector-root" },
-    h(
-      "div",
-      { class: "kw-preprocessor" },
-      h("label", { class: "kw-field" }, "Texts (one per line, one batch)", textsInput),
-      h("label", { class: "kw-field kw-field-inline" }, "sequence_length ", lengthInput),
-      errorEl,
-      tableEl,
-    ),
+  shell.on(["texts", "sequence_length"], onChange);
+  const cleanup = shell.mount(
+    [
+      h(
+        "div",
+        { class: "kw-preprocessor" },
+        h("label", { class: "kw-field" }, "Texts (one per line, one batch)", textsInput),
+        h("label", { class: "kw-field kw-field-inline" }, "sequence_length ", lengthInput),
+        errorEl,
+        tableEl,
+      ),
+    ],
+    () => write.cancel(),
   );
-  el.append(root);
   show();
   refresh();
-  return () => {
-    write.cancel();
-    model.off("change:texts", onChange);
-    model.off("change:sequence_length", onChange);
-    client.dispose();
-    root.remove();
-  };
+  return cleanup;
 }
 
 export default {

@@ -21,10 +21,22 @@ function cell(value: string, kind: CellKind, title: string): HTMLTableCellElemen
   );
 }
 
+/** One cell per position: `text(value, i)` shown, coloured by the position's kind. */
+function cells<T>(
+  values: readonly T[],
+  kinds: readonly CellKind[],
+  text: (value: T, i: number) => string,
+  title: (i: number) => string,
+): HTMLTableCellElement[] {
+  return values.map((value, i) => cell(text(value, i), kinds[i] ?? "text", title(i)));
+}
+
 function rowGroup(row: PreprocessRow, index: number): HTMLElement {
   const positions = row.token_ids.map((_, i) => h("th", { scope: "col" }, String(i)));
   const line = (name: string, cells: HTMLTableCellElement[], note?: string) =>
     h("tr", { "data-row": name }, h("th", { scope: "row", title: note ?? "" }, name), ...cells);
+  const tokenPiece = (i: number) => row.token_pieces[i] ?? "";
+  const labelPiece = (i: number) => row.label_pieces[i] ?? "";
   const table = h(
     "table",
     { class: "kw-pre-table" },
@@ -36,40 +48,40 @@ function rowGroup(row: PreprocessRow, index: number): HTMLElement {
         "piece",
         // Padding repeats the pad id, which is often a real token ("!" is 0 in Llama 3): the mask,
         // not the id, makes it padding, so the cell says so instead of showing "!".
-        row.token_pieces.map((p, i) => {
-          const kind = row.token_kinds[i] ?? "text";
-          return cell(kind === "pad" ? "pad" : p, kind, `token ${i}: ${p}`);
-        }),
+        cells(
+          row.token_pieces,
+          row.token_kinds,
+          (p, i) => (row.token_kinds[i] === "pad" ? "pad" : p),
+          (i) => `token ${i}: ${tokenPiece(i)}`,
+        ),
       ),
       line(
         "token_ids",
-        row.token_ids.map((id, i) =>
-          cell(String(id), row.token_kinds[i] ?? "text", row.token_pieces[i] ?? ""),
-        ),
+        cells(row.token_ids, row.token_kinds, String, tokenPiece),
         "what the model reads",
       ),
       line(
         "padding_mask",
-        row.padding_mask.map((m, i) =>
-          cell(m ? "True" : "False", row.token_kinds[i] ?? "text", "padding_mask"),
+        cells(
+          row.padding_mask,
+          row.token_kinds,
+          (m) => (m ? "True" : "False"),
+          () => "padding_mask",
         ),
         "True on real tokens",
       ),
       line(
         "labels",
-        row.labels.map((id, i) =>
-          cell(String(id), row.label_kinds[i] ?? "text", row.label_pieces[i] ?? ""),
-        ),
+        cells(row.labels, row.label_kinds, String, labelPiece),
         "token_ids shifted left by one: what the model should predict",
       ),
       line(
         "sample_weight",
-        row.sample_weight.map((w, i) =>
-          cell(
-            w === 1 ? "1" : w === 0 ? "0" : w.toFixed(2),
-            row.label_kinds[i] ?? "text",
-            "weight of this label in the loss",
-          ),
+        cells(
+          row.sample_weight,
+          row.label_kinds,
+          (w) => (w === 1 ? "1" : w === 0 ? "0" : w.toFixed(2)),
+          () => "weight of this label in the loss",
         ),
         "which labels count in the loss",
       ),

@@ -1,8 +1,7 @@
 // ProbabilitiesView's front end: the probabilities inspector over the widget's `text`.
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { debounce, h } from "../shared/dom";
-import { InspectClient } from "../shared/inspect_client";
+import { standalone, textBox } from "../shared/standalone";
 import { ProbabilitiesView } from "./probabilities_view";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -19,40 +18,18 @@ export function renderProbabilitiesView(
   model: AnyModel<ProbabilitiesModel>,
   el: HTMLElement,
 ): () => void {
-  const client = new InspectClient(model);
+  const shell = standalone(model, el);
   const followsChat = Boolean(model.get("follows_chat"));
-  const input = h("textarea", {
-    class: "kw-token-input",
-    rows: 2,
-    spellcheck: "false",
-    "aria-label": "Text to score",
-    hidden: followsChat,
+  const view = new ProbabilitiesView({ client: shell.client, text: () => null, chat: followsChat });
+  const box = textBox(model, "Text to score", followsChat, () => view.refresh());
+  shell.on(["text", "revision"], () => {
+    box.sync();
+    view.refresh();
   });
-  input.value = model.get("text") ?? "";
-  const view = new ProbabilitiesView({ client, text: () => null, chat: followsChat });
-  const typed = debounce(() => {
-    model.set("text", input.value);
-    model.save_changes();
-    view.refresh();
-  }, 400);
-  input.addEventListener("input", typed);
-  const onChange = () => {
-    if (input.value !== model.get("text")) input.value = model.get("text") ?? "";
-    view.refresh();
-  };
-  model.on("change:text", onChange);
-  model.on("change:revision", onChange);
-  el.classList.add("kerasllm-widget");
-  const root = h("div", { class: "kw-root kw-inspector-root" }, input, view.el);
-  el.append(root);
-  return () => {
-    typed.cancel();
-    model.off("change:text", onChange);
-    model.off("change:revision", onChange);
-    client.dispose();
+  return shell.mount([box.input, view.el], () => {
+    box.cancel();
     view.dispose();
-    root.remove();
-  };
+  });
 }
 
 export default {

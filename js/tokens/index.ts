@@ -2,7 +2,7 @@
 // view over the widget's `text` and `sequence_length` traitlets.
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { InspectClient } from "../shared/inspect_client";
+import { standalone } from "../shared/standalone";
 import { TokenView } from "./token_view";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -20,9 +20,9 @@ export function renderTokenInspector(
   model: AnyModel<TokenInspectorModel>,
   el: HTMLElement,
 ): () => void {
-  const client = new InspectClient(model);
+  const shell = standalone(model, el);
   const view = new TokenView({
-    client,
+    client: shell.client,
     text: model.get("text") ?? "",
     sequenceLength: model.get("sequence_length") ?? 16,
     onText: (text) => {
@@ -34,22 +34,9 @@ export function renderTokenInspector(
       model.save_changes();
     },
   });
-  const onText = () => view.setText(model.get("text") ?? "");
-  const onLength = () => view.setSequenceLength(model.get("sequence_length") ?? 16);
-  model.on("change:text", onText);
-  model.on("change:sequence_length", onLength);
-  el.classList.add("kerasllm-widget");
-  const root = document.createElement("div");
-  root.className = "kw-root kw-inspector-root";
-  root.append(view.el);
-  el.append(root);
-  return () => {
-    model.off("change:text", onText);
-    model.off("change:sequence_length", onLength);
-    client.dispose();
-    view.dispose();
-    root.remove();
-  };
+  shell.on(["text"], () => view.setText(model.get("text") ?? ""));
+  shell.on(["sequence_length"], () => view.setSequenceLength(model.get("sequence_length") ?? 16));
+  return shell.mount([view.el], () => view.dispose());
 }
 
 export default {
