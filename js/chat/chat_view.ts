@@ -15,6 +15,7 @@ import {
   type Request,
   request,
   type Status,
+  type TokenRecord,
   type TranscriptEntry,
 } from "../shared/protocol";
 import { StreamAssembler } from "../shared/stream";
@@ -22,7 +23,11 @@ import { Composer } from "./composer";
 import { exportFilename, transcriptToJson, transcriptToMarkdown } from "./export";
 import { SettingsDrawer } from "./settings";
 import { StatusLine } from "./status_line";
+import type { TokenColouring } from "./token_colours";
 import { TranscriptView } from "./transcript";
+
+/** How many alternatives the engine records per token while replies are coloured. */
+const COLOURING_ALTERNATIVES = 5;
 
 const DEFAULT_STATUS: Status = {
   state: "ready",
@@ -54,6 +59,8 @@ export class ChatView {
   private toastTimer: ReturnType<typeof setTimeout> | null = null;
   private loadingTimer: ReturnType<typeof setInterval> | null = null;
   private readonly redraw = perFrame(() => this.draw());
+  /** The engine's token records of each reply this view saw stream (for the colouring). */
+  private readonly replyTokens = new Map<string, TokenRecord[]>();
 
   constructor(private readonly model: AnyModel<ChatModel>) {
     this.transcript = new TranscriptView({
@@ -82,10 +89,25 @@ export class ChatView {
       this.settings.toggle();
       settingsButton.setAttribute("aria-expanded", String(this.settings.open));
     });
+    const colourBy = h(
+      "select",
+      {
+        class: "kw-colour-by",
+        "aria-label": "Colour replies",
+        title: "Show replies token by token, coloured (replies streamed while this view is open)",
+      },
+      h("option", { value: "" }, "Plain replies"),
+      h("option", { value: "probability" }, "Colour by probability"),
+      h("option", { value: "entropy" }, "Colour by entropy"),
+    );
+    colourBy.addEventListener("change", () =>
+      this.colourBy((colourBy.value || null) as TokenColouring | null),
+    );
     const toolbar = h(
       "div",
       { class: "kw-toolbar" },
       settingsButton,
+      colourBy,
       h("span", { class: "kw-spacer" }),
       h(
         "button",
@@ -193,12 +215,30 @@ export class ChatView {
         if (this.assembler.applySnapshot(message)) this.redraw();
         break;
       case "chat.done":
+        if (this.assembler.replyId === message.reply_id && this.assembler.count > 0) {
+          this.replyTokens.set(message.reply_id, [...this.assembler.tokens]);
+        }
         this.redraw();
         break;
       case "chat.error":
         this.onError(message);
         break;
     }
+  }
+
+  /** Colours the replies token by token (null: Markdown). The engine records each token's top
+   * alternatives only when asked, so turning this on asks for them (as the Probabilities tab does). */
+  private colourBy(colouring: TokenColouring | null): void {
+    this.transcript.setColouring(colouring, (id) =>
+      id === this.assembler.replyId && this.assembler.count > 0
+        ? this.assembler.tokens
+        : this.replyTokens.get(id),
+    );
+    if (colouring && Number(this.model.get("top_k_alternatives") ?? 0) < COLOURING_ALTERNATIVES) {
+      this.model.set("top_k_alternatives", COLOURING_ALTERNATIVES);
+      this.model.save_changes();
+    }
+    this.draw();
   }
 
   private onError(message: ErrorMessage): void {

@@ -2,12 +2,14 @@
 //
 // Entries are keyed by id and redrawn only when what they show changed, so that a reply streaming
 // at the bottom does not re-render the whole conversation on every batch. User text is set as text;
-// assistant text goes through the Markdown sanitizer.
+// assistant text goes through the Markdown sanitizer, or, with colouring on, is shown token by
+// token coloured by probability or entropy (see token_colours.ts).
 
 import { copyText, h } from "../shared/dom";
 import { formatRate } from "../shared/format";
 import { renderMarkdown } from "../shared/markdown";
-import type { StopReason, TranscriptEntry } from "../shared/protocol";
+import type { StopReason, TokenRecord, TranscriptEntry } from "../shared/protocol";
+import { renderAlternatives, renderColouredReply, type TokenColouring } from "./token_colours";
 
 export interface TranscriptActions {
   regenerate(): void;
@@ -17,6 +19,8 @@ export interface TranscriptActions {
 interface Row {
   el: HTMLElement;
   signature: string;
+  /** What it was drawn from, to draw it again when a token is picked. */
+  redraw: () => HTMLElement;
 }
 
 const STOP_LABELS: Partial<Record<StopReason, string>> = {
@@ -32,6 +36,10 @@ export class TranscriptView {
   private rows = new Map<string, Row>();
   private editing: string | null = null;
   private busy = false;
+  private colouring: TokenColouring | null = null;
+  private tokensOf: (id: string) => readonly TokenRecord[] | undefined = () => undefined;
+  /** The token whose alternatives are open: [reply id, token index]. */
+  private picked: [string, number] | null = null;
 
   constructor(private readonly actions: TranscriptActions) {
     this.empty = h("div", { class: "kw-empty" }, "Ask the model something to start.");
@@ -43,6 +51,19 @@ export class TranscriptView {
    * Draws `entries`; `streamingText` replaces the content of the reply now streaming (the traitlet
    * only has it once the reply is done).
    */
+  /**
+   * Colours replies token by token (null: Markdown as usual). `tokensOf(id)` gives the engine's
+   * records of a reply's tokens, where this view saw them stream.
+   */
+  setColouring(
+    colouring: TokenColouring | null,
+    tokensOf: (id: string) => readonly TokenRecord[] | undefined,
+  ): void {
+    this.colouring = colouring;
+    this.tokensOf = tokensOf;
+    this.picked = null;
+  }
+
   update(entries: TranscriptEntry[], busy: boolean, streaming: Map<string, string>): void {
     const stick = this.atBottom();
     this.busy = busy;
@@ -64,12 +85,16 @@ export class TranscriptView {
         isLast,
         busy,
         this.editing === entry.id,
+        this.colouring,
+        this.colouring && entry.role === "assistant" ? (this.tokensOf(entry.id)?.length ?? 0) : 0,
+        this.picked?.[0] === entry.id ? this.picked[1] : null,
       ]);
       let row = this.rows.get(entry.id);
       if (!row || row.signature !== signature) {
-        const el = this.renderEntry(entry, text, isLast);
+        const redraw = () => this.renderEntry(entry, text, isLast);
+        const el = redraw();
         if (row) row.el.replaceWith(el);
-        row = { el, signature };
+        row = { el, signature, redraw };
         this.rows.set(entry.id, row);
       }
       const expected: ChildNode | null = previous ? previous.nextSibling : this.list.firstChild;
@@ -182,8 +207,24 @@ export class TranscriptView {
       "data-id": entry.id,
     });
     if (entry.notice) row.append(h("div", { class: "kw-notice", role: "note" }, entry.notice));
+    const tokens = this.colouring ? this.tokensOf(entry.id) : undefined;
+    const coloured = this.colouring !== null && tokens !== undefined && tokens.length > 0;
     const body = h("div", { class: "kw-markdown" });
-    if (text) body.innerHTML = renderMarkdown(text);
+    if (coloured && this.colouring) {
+      const selected = this.picked?.[0] === entry.id ? this.picked[1] : null;
+      body.append(
+        renderColouredReply(
+          tokens,
+          this.colouring,
+          (index) => this.pick(entry, index === selected ? null : index),
+          selected,
+        ),
+      );
+      const record = selected === null ? undefined : tokens[selected];
+      if (record) body.append(renderAlternatives(record, () => this.pick(entry, null)));
+    } else if (text) {
+      body.innerHTML = renderMarkdown(text);
+    }
     const bubble = h("div", { class: "kw-bubble" }, body);
     const pending = entry.status === "streaming" || entry.status === "sent";
     if (pending && !text) bubble.append(h("span", { class: "kw-thinking" }, "Thinking"));
@@ -234,6 +275,15 @@ export class TranscriptView {
     if (meta.length) actions.prepend(h("span", { class: "kw-meta" }, meta.join(" · ")));
     row.append(actions);
     return row;
+  }
+
+  private pick(entry: TranscriptEntry, index: number | null): void {
+    this.picked = index === null ? null : [entry.id, index];
+    const row = this.rows.get(entry.id);
+    if (!row) return;
+    const el = row.redraw();
+    row.el.replaceWith(el);
+    row.el = el;
   }
 
   private copyButton(text: string): HTMLElement {
