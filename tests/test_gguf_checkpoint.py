@@ -420,6 +420,51 @@ def test_tiny_llama_tensors_round_trip(tmp_path):
     checkpoint.close()
 
 
+def test_row_ranges_match_the_whole_tensor(tmp_path):
+    # Ranges that start and end inside a head of the permuted q/k rows, in quantized, F16 and F32
+    # tensors: a tensor read piece by piece is the tensor read whole.
+    weights = tiny_hf_weights(tied=False, bias=True)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    qtypes = {
+        "model.layers.0.self_attn.q_proj.weight": q8,
+        "model.layers.1.self_attn.k_proj.weight": gguf.GGMLQuantizationType.F16,
+        "model.embed_tokens.weight": q8,
+    }
+    checkpoint = load_gguf_checkpoint(
+        write_gguf(tmp_path / "rows.gguf", hf_weights=weights, qtypes=qtypes)
+    )
+    for name in weights:
+        whole = checkpoint.read_tensor(name)
+        rows = whole.shape[0]
+        for start, stop in ((0, rows), (3, 21), (17, 18), (rows - 5, rows), (9, rows)):
+            part = checkpoint.read_row_range(name, start, stop)
+            np.testing.assert_array_equal(
+                part, whole[start:stop], err_msg=f"{name}[{start}:{stop}]"
+            )
+        # 100 bytes per block: one row of 64 floats at a time, 25 values of a 1-D tensor.
+        blocks = list(checkpoint.row_blocks(name, max_bytes=100))
+        assert [start for start, _ in blocks] == [
+            sum(len(b) for _, b in blocks[:i]) for i in range(len(blocks))
+        ]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), whole, err_msg=name)
+    assert (
+        len(list(checkpoint.row_blocks("model.embed_tokens.weight", max_bytes=100)))
+        == TINY["vocab"]
+    )
+    checkpoint.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_the_file_is_not_mapped_while_tensors_are_read(smollm2_gguf):
+    # A map of the file would keep every page read resident until close(): the whole file on top
+    # of the model at the peak of a load.
+    checkpoint = load_gguf_checkpoint(smollm2_gguf)
+    checkpoint.read_tensor("model.embed_tokens.weight")
+    maps = Path("/proc/self/maps").read_text()
+    checkpoint.close()
+    assert str(smollm2_gguf.resolve()) not in maps
+
+
 LLAMA_3_1 = {"factor": 8.0, "rope_theta": 500000.0, "head_dim": 128}
 LLAMA_3_2 = {"factor": 32.0, "rope_theta": 500000.0, "head_dim": 64}
 

@@ -194,3 +194,36 @@ def test_16_bit_load_is_the_rounded_float32_load(random_llama32_checkpoint, dtyp
     assert str(kernel.dtype) == dtype
     expected = np.asarray(full.transformer_layers[0].attention.query_dense.kernel).astype(dtype)
     np.testing.assert_array_equal(np.asarray(kernel), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_weights_filled_a_few_rows_at_a_time_are_the_whole_tensors(
+    random_llama32_checkpoint, dtype
+):
+    from kerasllm_widget.checkpoints.convert import ml_dtypes_name, read_converted, weight_map
+
+    ckpt = load_checkpoint(str(random_llama32_checkpoint))
+    backbone = backbone_from_checkpoint(ckpt, load_weights=False, progress=False)
+    numpy_dtype = np.dtype(ml_dtypes_name(dtype))
+    for name, (variable, transform) in weight_map(backbone).items():
+        # 1000 bytes: one 128-wide row per block, so a kernel is written a column at a time.
+        filled = read_converted(
+            ckpt, name, tuple(variable.shape), dtype, transform, block_bytes=1000
+        )
+        expected = np.ascontiguousarray(transform(ckpt.read_tensor(name)), dtype=numpy_dtype)
+        assert filled.dtype == numpy_dtype and filled.flags.c_contiguous, name
+        np.testing.assert_array_equal(filled, expected, err_msg=name)
+    first, rows = next(ckpt.row_blocks("model.embed_tokens.weight", max_bytes=1000))
+    assert first == 0 and rows.shape == (1, 128)
+
+
+def test_weights_no_tensor_fills_are_refused(random_llama32_checkpoint):
+    from kerasllm_widget.checkpoints.convert import load_backbone_weights
+
+    ckpt = load_checkpoint(str(random_llama32_checkpoint))
+    backbone = backbone_from_checkpoint(ckpt, load_weights=False, progress=False)
+    backbone.enable_lora(2)
+    with pytest.raises(
+        PresetError, match=r"no checkpoint tensor fills.*lora_kernel_a.*before enabling LoRA"
+    ):
+        load_backbone_weights(backbone, ckpt, progress=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasllm_widget.checkpoints.checkpoint import Checkpoint
+from kerasllm_widget.checkpoints.checkpoint import ROW_BLOCK_BYTES, Checkpoint
 from kerasllm_widget.checkpoints.errors import (
     CheckpointFormatError,
     PresetError,
@@ -171,17 +171,26 @@ def check_tensors(ckpt: Checkpoint, mapping: dict) -> None:
 
 
 def read_converted(
-    ckpt: Checkpoint, name: str, shape: tuple[int, ...], dtype, transform
+    ckpt: Checkpoint,
+    name: str,
+    shape: tuple[int, ...],
+    dtype,
+    transform,
+    block_bytes: int = ROW_BLOCK_BYTES,
 ) -> np.ndarray:
     """One checkpoint tensor in Keras layout and ``dtype``, filled a block of rows at a time.
 
     ``transform`` maps the Keras-layout array to a view in Hugging Face layout (`_same`,
-    `_transpose`); every block is cast and written through that view, so the only full-size array
-    made is the result.
+    `_transpose`); every block of about ``block_bytes`` is cast and written through that view, so
+    the only full-size array made is the result, aligned so that JAX on CPU adopts it uncopied.
+
+    Example:
+        >>> kernel = read_converted(ckpt, "model.layers.0.mlp.up_proj.weight", (576, 1536),
+        ...                         "bfloat16", _transpose)  # doctest: +SKIP
     """
     out = aligned_empty(tuple(shape), np.dtype(ml_dtypes_name(dtype)))
     hf_view = transform(out)
-    for start, rows in ckpt.row_blocks(name):
+    for start, rows in ckpt.row_blocks(name, block_bytes):
         hf_view[start : start + len(rows)] = rows
         del rows
     return out
