@@ -2,14 +2,18 @@
 
 Prints, for each length T:
 
-- in the kernel: time to compute one layer's attention (layer 0; a deep layer, which needs the
-  forward pass through the blocks before it; the next layer, which reuses that pass), and the
-  one-off compilation for a new length;
+- in the kernel, on the path the views take (one head or the head average, 8-bit codes): the
+  first view (layer 0), another head, a deep layer cold (the forward pass up to it), the whole
+  forward pass (what runs in the background once a view opens), a view of a prepared layer
+  (beside the same map taken the way the views took it before: every head in float32), the
+  thumbnails of a layer, the pass over the conversation grown by a reply (the prefix reused), the
+  first use of a new length (compilation); beside them transformers' eager forward pass with
+  ``output_attentions=True`` (every layer at once: what bertviz is fed) and the ratio;
 - on the wire: bytes per head view and per layer (8-bit codes), and the same head as a JSON list
   of floats for contrast;
 - in the browser (JupyterLab + headless Chromium, the harness of tests/browser): time from asking
-  for a map to the map drawn, for the first view, for another head of a computed layer, and for a
-  deep layer;
+  for a map to the map drawn: the first view, another head, then the time until the background
+  forward pass has made every layer ready, and a deep layer after it;
 - bertviz's `head_view` on the same attention, where bertviz is importable: the size of its HTML
   and whether headless Chromium draws it within a time limit. bertviz loads require.js, d3 and
   jQuery from a CDN; with --bertviz-js pointing at a folder holding them (npm packages d3@5,
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests" / "browser"))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 THUMBNAIL = 44  # the model view's thumbnail side, as js/attention/attention_view.ts asks
+GROWTH = 200  # tokens a conversation grows by (a reply) for the prefix-reuse figure
 
 
 def corpus_ids(model, length: int) -> list[int]:
@@ -56,50 +61,122 @@ def timed(fn):
     return result, time.perf_counter() - started
 
 
-def kernel_figures(model, lengths: list[int], layer: int) -> list[dict]:
+def kernel_figures(model, lengths: list[int], layer: int, reference: bool) -> list[dict]:
+    """What each view costs in the kernel, on the path the views take (one head, 8-bit codes)."""
     from kerasllm_widget import inspect
 
     rows = []
     backbone = model.backbone
     heads, layers = int(backbone.num_query_heads), len(backbone.transformer_layers)
+    peer = reference_model() if reference else None
     for length in lengths:
-        ids = corpus_ids(model, length)
-        _, compile_s = timed(lambda ids=ids: inspect.AttentionMaps(model, ids).layer(layer + 1))
+        ids = corpus_ids(model, length + GROWTH)
+        ids, grown_ids = ids[:length], ids
+        # First use of a length: the programs of its bucket are compiled (once per bucket).
+        warm = inspect.AttentionMaps(model, ids)
+        _, compile_s = timed(lambda warm=warm: (warm.warm_up(), warm.thumbnails(1, THUMBNAIL)))
+        inspect.AttentionMaps(model, grown_ids, previous=warm).warm_up()
         maps = inspect.AttentionMaps(model, ids)
-        _, first_s = timed(lambda maps=maps: maps.layer(0))
-        _, deep_s = timed(lambda maps=maps: maps.layer(layer))
-        _, next_s = timed(lambda maps=maps: maps.layer(layer + 1))
-        head = maps.head(layer, 0)
-        quantized, quantize_s = timed(lambda head=head: inspect.quantize(head, bits=8))
-        json_bytes = len(json.dumps(head.tolist()).encode())
-        rows.append(
-            {
-                "T": length,
-                "compile_s": compile_s,
-                "layer0_s": first_s,
-                f"layer{layer}_s": deep_s,
-                f"layer{layer + 1}_s": next_s,
-                "quantize_s": quantize_s,
-                "head_bytes": quantized.nbytes,
-                "layer_bytes": heads * quantized.nbytes,
-                "model_view_bytes": layers * heads * min(length, THUMBNAIL) ** 2,
-                "head_json_bytes": json_bytes,
-            }
+        quantized, first_s = timed(lambda maps=maps: maps.quantized(0, "mean"))
+        _, head_s = timed(lambda maps=maps: maps.quantized(0, 1))
+
+        def to_layer(maps=maps):
+            while maps.prepared_layers <= layer:
+                maps.prepare_next_layer()
+            return maps.quantized(layer, "mean")
+
+        _, deep_s = timed(to_layer)
+        _, rest_s = timed(lambda maps=maps: [None for _ in iter(maps.prepare_next_layer, False)])
+        _, prepared_s = timed(lambda maps=maps: maps.quantized(layer + 1, "mean"))
+        _, prepared_head_s = timed(lambda maps=maps: maps.quantized(layers - 1, 2))
+        _, thumbs_s = timed(lambda maps=maps: maps.thumbnails(layers - 1, THUMBNAIL))
+        # The views before: every head of the layer in float32, then the head cut out and coded.
+        _, all_heads_s = timed(
+            lambda maps=maps: inspect.quantize(maps.layer(layer + 1).mean(0), bits=8)
         )
+        grown = inspect.AttentionMaps(model, grown_ids, previous=maps)
+        _, grown_s = timed(
+            lambda grown=grown: [None for _ in iter(grown.prepare_next_layer, False)]
+        )
+        head = maps.head(layer, 0)
+        json_bytes = len(json.dumps(head.tolist()).encode())
+        row = {
+            "T": length,
+            "compile_s": compile_s,
+            "first_view_s": first_s,
+            "head_view_s": head_s,
+            "deep_cold_s": deep_s,
+            "pass_s": deep_s + rest_s,
+            "prepared_view_s": prepared_s,
+            "prepared_head_s": prepared_head_s,
+            "all_heads_s": all_heads_s,
+            "thumbnails_s": thumbs_s,
+            "grown_pass_s": grown_s,
+            "head_bytes": quantized.nbytes,
+            "layer_bytes": heads * quantized.nbytes,
+            "model_view_bytes": layers * heads * min(length, THUMBNAIL) ** 2,
+            "head_json_bytes": json_bytes,
+        }
         print(
-            f"T={length:5d}  layer 0 {first_s:6.2f} s · layer {layer} (cold) {deep_s:6.2f} s · "
-            f"layer {layer + 1} {next_s:6.2f} s · compile (new length) {compile_s:6.2f} s",
+            f"T={length:5d}  first view (layer 0, mean) {first_s:5.2f} s · another head {head_s:5.2f} s · "
+            f"layer {layer} cold {deep_s:5.2f} s · whole pass {row['pass_s']:5.2f} s · after it: "
+            f"a layer {prepared_s:5.2f} s (every head in float32, as before: {all_heads_s:5.2f} s) · "
+            f"a head {prepared_head_s:5.2f} s · thumbnails {thumbs_s:5.2f} s · "
+            f"+{GROWTH} tokens: pass {grown_s:5.2f} s (reused {grown.reused_tokens}) · "
+            f"first use of the length {compile_s:5.2f} s",
             flush=True,
         )
+        if peer is not None:
+            row["reference_s"] = reference_seconds(peer, ids)
+            print(
+                f"T={length:5d}  transformers eager, output_attentions=True (every layer, one pass): "
+                f"{row['reference_s']:6.2f} s · ours, whole pass + one view "
+                f"{row['pass_s'] + prepared_s:6.2f} s "
+                f"(ratio {row['reference_s'] / (row['pass_s'] + prepared_s):4.2f}x) · "
+                f"ours, a view once prepared {prepared_s:5.2f} s "
+                f"(ratio {row['reference_s'] / prepared_s:5.0f}x)",
+                flush=True,
+            )
+        rows.append(row)
+        del maps, grown, warm
     return rows
+
+
+def reference_model():
+    """transformers' own SmolLM2 from the same GGUF, with eager attention (the one that returns
+    the probabilities: what bertviz is fed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kerasllm_widget.checkpoints.presets import embedded_smollm2_path
+
+    path = embedded_smollm2_path()
+    return AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+def reference_seconds(peer, ids: list[int]) -> float:
+    import torch
+
+    with torch.no_grad():
+        tensor = torch.tensor([ids])
+        peer(input_ids=tensor[:, :8], output_attentions=True)  # warm-up
+        _, seconds = timed(lambda: peer(input_ids=tensor, output_attentions=True))
+    return seconds
 
 
 def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> list[dict]:
     import harness as H
 
-    texts = {length: model.preprocessor.tokenizer.detokenize(corpus_ids(model, length)) for length in lengths}
+    texts = {
+        length: model.preprocessor.tokenizer.detokenize(corpus_ids(model, length))
+        for length in lengths
+    }
     root = Path(tempfile.mkdtemp(prefix="bench-inspect-"))
-    (root / "texts.json").write_text(json.dumps({str(k): v for k, v in texts.items()}), encoding="utf-8")
+    (root / "texts.json").write_text(
+        json.dumps({str(k): v for k, v in texts.items()}), encoding="utf-8"
+    )
     cells = [
         "import json\n"
         "from kerasllm_widget import Llama3CausalLM\n"
@@ -112,7 +189,9 @@ def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> 
     H.write_notebook(root / "bench.ipynb", cells)
     rows = []
     with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        notebook = H.open_notebook(browser, server.lab_url("bench.ipynb"), "lab", viewport=(1280, 1200))
+        notebook = H.open_notebook(
+            browser, server.lab_url("bench.ipynb"), "lab", viewport=(1280, 1200)
+        )
         page = notebook.page
         notebook.run_cell(0)
         notebook.cell_output_text(0, "ready", timeout_s=timeout_s)
@@ -126,21 +205,45 @@ def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> 
                 arg=[index, key, value],
                 timeout=timeout_s * 1000,
             )
-            return float(page.evaluate("(i) => document.querySelectorAll('.kw-attention')[i].dataset.drawnMs", index))
+            return float(
+                page.evaluate(
+                    "(i) => document.querySelectorAll('.kw-attention')[i].dataset.drawnMs", index
+                )
+            )
 
         for index, length in enumerate(lengths):
+            started = time.perf_counter()
             notebook.run_cell(index + 1)
             first = wait(index, "head", "mean")
             view = page.locator(".kw-attention").nth(index)
             view.locator("select.kw-head").select_option("0")
             other_head = wait(index, "head", "0")
+            # The forward pass goes on in the background from the moment the view opened.
+            page.wait_for_function(
+                """([i, n]) => {
+                    const el = document.querySelectorAll('.kw-attention')[i];
+                    return el && Number(el.dataset.readyLayers) >= n;
+                }""",
+                arg=[index, len(model.backbone.transformer_layers)],
+                timeout=timeout_s * 1000,
+            )
+            pass_s = time.perf_counter() - started
             view.locator("select.kw-layer").select_option(str(layer))
             deep = wait(index, "layer", str(layer))
             status = view.locator(".kw-attn-status").inner_text()
-            rows.append({"T": length, "first_ms": first, "other_head_ms": other_head, "deep_layer_ms": deep})
+            rows.append(
+                {
+                    "T": length,
+                    "first_ms": first,
+                    "other_head_ms": other_head,
+                    "deep_layer_ms": deep,
+                    "pass_s": pass_s,
+                }
+            )
             print(
                 f"T={length:5d}  browser: first view {first:8.0f} ms · another head {other_head:6.0f} ms · "
-                f"layer {layer} {deep:8.0f} ms   ({status})",
+                f"every layer ready {pass_s:6.1f} s after the cell ran · then layer {layer} "
+                f"{deep:6.0f} ms   ({status})",
                 flush=True,
             )
             view.screenshot(path=str(root / f"attention-{length}.png"))
@@ -180,16 +283,26 @@ def bertviz_figures(
                 # build it (gigabytes of Python floats) and scales the last size by T^2 instead.
                 last = rows[-1]
                 estimate = last["html_bytes"] * (length / last["T"]) ** 2
-                rows.append({"T": length, "html_bytes": estimate, "build_s": float("nan"), "rendered": None, "render_s": 0.0})
-                print(f"T={length:5d}  bertviz head_view, one layer: HTML ~{estimate / 1e6:.0f} MB (estimated; not built)")
+                rows.append(
+                    {
+                        "T": length,
+                        "html_bytes": estimate,
+                        "build_s": float("nan"),
+                        "rendered": None,
+                        "render_s": 0.0,
+                    }
+                )
+                print(
+                    f"T={length:5d}  bertviz head_view, one layer: HTML ~{estimate / 1e6:.0f} MB (estimated; not built)"
+                )
                 continue
             ids = corpus_ids(model, length)
             probs = inspect.AttentionMaps(model, ids).layer(layer)
             tokens = pieces(model.preprocessor.tokenizer, ids)
             html, build_s = timed(
-                lambda probs=probs, tokens=tokens: head_view(
-                    [torch.tensor(probs[None])], tokens, html_action="return"
-                ).data
+                lambda probs=probs, tokens=tokens: (
+                    head_view([torch.tensor(probs[None])], tokens, html_action="return").data
+                )
             )
             size = len(html.encode())
             page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
@@ -224,8 +337,20 @@ def bertviz_figures(
             except Exception as error:  # a page that never draws is the finding, not a crash
                 note = "the page crashed" if crashed else type(error).__name__
             drawn_s = time.perf_counter() - started
-            rows.append({"T": length, "html_bytes": size, "build_s": build_s, "rendered": rendered, "render_s": drawn_s})
-            verdict = f"drawn in {drawn_s:.1f} s" if rendered else f"not drawn after {drawn_s:.0f} s ({note})"
+            rows.append(
+                {
+                    "T": length,
+                    "html_bytes": size,
+                    "build_s": build_s,
+                    "rendered": rendered,
+                    "render_s": drawn_s,
+                }
+            )
+            verdict = (
+                f"drawn in {drawn_s:.1f} s"
+                if rendered
+                else f"not drawn after {drawn_s:.0f} s ({note})"
+            )
             print(
                 f"T={length:5d}  bertviz head_view, one layer: HTML {size / 1e6:8.1f} MB "
                 f"(built in {build_s:.1f} s) · {verdict}",
@@ -241,7 +366,11 @@ def bertviz_verdict(row: dict) -> str:
         return "–"
     if row["rendered"] is None:
         return "not tried"
-    return f"yes, {row['render_s']:.1f} s" if row["rendered"] else f"no (not after {row['render_s']:.0f} s)"
+    return (
+        f"yes, {row['render_s']:.1f} s"
+        if row["rendered"]
+        else f"no (not after {row['render_s']:.0f} s)"
+    )
 
 
 def table(kernel: list[dict], browser: list[dict], bertviz: list[dict], layer: int) -> None:
@@ -249,11 +378,12 @@ def table(kernel: list[dict], browser: list[dict], bertviz: list[dict], layer: i
         return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
 
     print(
-        f"\n| T | layer 0 | layer {layer} (cold) | layer {layer + 1} (next) | head view sent | layer sent "
-        f"| model view sent | head as JSON | browser: first view | another head | layer {layer} "
-        "| bertviz HTML (1 layer) | bertviz draws |"
+        f"\n| T | kernel: first view | layer {layer} cold | whole pass | +{GROWTH} tokens | a prepared "
+        "layer | as before (every head f32) | transformers eager (all layers) | head view sent "
+        "| model view sent | head as JSON | browser: first view | another head | every layer ready "
+        f"| then layer {layer} | bertviz HTML (1 layer) | bertviz draws |"
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 17)
     by_t = {r["T"]: r for r in browser}
     bv = {r["T"]: r for r in bertviz}
     kn = {r["T"]: r for r in kernel}
@@ -263,17 +393,24 @@ def table(kernel: list[dict], browser: list[dict], bertviz: list[dict], layer: i
         def k(name, fmt, row=row):
             return fmt(row[name]) if name in row else "–"
 
+        def seconds(x):
+            return f"{x:.2f} s"
+
         cells = [
             str(length),
-            k("layer0_s", lambda x: f"{x:.2f} s"),
-            k(f"layer{layer}_s", lambda x: f"{x:.2f} s"),
-            k(f"layer{layer + 1}_s", lambda x: f"{x:.2f} s"),
+            k("first_view_s", seconds),
+            k("deep_cold_s", seconds),
+            k("pass_s", seconds),
+            k("grown_pass_s", seconds),
+            k("prepared_view_s", seconds),
+            k("all_heads_s", seconds),
+            k("reference_s", seconds),
             k("head_bytes", mb),
-            k("layer_bytes", mb),
             k("model_view_bytes", mb),
             k("head_json_bytes", mb),
             f"{b['first_ms']:.0f} ms" if b else "–",
             f"{b['other_head_ms']:.0f} ms" if b else "–",
+            f"{b['pass_s']:.1f} s" if b else "–",
             f"{b['deep_layer_ms']:.0f} ms" if b else "–",
             (("~" if v["rendered"] is None else "") + mb(v["html_bytes"])) if v else "–",
             bertviz_verdict(v),
@@ -287,13 +424,23 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=15, help="the deep layer to time (default 15)")
     parser.add_argument("--no-browser", action="store_true", help="kernel and wire figures only")
     parser.add_argument(
-        "--sections", nargs="+", default=["kernel", "browser", "bertviz"],
-        choices=["kernel", "browser", "bertviz"], help="which figures to take (default: all)",
+        "--no-reference", action="store_true", help="skip transformers' eager pass beside ours"
     )
-    parser.add_argument("--bertviz-path", help="a folder holding the bertviz package (pip --target)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["kernel", "browser", "bertviz"],
+        choices=["kernel", "browser", "bertviz"],
+        help="which figures to take (default: all)",
+    )
+    parser.add_argument(
+        "--bertviz-path", help="a folder holding the bertviz package (pip --target)"
+    )
     parser.add_argument("--bertviz-js", help="a folder with node_modules/{d3,jquery,requirejs}")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for one view")
-    parser.add_argument("--bertviz-max-length", type=int, default=1024, help="longest T given to bertviz")
+    parser.add_argument(
+        "--bertviz-max-length", type=int, default=1024, help="longest T given to bertviz"
+    )
     args = parser.parse_args()
     if args.bertviz_path:
         sys.path.insert(0, args.bertviz_path)
@@ -301,16 +448,31 @@ def main() -> None:
     from kerasllm_widget import Llama3CausalLM
 
     model = Llama3CausalLM.from_preset("smollm2-135m-instruct")
-    print(f"SmolLM2-135M-Instruct: {len(model.backbone.transformer_layers)} layers x "
-          f"{model.backbone.num_query_heads} heads, {model.info['device']}, {os.cpu_count()} CPUs\n")
+    print(
+        f"SmolLM2-135M-Instruct: {len(model.backbone.transformer_layers)} layers x "
+        f"{model.backbone.num_query_heads} heads, {model.info['device']}, {os.cpu_count()} CPUs\n"
+    )
     sections = set(args.sections) - ({"browser", "bertviz"} if args.no_browser else set())
-    kernel = kernel_figures(model, args.lengths, args.layer) if "kernel" in sections else []
-    browser = browser_figures(model, args.lengths, args.layer, args.timeout) if "browser" in sections else []
+    kernel = (
+        kernel_figures(model, args.lengths, args.layer, not args.no_reference)
+        if "kernel" in sections
+        else []
+    )
+    browser = (
+        browser_figures(model, args.lengths, args.layer, args.timeout)
+        if "browser" in sections
+        else []
+    )
     bertviz = (
         []
         if "bertviz" not in sections
         else bertviz_figures(
-            model, args.lengths, args.layer, args.bertviz_js, min(args.timeout, 120), args.bertviz_max_length
+            model,
+            args.lengths,
+            args.layer,
+            args.bertviz_js,
+            min(args.timeout, 120),
+            args.bertviz_max_length,
         )
     )
     table(kernel, browser, bertviz, args.layer)

@@ -258,3 +258,13 @@ def test_a_grown_sequence_reuses_the_forward_pass_of_its_prefix(tiny):
     changed = after.copy()
     changed[10] = (changed[10] + 1) % 512
     assert AttentionMaps(backbone, changed, previous=first).reused_tokens == 0
+
+
+def test_warming_up_a_length_compiles_once_per_bucket(tiny):
+    backbone, _ = tiny
+    rng = np.random.default_rng(8)
+    first = AttentionMaps(backbone, rng.integers(0, 512, size=1100))
+    assert first.warm_up() is True
+    assert first.prepared_layers == 2  # a block ran (and compiled) too
+    # Another text padded to the same bucket finds the programs compiled.
+    assert AttentionMaps(backbone, rng.integers(0, 512, size=1030)).warm_up() is False

@@ -66,6 +66,7 @@ class LayerRunner:
         self.num_heads = int(attention.num_query_heads)
         self._groups = self.num_heads // int(attention.num_key_value_heads)
         self.compiled = keras.backend.backend() == "jax"
+        self.warm_lengths: set[int] = set()  # padded lengths whose view programs are compiled
         if self.compiled:
             import jax
 
@@ -387,7 +388,23 @@ class InspectionPass:
         """Runs one more block of the fused forward pass; False once every block has run."""
         if len(self._inputs) > self.num_layers:
             return False
-        self.layer_input(len(self._inputs))
+        x = self.layer_input(len(self._inputs))
+        if self._runner.compiled:  # done when it returns, not queued: progress means ready
+            x.block_until_ready()
+        return True
+
+    def warm_up(self) -> bool:
+        """Compiles the programs a view of this length runs (a head, the head average, one
+        block), if no earlier pass of the same padded length did; True if it compiled them."""
+        runner = self._runner
+        if not runner.compiled or self.padded_length in runner.warm_lengths:
+            return False
+        self.head_codes(0, "mean")
+        self.head_codes(0, 0)
+        if self.computed_blocks == 0:
+            self.advance()
+            self.advance()
+        runner.warm_lengths.add(self.padded_length)
         return True
 
     def probabilities(self, index: int) -> np.ndarray:

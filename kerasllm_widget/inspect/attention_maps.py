@@ -88,6 +88,16 @@ class AttentionMaps:
         """
         return self._pass.advance()
 
+    def warm_up(self) -> bool:
+        """Compiles what a view of this length runs, unless an earlier text of the same padded
+        length did (lengths are padded to buckets); True if it compiled. Meant for idle time.
+
+        Example:
+            >>> maps.warm_up()  # doctest: +SKIP
+            True
+        """
+        return self._pass.warm_up()
+
     @property
     def prepared_layers(self) -> int:
         """Layers whose attention costs no forward pass any more."""

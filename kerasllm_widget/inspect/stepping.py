@@ -60,6 +60,7 @@ class StepSession:
         self.top_k = int(top_k)
         self.steps: list[Step] = []
         self._logits: dict[int, np.ndarray] = {}  # context length -> next-token logits
+        self._run: InspectionPass | None = None
 
     @property
     def ids(self) -> list[int]:
@@ -89,8 +90,16 @@ class StepSession:
         ids = self.ids
         cached = self._logits.get(len(ids))
         if cached is None:
-            run = InspectionPass(self.backbone, np.asarray([ids], np.int32), np.ones((1, len(ids)), bool))
+            # Each step shares all but its last tokens with the one before: the pass reuses
+            # the previous pass's work on them.
+            run = InspectionPass(
+                self.backbone,
+                np.asarray([ids], np.int32),
+                np.ones((1, len(ids)), bool),
+                previous=self._run,
+            )
             cached = run.logits(len(ids) - 1, len(ids))[0, 0]
+            self._run = run
             self._logits = {len(ids): cached}  # only the newest position is ever asked again
         return cached
 
@@ -130,15 +139,9 @@ class StepSession:
         """
         import jax
 
-        from kerasllm_widget.generation.samplers import Sampler, sample_next_token
+        from kerasllm_widget.generation.samplers import sample_next_token
 
-        sampler = Sampler(
-            temperature=float(temperature),
-            top_k=top_k or None,
-            top_p=top_p,
-            min_p=min_p or None,
-            repetition_penalty=repetition_penalty,
-        )
+        sampler = _sampler(temperature, top_k, top_p, min_p, repetition_penalty)
         logits = self.logits()[None]
         seen = None
         if repetition_penalty not in (None, 1.0):
@@ -165,16 +168,19 @@ class StepSession:
         probs = _softmax(self.logits())
         ids, top = _top_k(probs, self.top_k)
         proposed = token_id if proposed_id is None else int(proposed_id)
+        return self._append(token_id, probs[token_id], entropy(probs), proposed, ids, top)
+
+    def _append(self, token_id, prob, nats, proposed_id, top_ids, top_probs) -> Step:
         step = Step(
-            token_id=token_id,
+            token_id=int(token_id),
             piece=piece(self.tokenizer, token_id),
-            prob=float(probs[token_id]),
-            entropy=float(entropy(probs)),
-            proposed_id=proposed,
-            chosen_by="sampler" if proposed == token_id else "user",
-            top_ids=[int(i) for i in ids],
-            top_probs=[float(p) for p in top],
-            top_pieces=[piece(self.tokenizer, i) for i in ids],
+            prob=float(prob),
+            entropy=float(nats),
+            proposed_id=int(proposed_id),
+            chosen_by="sampler" if int(proposed_id) == int(token_id) else "user",
+            top_ids=[int(i) for i in top_ids],
+            top_probs=[float(p) for p in top_probs],
+            top_pieces=[piece(self.tokenizer, i) for i in top_ids],
         )
         self.steps.append(step)
         return step
@@ -196,18 +202,12 @@ class StepSession:
             >>> session.choose(1917); session.finish(max_new_tokens=20)  # doctest: +SKIP
             20
         """
-        from kerasllm_widget.generation.api import make_sampler, stream_ids
+        from kerasllm_widget.generation.api import stream_ids
         from kerasllm_widget.generation.events import TokenEvent
 
         if self.finished or max_new_tokens < 1:
             return 0
-        sampler = make_sampler(
-            temperature=float(temperature),
-            top_k=top_k or None,
-            top_p=top_p,
-            min_p=min_p or None,
-            repetition_penalty=repetition_penalty,
-        )
+        sampler = _sampler(temperature, top_k, top_p, min_p, repetition_penalty)
         before = len(self.steps)
         events = stream_ids(
             self.model,
@@ -220,18 +220,13 @@ class StepSession:
         for event in events:
             if isinstance(event, TokenEvent):
                 alternatives = event.top_k
-                self.steps.append(
-                    Step(
-                        token_id=int(event.token_id),
-                        piece=piece(self.tokenizer, event.token_id),
-                        prob=float(np.exp(event.logprob)),
-                        entropy=float("nan"),  # the engine reports the top k, not the entropy
-                        proposed_id=int(event.token_id),
-                        chosen_by="sampler",
-                        top_ids=[int(a.token_id) for a in alternatives],
-                        top_probs=[float(a.prob) for a in alternatives],
-                        top_pieces=[piece(self.tokenizer, a.token_id) for a in alternatives],
-                    )
+                self._append(
+                    event.token_id,
+                    np.exp(event.logprob),
+                    float("nan"),  # the engine reports the top k, not the entropy
+                    event.token_id,
+                    [a.token_id for a in alternatives],
+                    [a.prob for a in alternatives],
                 )
             elif event.stop_reason == "stop_token" and self.stop_ids:
                 # The engine does not report which stop token it drew; the end token stands in.
@@ -251,3 +246,17 @@ class StepSession:
             self.prompt_ids = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]
         self.steps = []
         self._logits = {}
+
+
+def _sampler(temperature, top_k, top_p, min_p, repetition_penalty):
+    """The generation sampler with these settings (0 or None turns top-k and min-p off); the
+    proposals and `StepSession.finish` draw with the same one."""
+    from kerasllm_widget.generation.samplers import Sampler
+
+    return Sampler(
+        temperature=float(temperature),
+        top_k=top_k or None,
+        top_p=top_p,
+        min_p=min_p or None,
+        repetition_penalty=repetition_penalty,
+    )

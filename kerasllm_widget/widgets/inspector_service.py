@@ -352,7 +352,8 @@ class InspectorService:
             return
         try:
             maps = self._maps_for(sequence_id)
-            more = maps.prepare_next_layer()
+            # A new length first compiles what the views run, so that no click waits for it.
+            more = maps.warm_up() or maps.prepare_next_layer()
             self._progress(sequence_id, maps)
         except Exception:  # background work: a failure shows up when the layer is asked for
             log.exception("preparing attention layers failed")
