@@ -1,40 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { FakeModel, nextFrame } from "../shared/fake_model";
-import type { ChatModel, Status, TranscriptEntry } from "../shared/protocol";
+import { chatState, FakeModel, nextFrame, READY } from "../shared/fake_model";
+import type { ChatModel, TranscriptEntry } from "../shared/protocol";
 import { renderChat } from "./chat_view";
-
-const READY: Status = {
-  state: "ready",
-  message: "",
-  tokens_used: 0,
-  context_length: 8192,
-  queued: 0,
-  time_to_first_token_s: null,
-  decode_tokens_per_s: null,
-  loading_since: null,
-};
-
-function initialState(): ChatModel {
-  return {
-    transcript: [],
-    status: READY,
-    model_info: {
-      name: "tiny",
-      dtype: "float32",
-      backend: "jax",
-      device: "cpu",
-      context_length: 8192,
-    },
-    system_prompt: "",
-    temperature: 0.7,
-    top_p: 0.9,
-    top_k: 50,
-    min_p: 0,
-    repetition_penalty: 1,
-    max_new_tokens: 256,
-    seed: null,
-  };
-}
 
 let model: FakeModel<ChatModel>;
 let el: HTMLElement;
@@ -79,7 +46,7 @@ function tokens(start: number, texts: string[]) {
 }
 
 beforeEach(() => {
-  model = new FakeModel(initialState());
+  model = new FakeModel(chatState());
   el = document.createElement("div");
   document.body.append(el);
   cleanup = renderChat(model.asModel(), el);

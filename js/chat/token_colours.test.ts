@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { luminance, type Rgb } from "../shared/colour";
-import { FakeModel, nextFrame } from "../shared/fake_model";
-import type { ChatModel, Status, TokenRecord, TranscriptEntry } from "../shared/protocol";
+import { chatState, FakeModel, nextFrame, READY } from "../shared/fake_model";
+import type { ChatModel, TokenRecord, TranscriptEntry } from "../shared/protocol";
 import { renderChat } from "./chat_view";
 import {
   alternativesEntropy,
@@ -72,41 +72,13 @@ describe("token colouring", () => {
   });
 });
 
-const READY: Status = {
-  state: "ready",
-  message: "",
-  tokens_used: 0,
-  context_length: 8192,
-  queued: 0,
-  time_to_first_token_s: null,
-  decode_tokens_per_s: null,
-  loading_since: null,
-};
-
-function chatState(): ChatModel {
-  return {
-    transcript: [],
-    status: READY,
-    model_info: { name: "tiny", dtype: "float32", backend: "jax", device: "cpu" },
-    system_prompt: "",
-    temperature: 0.7,
-    top_p: 0.9,
-    top_k: 50,
-    min_p: 0,
-    repetition_penalty: 1,
-    max_new_tokens: 256,
-    seed: null,
-    top_k_alternatives: 0,
-  } as ChatModel;
-}
-
 describe("the Chat tab's colouring toggle", () => {
   let model: FakeModel<ChatModel>;
   let el: HTMLElement;
   let cleanup: () => void;
 
   beforeEach(() => {
-    model = new FakeModel(chatState());
+    model = new FakeModel({ ...chatState(), top_k_alternatives: 0 } as ChatModel);
     el = document.createElement("div");
     document.body.append(el);
     cleanup = renderChat(model.asModel(), el);

@@ -2,6 +2,7 @@
 // tests of views: it records what a view sends and lets a test play the kernel's messages.
 
 import type { AnyModel } from "@anywidget/types";
+import type { ChatModel, Status } from "./protocol";
 
 type Callback = (...args: unknown[]) => void;
 
@@ -78,4 +79,39 @@ export class FakeModel<T extends Record<string, unknown>> {
 /** Resolves after the next animation frame, when views redraw. */
 export function nextFrame(): Promise<void> {
   return new Promise((resolve) => requestAnimationFrame(() => resolve()));
+}
+
+/** A chat that is ready, as the kernel reports it. */
+export const READY: Status = {
+  state: "ready",
+  message: "",
+  tokens_used: 0,
+  context_length: 8192,
+  queued: 0,
+  time_to_first_token_s: null,
+  decode_tokens_per_s: null,
+  loading_since: null,
+};
+
+/** The traitlets of a ChatWidget with a tiny model loaded and nothing said yet. */
+export function chatState(): ChatModel {
+  return {
+    transcript: [],
+    status: READY,
+    model_info: {
+      name: "tiny",
+      dtype: "float32",
+      backend: "jax",
+      device: "cpu",
+      context_length: 8192,
+    },
+    system_prompt: "",
+    temperature: 0.7,
+    top_p: 0.9,
+    top_k: 50,
+    min_p: 0,
+    repetition_penalty: 1,
+    max_new_tokens: 256,
+    seed: null,
+  };
 }
