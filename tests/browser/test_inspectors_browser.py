@@ -1,10 +1,12 @@
-"""The inspectors end to end: JupyterLab on loopback, headless Chromium, the real Llama 3 tokenizer
-and the real SmolLM2-135M-Instruct model in the kernel.
+"""The inspectors end to end, in JupyterLab and in Notebook 7 (a server on loopback, headless
+Chromium), with the real Llama 3 tokenizer and the real SmolLM2-135M-Instruct model in the kernel.
 
 Types text into a TokenInspector and reads the chips ("Hello" is 9906, as in the seed); has a
-short chat in a ChatWidget, opens its Attention tab and checks the canvas drew the chosen head;
-opens the Probabilities tab, clicks a generated token and reads its alternatives, and takes a
-step of the step mode with a token the sampler did not pick. Screenshots go to test-artifacts/.
+short chat in a ChatWidget, colours its reply by probability and opens a token's alternatives;
+opens its Attention tab, checks the canvas drew the chosen head and the background forward pass
+made every layer ready; opens the Probabilities tab, clicks a generated token and reads its
+alternatives, and takes a step of the step mode with a token the sampler did not pick.
+Screenshots go to test-artifacts/, named after the front end.
 """
 
 from __future__ import annotations
@@ -35,23 +37,33 @@ def cells(tokenizer_json: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def notebook(tmp_path_factory, smollm2_gguf, llama3_tokenizer_json):
+@pytest.fixture(scope="module", params=["lab", "notebook7"])
+def notebook(request, tmp_path_factory, smollm2_gguf, llama3_tokenizer_json):
     if H.chromium_path() is None:
-        pytest.fail("chromium is not installed (apt-get install chromium); `make test-deps` does it")
-    root = tmp_path_factory.mktemp("jupyter-inspectors")
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
+    flavour = request.param
+    root = tmp_path_factory.mktemp(f"jupyter-inspectors-{flavour}")
     H.write_notebook(root / "inspectors.ipynb", cells(str(llama3_tokenizer_json)))
     with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        page = H.open_notebook(browser, server.lab_url("inspectors.ipynb"), "lab", viewport=(1280, 1400))
+        url = (
+            server.lab_url("inspectors.ipynb")
+            if flavour == "lab"
+            else server.notebook7_url("inspectors.ipynb")
+        )
+        page = H.open_notebook(browser, url, flavour, viewport=(1280, 1400))
         try:
             yield page
-        except Exception:
-            raise
         finally:
             H.ARTIFACTS.mkdir(exist_ok=True)
-            page.page.screenshot(path=str(H.ARTIFACTS / "inspectors-page.png"))
+            page.page.screenshot(path=str(H.ARTIFACTS / f"inspectors-{flavour}-page.png"))
             page.page.context.close()
             server.shutdown_kernels()
+
+
+def shot(notebook, locator, name: str) -> None:
+    H.screenshot(locator, f"inspectors-{notebook.flavour}-{name}.png")
 
 
 def test_token_inspector_shows_hello_as_9906(notebook):
@@ -83,7 +95,7 @@ def test_token_inspector_shows_hello_as_9906(notebook):
                    .querySelector('tr[data-row="token_ids"] td')?.textContent === '128000'""",
         timeout=30_000,
     )
-    H.screenshot(inspector.locator(".kw-root"), "inspectors-tokens.png")
+    shot(notebook, inspector.locator(".kw-root"), "tokens")
 
 
 def test_chat_tabs_show_attention_and_probabilities(notebook):
@@ -96,6 +108,8 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
                    ?.querySelector('.kw-status')?.dataset.state === 'ready'""",
         timeout=LOAD_TIMEOUT_S * 1000,
     )
+    # Colouring on before the reply: the engine then records each token's alternatives.
+    chat.locator("select.kw-colour-by").select_option("probability")
     box = chat.locator(".kw-input")
     box.click()
     box.fill("Name three colours.")
@@ -107,6 +121,17 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
         }""",
         timeout=LOAD_TIMEOUT_S * 1000,
     )
+
+    # The reply coloured token by token; a click on a token shows the alternatives weighed there.
+    tokens = chat.locator(".kw-assistant .kw-coloured-token")
+    tokens.first.wait_for(timeout=30_000)
+    assert tokens.count() >= 3
+    assert "background: rgb(" in (tokens.nth(1).get_attribute("style") or "")
+    tokens.nth(1).click()
+    assert chat.locator(".kw-assistant .kw-alternatives").is_visible()
+    assert chat.locator(".kw-assistant .kw-alternatives .kw-bar-chosen").count() == 1
+    shot(notebook, chat.locator(".kw-root"), "chat-coloured")
+    chat.locator("select.kw-colour-by").select_option("")
 
     # Attention: the head average first, then head 2; the canvas must have drawn that head.
     chat.locator('.kw-tab[data-tab="attention"]').click()
@@ -144,7 +169,13 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
     strip_tokens.nth(count - 1).hover()
     lit = attention.locator('.kw-strip-token[style*="background"]').count()
     assert lit >= 1
-    H.screenshot(chat.locator(".kw-root"), "inspectors-attention.png")
+    # The forward pass runs on in the background until every layer is ready.
+    page.wait_for_function(
+        """() => Number(document.querySelectorAll('.kerasllm-widget')[1]
+                   .querySelector('.kw-attention')?.dataset.readyLayers || 0) >= 30""",
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+    shot(notebook, chat.locator(".kw-root"), "attention")
     attention.locator(".kw-model-view-btn").click()
     page.wait_for_function(
         """() => Number(document.querySelectorAll('.kerasllm-widget')[1]
@@ -154,7 +185,7 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
     attention.locator('.kw-thumb[data-layer="1"][data-head="3"]').click()
     page.wait_for_function(ready, arg="3", timeout=120_000)
     assert attention.locator("select.kw-layer").input_value() == "1"
-    H.screenshot(chat.locator(".kw-root"), "inspectors-model-view.png")
+    shot(notebook, chat.locator(".kw-root"), "model-view")
 
     # Probabilities: the reply's tokens are coloured; a click shows the alternatives.
     chat.locator('.kw-tab[data-tab="probabilities"]').click()
@@ -170,7 +201,7 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
     bars = probabilities.locator(".kw-prob-detail .kw-bar-row")
     assert bars.count() >= 2
     assert probabilities.locator(".kw-prob-detail .kw-bar-chosen").count() == 1
-    H.screenshot(chat.locator(".kw-root"), "inspectors-probabilities.png")
+    shot(notebook, chat.locator(".kw-root"), "probabilities")
 
     # Step mode: start from the conversation, then choose a token the sampler did not pick.
     probabilities.locator(".kw-step-section summary").click()
@@ -200,7 +231,7 @@ def test_chat_tabs_show_attention_and_probabilities(notebook):
         timeout=120_000,
     )
     assert step.locator(".kw-step-token.kw-step-by-sampler").count() == 1
-    H.screenshot(chat.locator(".kw-root"), "inspectors-step-mode.png")
+    shot(notebook, chat.locator(".kw-root"), "step-mode")
 
 
 def test_standalone_attention_view_and_preprocessor_inspector(notebook):
@@ -222,7 +253,7 @@ def test_standalone_attention_view_and_preprocessor_inspector(notebook):
         timeout=60_000,
     )
     # The selection is a traitlet: the kernel knows which layer is shown.
-    H.screenshot(view.locator(".kw-root"), "inspectors-attention-standalone.png")
+    shot(notebook, view.locator(".kw-root"), "attention-standalone")
 
     notebook.run_cell(3)
     table = page.locator(".kerasllm-widget").nth(3)
@@ -231,7 +262,9 @@ def test_standalone_attention_view_and_preprocessor_inspector(notebook):
                    ?.querySelectorAll('.kw-pre-group').length === 2""",
         timeout=60_000,
     )
-    ids = table.locator('.kw-pre-group[data-index="1"] tr[data-row="token_ids"] td').all_inner_texts()
+    ids = table.locator(
+        '.kw-pre-group[data-index="1"] tr[data-row="token_ids"] td'
+    ).all_inner_texts()
     assert ids[0] == "128000" and ids[-1] == "0"  # start token first; padded at the end
     assert table.locator('.kw-pre-group[data-index="0"] .kw-cell-pad').count() >= 3
-    H.screenshot(table.locator(".kw-root"), "inspectors-preprocessor.png")
+    shot(notebook, table.locator(".kw-root"), "preprocessor")
