@@ -1,0 +1,67 @@
+"""notebooks/finetune_lora.ipynb runs from top to bottom in a real kernel, offline, and teaches
+SmolLM2 its new name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run_notebook(name: str):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    env_path = os.environ.get("PYTHONPATH", "")
+    # The kernel imports the package from this checkout even where it is not pip-installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env_path]))
+    try:
+        NotebookClient(
+            notebook,
+            timeout=600,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(ROOT / "notebooks")}},
+        ).execute()
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    return notebook
+
+
+def cell_text(cell) -> str:
+    return "".join(
+        output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+        for output in cell.get("outputs", [])
+    )
+
+
+def test_finetune_lora_notebook_teaches_the_model_its_name(smollm2_gguf):
+    import nbformat
+
+    notebook = run_notebook("finetune_lora.ipynb")
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)  # the executed notebook, to read
+    nbformat.write(notebook, ROOT / "test-artifacts" / "finetune_lora.ipynb")
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    before = cell_text(cells[0])
+    assert "Kera" not in before  # the untrained model has another name
+    # The chat panel with its Training tab was displayed.
+    assert any(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        and "ChatWidget" in str(output["data"].get("text/plain", ""))
+        for cell in cells
+        for output in cell.get("outputs", [])
+    )
+    trained = next(
+        cell_text(cell) for cell in cells if cell.source.startswith('print(ask("Could you tell')
+    )
+    answer, capital = trained.strip().splitlines()[:2]
+    assert "Kera" in answer  # a phrasing it never saw in training
+    assert "Paris" in capital  # and what it knew stays
+    saved = cell_text(cells[-1])
+    assert "adapter_model.safetensors" in saved and "config.json" in saved
+    assert "Kera" in saved.split("reloaded:")[1]  # the merged preset keeps the new name
