@@ -36,12 +36,14 @@ import keras
 import numpy as np
 
 from kerasllm_widget.distribution import place_batch
+from kerasllm_widget.generation.fused_weights import derive_in_scope, fusion_plan
 from kerasllm_widget.generation.samplers import (
     Sampler,
     SamplerParams,
     SamplerPlan,
     sample_next_token,
 )
+from kerasllm_widget.models.rotary_embedding import rotary_tables
 
 __all__ = [
     "DecodeState",
@@ -136,7 +138,9 @@ class StepOutputs(NamedTuple):
 @dataclasses.dataclass
 class RequestTimings:
     prompt_tokens: int = 0
-    prefilled_tokens: int = 0  # what prefill computed (less than prompt_tokens with a reused prefix)
+    prefilled_tokens: int = (
+        0  # what prefill computed (less than prompt_tokens with a reused prefix)
+    )
     started: float = 0.0
     first_token: float = 0.0
     last_token: float = 0.0
@@ -169,22 +173,39 @@ _phase = _Phase()
 
 
 def _forward(model, variables, weights, token_ids, positions, attention_mask, cache, cache_index):
-    """Hidden states ``[B, T, D]`` and the updated cache, with `weights` standing in for the
-    model's variables (so they are jit arguments, not constants)."""
-    with keras.StatelessScope(state_mapping=list(zip(variables, weights, strict=True))):
-        hidden, cache, _ = model.backbone.forward_stack(
-            token_ids,
-            positions=positions,
-            attention_mask=attention_mask,
-            cache=cache,
-            cache_index=cache_index,
-        )
-    return hidden, cache
+    """Hidden states ``[B, T, D]`` and the updated cache, with `weights` (``(values, fused)``)
+    standing in for the model's variables (so they are jit arguments, not constants).
+
+    The backbone's stack, with the inference-only layouts of `fused_weights` and the RoPE
+    tables computed once for every layer."""
+    values, fused = weights
+    backbone = model.backbone
+    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+        x = backbone.token_embedding(token_ids)
+        rope = rotary_tables(positions, backbone.inverse_frequencies)
+        new_cache = []
+        for i, layer in enumerate(backbone.transformer_layers):
+            x, layer_cache, _ = layer(
+                x,
+                positions=positions,
+                attention_mask=attention_mask,
+                cache=cache[i],
+                cache_index=cache_index,
+                rope=rope,
+                fused=fused.layers[i],
+            )
+            new_cache.append(layer_cache)
+        hidden = backbone.layer_norm(x)
+    return hidden, new_cache
 
 
 def _logits(model, variables, weights, hidden):
-    with keras.StatelessScope(state_mapping=list(zip(variables, weights, strict=True))):
-        logits = model.backbone.token_embedding(hidden, reverse=True)
+    values, fused = weights
+    if fused.lm_head is not None:
+        logits = jnp.matmul(hidden.astype(fused.lm_head.dtype), fused.lm_head)
+    else:
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            logits = model.backbone.token_embedding(hidden, reverse=True)
     return logits.astype(jnp.float32)
 
 
@@ -240,12 +261,16 @@ def prefill(
     valid = jax.lax.dynamic_update_slice(valid, token_valid, (0, start))
     query_slots = start + jnp.arange(length)
     attention_mask = valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
-    hidden, cache = _forward(model, variables, weights, token_ids, positions, attention_mask, cache, start)
+    hidden, cache = _forward(
+        model, variables, weights, token_ids, positions, attention_mask, cache, start
+    )
     # Only the last real position's logits are needed: skip the [T, V] projection.
     last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)
     logits = _logits(model, variables, weights, last_hidden)[:, 0]
     key, subkey = jax.random.split(key)
-    token, logprob, alt_ids, alt_logprobs = _pick(logits, subkey, seen, plan, params, num_alternatives)
+    token, logprob, alt_ids, alt_logprobs = _pick(
+        logits, subkey, seen, plan, params, num_alternatives
+    )
     state = DecodeState(
         cache=cache,
         valid=valid,
@@ -277,7 +302,9 @@ def decode_one_token(model, variables, weights, state: DecodeState, plan, params
     )
     logits = _logits(model, variables, weights, hidden)[:, 0]
     key, subkey = jax.random.split(state.key)
-    token, logprob, alt_ids, alt_logprobs = _pick(logits, subkey, state.seen, plan, params, num_alternatives)
+    token, logprob, alt_ids, alt_logprobs = _pick(
+        logits, subkey, state.seen, plan, params, num_alternatives
+    )
     new_state = DecodeState(
         cache=cache,
         valid=valid,
@@ -323,7 +350,9 @@ def decode_n_tokens(
 
     def one_step(carry):
         step, state, buffers = carry
-        state, picked = decode_one_token(model, variables, weights, state, plan, params, num_alternatives)
+        state, picked = decode_one_token(
+            model, variables, weights, state, plan, params, num_alternatives
+        )
         state = state._replace(done=state.done | jnp.isin(picked[0], stop_ids))
         buffers = StepOutputs(*(b.at[:, step].set(v) for b, v in zip(buffers, picked, strict=True)))
         return step + 1, state, buffers
@@ -389,6 +418,9 @@ class GenerationEngine:
         self._kept: _KeptCache | None = None
         self._lock = threading.Lock()
         self._variables = None
+        self._fusion_plan = None
+        self._jit_fuse = None
+        self._fused: tuple[list, Any] | None = None  # (the values they came from, FusedWeights)
         self._jit_prefill = None
         self._jit_decode = None
         self._executables: dict = {}  # ahead-of-time compiled programs (see `precompile`)
@@ -398,8 +430,10 @@ class GenerationEngine:
     # -- compiled functions ------------------------------------------------------------------
     def _compiled(self):
         variables = list(self.model.variables)
-        if self._variables is None or len(variables) != len(self._variables) or any(
-            a is not b for a, b in zip(variables, self._variables, strict=True)
+        if (
+            self._variables is None
+            or len(variables) != len(self._variables)
+            or any(a is not b for a, b in zip(variables, self._variables, strict=True))
         ):
             # New variables (LoRA enabled, quantized): trace afresh against them.
             self._variables = variables
@@ -413,36 +447,101 @@ class GenerationEngine:
                 static_argnames=("plan", "num_alternatives", "chunk"),
                 donate_argnames=("state",),
             )
+            self._fusion_plan = fusion_plan(self.model)
+            self._jit_fuse = jax.jit(
+                partial(derive_in_scope, self.model, variables, plan=self._fusion_plan)
+            )
+            self._fused = None
             self._kept = None
             self._executables = {}
         return self._jit_prefill, self._jit_decode
 
     def _key(self, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
-        return (batch, cache_length, chunk_length, plan, num_alternatives, stop_count, self.chunk_size)
+        return (
+            batch,
+            cache_length,
+            chunk_length,
+            plan,
+            num_alternatives,
+            stop_count,
+            self.chunk_size,
+        )
 
-    def _prefill(self, weights, token_ids, token_valid, positions, last_index, start, cache, valid,
-                 seen, key, stop_ids, params, *, plan, num_alternatives):
+    def _prefill(
+        self,
+        weights,
+        token_ids,
+        token_valid,
+        positions,
+        last_index,
+        start,
+        cache,
+        valid,
+        seen,
+        key,
+        stop_ids,
+        params,
+        *,
+        plan,
+        num_alternatives,
+    ):
         """`prefill`, through a program compiled ahead of time by `precompile` when there is one."""
-        compiled = self._executables.get(("prefill", *self._key(
-            token_ids.shape[0], valid.shape[1], token_ids.shape[1], plan, num_alternatives,
-            stop_ids.shape[0])))
+        compiled = self._executables.get(
+            (
+                "prefill",
+                *self._key(
+                    token_ids.shape[0],
+                    valid.shape[1],
+                    token_ids.shape[1],
+                    plan,
+                    num_alternatives,
+                    stop_ids.shape[0],
+                ),
+            )
+        )
         # Under a keras.distribution the batch is laid out as the distribution lays out data, so
         # that the mask and cache are split like the queries and keys (cuDNN requires it).
         token_ids, token_valid, positions, last_index, cache, valid, seen = place_batch(
-            (token_ids, token_valid, positions, last_index, cache, valid, seen))
-        args = (weights, token_ids, token_valid, positions, last_index, start, cache, valid, seen,
-                key, stop_ids, params)
+            (token_ids, token_valid, positions, last_index, cache, valid, seen)
+        )
+        args = (
+            weights,
+            token_ids,
+            token_valid,
+            positions,
+            last_index,
+            start,
+            cache,
+            valid,
+            seen,
+            key,
+            stop_ids,
+            params,
+        )
         if compiled is not None:
             return compiled(*args)
         return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives)
 
     def _decode(self, weights, state, num_steps, stop_ids, params, plan, num_alternatives):
-        compiled = self._executables.get(("decode", *self._key(
-            state.token.shape[0], state.valid.shape[1], 1, plan, num_alternatives, stop_ids.shape[0])))
+        compiled = self._executables.get(
+            (
+                "decode",
+                *self._key(
+                    state.token.shape[0],
+                    state.valid.shape[1],
+                    1,
+                    plan,
+                    num_alternatives,
+                    stop_ids.shape[0],
+                ),
+            )
+        )
         args = (weights, state, np.int32(num_steps), stop_ids, params)
         if compiled is not None:
             return compiled(*args)
-        return self._jit_decode(*args, plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size)
+        return self._jit_decode(
+            *args, plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size
+        )
 
     def precompile(
         self,
@@ -475,10 +574,15 @@ class GenerationEngine:
         def work():
             _phase.name = "background_"
             try:
-                weights = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in self.weights()]
+                weights = jax.tree.map(
+                    lambda w: jax.ShapeDtypeStruct(w.shape, w.dtype), self.weights()
+                )
                 backbone = self.model.backbone
                 kv = (batch, cache_length, backbone.num_key_value_heads, backbone.head_dim)
-                cache = [(jax.ShapeDtypeStruct(kv, self.cache_dtype),) * 2 for _ in range(backbone.num_layers)]
+                cache = [
+                    (jax.ShapeDtypeStruct(kv, self.cache_dtype),) * 2
+                    for _ in range(backbone.num_layers)
+                ]
                 vocab = int(backbone.vocabulary_size)
                 key = jax.random.key(0)
                 sds = jax.ShapeDtypeStruct
@@ -487,24 +591,47 @@ class GenerationEngine:
                 stop_ids = sds((8,), jnp.int32)
                 abstract_params = SamplerParams(*(shaped(p) for p in params))
                 state = DecodeState(
-                    cache=cache, valid=valid, seen=seen, token=sds((batch,), jnp.int32),
-                    position=sds((batch,), jnp.int32), index=sds((), jnp.int32),
-                    done=sds((batch,), jnp.bool_), key=sds(key.shape, key.dtype),
+                    cache=cache,
+                    valid=valid,
+                    seen=seen,
+                    token=sds((batch,), jnp.int32),
+                    position=sds((batch,), jnp.int32),
+                    index=sds((), jnp.int32),
+                    done=sds((batch,), jnp.bool_),
+                    key=sds(key.shape, key.dtype),
                 )
                 decode = self._jit_decode.lower(
-                    weights, state, sds((), jnp.int32), stop_ids, abstract_params,
-                    plan=plan, num_alternatives=num_alternatives, chunk=self.chunk_size,
+                    weights,
+                    state,
+                    sds((), jnp.int32),
+                    stop_ids,
+                    abstract_params,
+                    plan=plan,
+                    num_alternatives=num_alternatives,
+                    chunk=self.chunk_size,
                 ).compile()
                 self._executables[decode_key] = decode
                 chunk = CONTINUATION_CHUNK
                 ints = sds((batch, chunk), jnp.int32)
                 prefill_compiled = self._jit_prefill.lower(
-                    weights, ints, sds((batch, chunk), jnp.bool_), ints, sds((batch,), jnp.int32),
-                    sds((), jnp.int32), cache, valid, seen, sds(key.shape, key.dtype), stop_ids,
-                    abstract_params, plan=plan, num_alternatives=num_alternatives,
+                    weights,
+                    ints,
+                    sds((batch, chunk), jnp.bool_),
+                    ints,
+                    sds((batch,), jnp.int32),
+                    sds((), jnp.int32),
+                    cache,
+                    valid,
+                    seen,
+                    sds(key.shape, key.dtype),
+                    stop_ids,
+                    abstract_params,
+                    plan=plan,
+                    num_alternatives=num_alternatives,
                 ).compile()
-                self._executables[("prefill", *self._key(batch, cache_length, chunk, plan,
-                                                         num_alternatives, 8))] = prefill_compiled
+                self._executables[
+                    ("prefill", *self._key(batch, cache_length, chunk, plan, num_alternatives, 8))
+                ] = prefill_compiled
             finally:
                 _phase.name = ""
                 self._compiling.discard(decode_key)
@@ -532,9 +659,22 @@ class GenerationEngine:
             thread.join(timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
 
-    def weights(self) -> list:
-        """The current variable values, read at each request (training may have changed them)."""
-        return [v.value for v in self._variables]
+    def weights(self) -> tuple[list, Any]:
+        """``(values, fused)``: the current variable values, read at each request (training may
+        have changed them), and the inference layouts derived from them (`fused_weights`),
+        derived again only when a value changed."""
+        self._compiled()
+        values = [v.value for v in self._variables]
+        with self._lock:
+            kept = self._fused
+        if kept is not None and all(a is b for a, b in zip(kept[0], values, strict=True)):
+            return values, kept[1]
+        fused = self._jit_fuse(values)
+        with self._lock:
+            self._fused = (values, fused)
+            if kept is not None:
+                self._kept = None  # its keys were computed with the old weights
+        return values, fused
 
     # -- cache management --------------------------------------------------------------------
     def cache_length_for(self, needed: int) -> int:
@@ -560,7 +700,9 @@ class GenerationEngine:
             while reuse < limit and prompt[reuse] == kept.token_ids[reuse]:
                 reuse += 1
         longest = max(len(p) for p in prompts)
-        needed = max(reuse + _prefill_chunks(longest - reuse, reuse)[1] + max_new_tokens, min_cache_length)
+        needed = max(
+            reuse + _prefill_chunks(longest - reuse, reuse)[1] + max_new_tokens, min_cache_length
+        )
         length = self.cache_length_for(needed)
         if reuse and kept.length >= min(needed, length):
             return kept.cache, reuse
@@ -712,7 +854,12 @@ class GenerationEngine:
             chunk = 1
             if produced < max_new_tokens and not done.all() and not _cancelled(cancel_event):
                 in_flight = self._decode(
-                    weights, state, min(chunk, max_new_tokens - produced), stop_ids, params, plan,
+                    weights,
+                    state,
+                    min(chunk, max_new_tokens - produced),
+                    stop_ids,
+                    params,
+                    plan,
                     num_alternatives,
                 )
                 state = None  # donated

@@ -15,7 +15,7 @@ import math
 import keras
 from keras import ops
 
-from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
+from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_tables
 
 # A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
 # harmless uniform softmax instead of NaNs that would poison the rest of the batch.
@@ -82,6 +82,8 @@ class Llama3Attention(keras.layers.Layer):
         cache=None,
         cache_index=None,
         return_probabilities: bool = False,
+        rope=None,
+        fused_qkv=None,
     ):
         """Returns ``(output, new_cache, probabilities_or_None)``.
 
@@ -93,15 +95,27 @@ class Llama3Attention(keras.layers.Layer):
             cache: ``(keys, values)``, each ``[B, S, num_key_value_heads, head_dim]``, or None.
             cache_index: where this call's T keys are written into the cache.
             return_probabilities: use the explicit path and return ``[B, heads, T, S]``.
+            rope: ``(cos, sin)`` from `rotary_tables` for these positions (computed here when None).
+            fused_qkv: the query, key and value kernels side by side
+                ``[hidden, (heads + 2 * kv_heads) * head_dim]`` (the engine derives it): one
+                product instead of three.
         """
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        query = ops.reshape(self.query_dense(x), (batch, length, self.num_query_heads, self.head_dim))
-        key = ops.reshape(self.key_dense(x), (batch, length, self.num_key_value_heads, self.head_dim))
-        value = ops.reshape(
-            self.value_dense(x), (batch, length, self.num_key_value_heads, self.head_dim)
-        )
-        query = apply_rotary_embedding(query, positions, self.inverse_frequencies)
-        key = apply_rotary_embedding(key, positions, self.inverse_frequencies)
+        query_width = self.num_query_heads * self.head_dim
+        kv_width = self.num_key_value_heads * self.head_dim
+        if fused_qkv is not None:
+            qkv = ops.matmul(x, fused_qkv)
+            query = qkv[..., :query_width]
+            key = qkv[..., query_width : query_width + kv_width]
+            value = qkv[..., query_width + kv_width :]
+        else:
+            query, key, value = self.query_dense(x), self.key_dense(x), self.value_dense(x)
+        query = ops.reshape(query, (batch, length, self.num_query_heads, self.head_dim))
+        key = ops.reshape(key, (batch, length, self.num_key_value_heads, self.head_dim))
+        value = ops.reshape(value, (batch, length, self.num_key_value_heads, self.head_dim))
+        cos, sin = rope if rope is not None else rotary_tables(positions, self.inverse_frequencies)
+        query = apply_rotary_tables(query, cos, sin)
+        key = apply_rotary_tables(key, cos, sin)
 
         if cache is not None:
             key_cache, value_cache = cache

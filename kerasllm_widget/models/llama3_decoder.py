@@ -57,7 +57,11 @@ class Llama3TransformerDecoder(keras.layers.Layer):
 
         def dense(units, name):
             return keras.layers.Dense(
-                units, use_bias=mlp_bias, kernel_initializer=kernel_initializer, dtype=policy, name=name
+                units,
+                use_bias=mlp_bias,
+                kernel_initializer=kernel_initializer,
+                dtype=policy,
+                name=name,
             )
 
         self.feedforward_gate_dense = dense(intermediate_dim, "ffn_gate")
@@ -73,9 +77,24 @@ class Llama3TransformerDecoder(keras.layers.Layer):
         self.feedforward_output_dense.build((*input_shape[:-1], self.intermediate_dim))
         self.built = True
 
-    def call(self, x, positions, attention_mask, cache=None, cache_index=None,
-             return_probabilities: bool = False):
-        """Returns ``(output, new_cache, attention_probabilities_or_None)``."""
+    def call(
+        self,
+        x,
+        positions,
+        attention_mask,
+        cache=None,
+        cache_index=None,
+        return_probabilities: bool = False,
+        rope=None,
+        fused=None,
+    ):
+        """Returns ``(output, new_cache, attention_probabilities_or_None)``.
+
+        ``rope``: shared RoPE tables (see `Llama3Attention.call`). ``fused``: kernels the engine
+        derives for inference, ``{"qkv": ..., "gate_up": ...}`` (either may be absent; see
+        `kerasllm_widget.generation.fused_weights`).
+        """
+        fused = fused or {}
         attended, cache, probabilities = self.attention(
             self.attention_norm(x),
             positions=positions,
@@ -83,11 +102,17 @@ class Llama3TransformerDecoder(keras.layers.Layer):
             cache=cache,
             cache_index=cache_index,
             return_probabilities=return_probabilities,
+            rope=rope,
+            fused_qkv=fused.get("qkv"),
         )
         x = x + attended
         h = self.feedforward_norm(x)
-        gated = ops.silu(self.feedforward_gate_dense(h)) * self.feedforward_intermediate_dense(h)
-        return x + self.feedforward_output_dense(gated), cache, probabilities
+        if "gate_up" in fused:
+            gate_up = ops.matmul(h, fused["gate_up"])
+            gate, up = gate_up[..., : self.intermediate_dim], gate_up[..., self.intermediate_dim :]
+        else:
+            gate, up = self.feedforward_gate_dense(h), self.feedforward_intermediate_dense(h)
+        return x + self.feedforward_output_dense(ops.silu(gate) * up), cache, probabilities
 
     def get_config(self):
         return {

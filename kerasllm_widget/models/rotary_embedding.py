@@ -48,16 +48,27 @@ def rope_inverse_frequencies(
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
+def rotary_tables(positions, inverse_frequencies):
+    """``(cos, sin)``, float32 ``[B, T, 1, head_dim]``, for ``positions [B, T]``: computed once
+    per forward pass and shared by every layer."""
+    angles = ops.cast(positions, "float32")[..., None] * ops.convert_to_tensor(inverse_frequencies)
+    angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, head_dim]
+    return ops.cos(angles), ops.sin(angles)
+
+
+def apply_rotary_tables(x, cos, sin):
+    """Rotates ``x [B, T, heads, head_dim]`` with tables from `rotary_tables`."""
+    cos = ops.cast(cos, x.dtype)
+    sin = ops.cast(sin, x.dtype)
+    half = x.shape[-1] // 2
+    rotated = ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
 def apply_rotary_embedding(x, positions, inverse_frequencies):
     """Rotates ``x [B, T, heads, head_dim]`` by ``positions [B, T]`` (rotate-half convention).
 
     Hugging Face checkpoints store Q/K rows in the rotate-half order; GGUF files use the
     interleaved order and are converted when read (`checkpoints/gguf_checkpoint.py`).
     """
-    angles = ops.cast(positions, "float32")[..., None] * ops.convert_to_tensor(inverse_frequencies)
-    angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, head_dim]
-    cos = ops.cast(ops.cos(angles), x.dtype)
-    sin = ops.cast(ops.sin(angles), x.dtype)
-    half = x.shape[-1] // 2
-    rotated = ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    return apply_rotary_tables(x, *rotary_tables(positions, inverse_frequencies))
