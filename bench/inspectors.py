@@ -74,8 +74,14 @@ def kernel_figures(model, lengths: list[int], layer: int, reference: bool) -> li
         ids, grown_ids = ids[:length], ids
         # First use of a length: the programs of its bucket are compiled (once per bucket).
         warm = inspect.AttentionMaps(model, ids)
-        _, compile_s = timed(lambda warm=warm: (warm.warm_up(), warm.thumbnails(1, THUMBNAIL)))
-        inspect.AttentionMaps(model, grown_ids, previous=warm).warm_up()
+        _, compile_s = timed(
+            lambda warm=warm: (
+                [None for _ in iter(warm.warm_up, False)],
+                warm.thumbnails(1, THUMBNAIL),
+            )
+        )
+        grown_warm = inspect.AttentionMaps(model, grown_ids, previous=warm)
+        [None for _ in iter(grown_warm.warm_up, False)]
         maps = inspect.AttentionMaps(model, ids)
         quantized, first_s = timed(lambda maps=maps: maps.quantized(0, "mean"))
         _, head_s = timed(lambda maps=maps: maps.quantized(0, 1))

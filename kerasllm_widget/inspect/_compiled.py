@@ -66,7 +66,8 @@ class LayerRunner:
         self.num_heads = int(attention.num_query_heads)
         self._groups = self.num_heads // int(attention.num_key_value_heads)
         self.compiled = keras.backend.backend() == "jax"
-        self.warm_lengths: set[int] = set()  # padded lengths whose view programs are compiled
+        # Padded length -> which of the views' programs are compiled for it.
+        self.warm_lengths: dict[int, set[str]] = {}
         if self.compiled:
             import jax
 
@@ -394,18 +395,31 @@ class InspectionPass:
         return True
 
     def warm_up(self) -> bool:
-        """Compiles the programs a view of this length runs (a head, the head average, one
-        block), if no earlier pass of the same padded length did; True if it compiled them."""
+        """Compiles the next of the programs a view of this length runs (the head average, one
+        head, a block), unless an earlier pass of the same padded length did; False once all
+        are. One program per call, so that a caller can answer a request in between.
+
+        Example:
+            >>> while run.warm_up():  # doctest: +SKIP
+            ...     pass
+        """
         runner = self._runner
-        if not runner.compiled or self.padded_length in runner.warm_lengths:
+        if not runner.compiled:
             return False
-        self.head_codes(0, "mean")
-        self.head_codes(0, 0)
-        if self.computed_blocks == 0:
-            self.advance()
-            self.advance()
-        runner.warm_lengths.add(self.padded_length)
-        return True
+        done = runner.warm_lengths.setdefault(self.padded_length, set())
+        for step in ("mean", "head", "block"):
+            if step in done:
+                continue
+            if step == "mean":
+                self.head_codes(0, "mean")
+            elif step == "head":
+                self.head_codes(0, 0)
+            else:
+                while self.computed_blocks == 0:
+                    self.advance()
+            done.add(step)
+            return True
+        return False
 
     def probabilities(self, index: int) -> np.ndarray:
         """Block ``index``'s attention probabilities ``[B, H, T, T]`` on the real length."""

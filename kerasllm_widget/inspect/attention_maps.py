@@ -89,12 +89,13 @@ class AttentionMaps:
         return self._pass.advance()
 
     def warm_up(self) -> bool:
-        """Compiles what a view of this length runs, unless an earlier text of the same padded
-        length did (lengths are padded to buckets); True if it compiled. Meant for idle time.
+        """Compiles the next program a view of this length runs, unless an earlier text of the
+        same padded length did (lengths are padded to buckets); False once all are compiled.
+        Meant for idle time, one call per gap.
 
         Example:
-            >>> maps.warm_up()  # doctest: +SKIP
-            True
+            >>> while maps.warm_up():  # doctest: +SKIP
+            ...     pass
         """
         return self._pass.warm_up()
 
