@@ -271,3 +271,35 @@ def test_warming_up_a_length_compiles_once_per_bucket(tiny):
     assert first.prepared_layers == 2  # the block ran (and compiled) too
     # Another text padded to the same bucket finds the programs compiled.
     assert AttentionMaps(backbone, rng.integers(0, 512, size=1030)).warm_up() is False
+
+
+def test_an_overview_is_the_full_map_pooled_by_block_maxima(tiny):
+    from kerasllm_widget.inspect import block_max, dequantize
+
+    backbone, _ = tiny
+    token_ids = np.random.default_rng(9).integers(0, 512, size=700)
+    maps = AttentionMaps(backbone, token_ids)
+    whole = maps.layer(1)
+    for head in (2, "mean"):
+        full = maps.quantized(1, head)
+        view = maps.overview(1, head, cells=128)
+        # 700 tokens pad to 768: blocks of 6 tokens, 117 cells a side (the last of 4 tokens).
+        assert view.block == 6 and view.codes.codes.shape == (117, 117)
+        assert view.codes.scale == full.scale
+        np.testing.assert_array_equal(view.codes.codes, block_max(full.codes, 6))
+        np.testing.assert_array_equal(view.row_max, full.codes.max(axis=1))
+        # The same as pooling the float map with numpy, then decoding: within one code step.
+        expected = block_max(whole.mean(0) if head == "mean" else whole[head], 6)
+        step = 1.0 / 255
+        decoded = np.sqrt(dequantize(view.codes) / view.codes.scale)
+        assert np.abs(decoded - np.sqrt(expected / expected.max())).max() < step
+        # A zoomed region is the full map's codes there, on the whole map's scale.
+        region = maps.region(1, head, rows=(300, 420), cols=(10, 400))
+        np.testing.assert_array_equal(region.codes, full.codes[300:420, 10:400])
+        assert region.scale == full.scale
+    # Short maps are sent whole.
+    short = maps.overview(0, 0, cells=768)
+    assert short.block == 1
+    np.testing.assert_array_equal(short.codes.codes, maps.quantized(0, 0).codes)
+    with pytest.raises(ValueError, match="not inside"):
+        maps.region(1, 0, rows=(0, 701), cols=(0, 10))

@@ -314,3 +314,41 @@ def test_a_chat_that_grew_prepares_its_attention_reusing_the_old_pass(tiny):
     fresh = inspect.AttentionMaps(tiny, maps.token_ids[0])
     assert np.abs(maps.layer(1) - fresh.layer(1)).max() < 1e-5
     chat.close()
+
+
+def test_attention_view_sends_an_overview_then_regions_at_full_resolution(tiny):
+    from kerasllm_widget.inspect import block_max
+    from kerasllm_widget.widgets.attention_view import AttentionView
+
+    widget = AttentionView(tiny, text=TEXT * 4)
+    front = FrontEnd(widget)
+    opened, _ = front.ask(P.ATTENTION_OPEN, text=None)
+    length = opened["length"]
+    assert 64 < length <= 128  # padded to 128: blocks of 4 tokens for 32 cells
+    sequence_id = opened["sequence_id"]
+    full = widget.maps().quantized(1, 3).codes
+    answer, buffers = front.ask(
+        P.ATTENTION_REQUEST, sequence_id=sequence_id, layer=1, head=3, cells=32
+    )
+    assert answer["kind"] == P.ATTENTION_RESULT and answer["block"] == 4
+    assert answer["region"] is None
+    side = -(-length // 4)
+    assert answer["array"]["shape"] == [side, side] and len(buffers[0]) == side * side
+    codes = np.frombuffer(bytes(buffers[answer["array"]["buffer"]]), np.uint8).reshape(side, side)
+    np.testing.assert_array_equal(codes, block_max(full, 4))
+    row_max = answer["row_max"]
+    assert row_max["shape"] == [length]
+    np.testing.assert_array_equal(
+        np.frombuffer(bytes(buffers[row_max["buffer"]]), np.uint8), full.max(axis=1)
+    )
+    answer, buffers = front.ask(
+        P.ATTENTION_REQUEST, sequence_id=sequence_id, layer=1, head=3, region=[10, 30, 5, 25]
+    )
+    assert answer["region"] == [10, 30, 5, 25] and answer["block"] == 1
+    codes = np.frombuffer(bytes(buffers[0]), np.uint8).reshape(20, 20)
+    np.testing.assert_array_equal(codes, full[10:30, 5:25])
+    answer, _ = front.ask(
+        P.ATTENTION_REQUEST, sequence_id=sequence_id, layer=1, head=3, region=[10, 5, 0, 4]
+    )
+    assert answer["kind"] == P.INSPECT_ERROR and answer["code"] == P.ERROR_BAD_REQUEST
+    widget.close()

@@ -1,7 +1,11 @@
 // The attention inspector: layer and head pickers, the heatmap of the chosen head (or the head
 // average), the text lit by what a token attends to, and on demand the layers x heads grid.
-// Each layer is computed by the kernel only when asked and arrives as 8-bit codes; answers about
-// an older sequence or selection are dropped, so fast clicking never draws a stale map.
+// Each layer is computed by the kernel only when asked and arrives as 8-bit codes, shrunk to block
+// maxima of about the heatmap's pixels; zooming in fetches the region on screen at full
+// resolution. Answers about an older sequence or selection are dropped, so fast clicking never
+// draws a stale map.
+
+const REGION_DELAY_MS = 120; // a zoom or pan settles before its region is asked for
 
 import { decodeArray } from "../shared/codecs";
 import { h } from "../shared/dom";
@@ -11,11 +15,14 @@ import {
   type AttentionResult,
   type AttentionSequence,
   type AttentionThumbnails,
+  OVERVIEW_CELLS,
   REQUEST,
   RESPONSE,
 } from "../shared/inspect_protocol";
+import { coversWindow, type Region, regionFor } from "./blocks";
 import { Heatmap } from "./heatmap";
 import { ModelGrid } from "./model_view";
+import type { ViewWindow } from "./raster";
 import { TextStrip } from "./text_strip";
 
 export type HeadChoice = number | "mean";
@@ -68,6 +75,9 @@ export class AttentionView {
   private ticket = 0;
   private pinned: number | null = null;
   private overviewId: string | null = null;
+  private regionTimer: ReturnType<typeof setTimeout> | null = null;
+  private regionTicket = 0;
+  private asked: Region | null = null; // the region last asked for, of the map drawn now
 
   constructor(private readonly options: AttentionViewOptions) {
     this.layer = options.layer;
@@ -78,6 +88,7 @@ export class AttentionView {
         this.pinned = row;
         this.showQuery(row);
       },
+      view: (window) => this.scheduleRegion(window),
     });
     this.strip = new TextStrip({
       hover: (index) => {
@@ -232,6 +243,7 @@ export class AttentionView {
         sequence_id: sequence.sequence_id,
         layer,
         head,
+        cells: OVERVIEW_CELLS,
       })
       .then((answer) => {
         if (ticket !== this.ticket) return;
@@ -248,7 +260,18 @@ export class AttentionView {
   ): void {
     const { message, buffers } = answer;
     const array = decodeArray(message.array, buffers);
-    this.heatmap.setData(array.data as Uint8Array, message.array, sequence.pieces, !fresh);
+    const rowMax = message.row_max
+      ? (decodeArray(message.row_max, buffers).data as Uint8Array)
+      : undefined;
+    this.asked = null;
+    this.regionTicket++; // a region of the map drawn before is not this map's
+    this.heatmap.setData(array.data as Uint8Array, message.array, sequence.pieces, !fresh, {
+      length: sequence.length,
+      block: message.block ?? 1,
+      rowMax,
+    });
+    this.el.dataset.block = String(message.block ?? 1);
+    delete this.el.dataset.detail;
     this.showQuery(this.pinned);
     this.errorEl.hidden = true;
     const bytes = array.data.byteLength;
@@ -267,7 +290,56 @@ export class AttentionView {
   }
 
   private showQuery(row: number | null): void {
-    this.strip.light(row, row === null ? null : this.heatmap.row(row));
+    if (row === null) {
+      this.strip.light(null, null);
+      return;
+    }
+    const span = this.heatmap.querySpan(row);
+    this.strip.light(span.start, this.heatmap.row(row), span.end);
+  }
+
+  /** After a zoom or pan settles: the region on screen at full resolution, unless it is here. */
+  private scheduleRegion(window: ViewWindow): void {
+    if (this.regionTimer !== null) clearTimeout(this.regionTimer);
+    this.regionTimer = setTimeout(() => {
+      this.regionTimer = null;
+      this.requestRegion(window);
+    }, REGION_DELAY_MS);
+  }
+
+  private requestRegion(window: ViewWindow): void {
+    const sequence = this.sequence;
+    if (!sequence || this.el.dataset.state !== "ready") return;
+    const have = this.heatmap.detailRegion ?? this.asked;
+    if (have && coversWindow(have, window)) return;
+    const region = regionFor(window, sequence.length, this.heatmap.cellBlock, this.heatmap.pixels);
+    if (region === null) return;
+    this.asked = region;
+    const ticket = ++this.regionTicket;
+    const started = performance.now();
+    this.options.client
+      .request<AttentionResult>(REQUEST.attention, {
+        sequence_id: sequence.sequence_id,
+        layer: this.layer,
+        head: this.head,
+        region: [region.row0, region.row1, region.col0, region.col1],
+      })
+      .then(({ message, buffers }) => {
+        if (ticket !== this.regionTicket || !message.region) return;
+        const [row0, row1, col0, col1] = message.region;
+        const codes = decodeArray(message.array, buffers).data as Uint8Array;
+        this.heatmap.setDetail({ region: { row0, row1, col0, col1 }, codes });
+        this.showQuery(this.pinned);
+        this.el.dataset.detail = message.region.join(",");
+        this.el.dataset.detailMs = (performance.now() - started).toFixed(1);
+      })
+      .catch((error: Error) => {
+        if (ticket !== this.regionTicket) return;
+        this.asked = null;
+        if (error instanceof InspectError && error.code === "superseded") return;
+        this.errorEl.textContent = error.message;
+        this.errorEl.hidden = false;
+      });
   }
 
   private startOverview(): void {
@@ -309,6 +381,7 @@ export class AttentionView {
   }
 
   dispose(): void {
+    if (this.regionTimer !== null) clearTimeout(this.regionTimer);
     this.stopProgress();
     this.stopOverview();
     this.heatmap.dispose();

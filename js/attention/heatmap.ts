@@ -1,10 +1,14 @@
 // The T x T attention heatmap on canvas: wheel to zoom about the pointer, drag to pan, double-click
 // to see the whole map again; a down-sampled overview with the visible window beside it; the row
 // and column under the pointer highlighted, and a tooltip with both tokens and the weight.
+// The map arrives shrunk to block maxima (`block` tokens a cell side, about one cell a pixel);
+// a full-resolution region (`setDetail`) is drawn over it where the user has zoomed in. All
+// coordinates here are tokens; a cell outside the region stands for a block of them.
 
 import { type ArrayHeader, dequantizeOne } from "../shared/codecs";
 import { lookupTable } from "../shared/colour";
 import { h } from "../shared/dom";
+import { cellSpans, codeAt, type Detail, rowCodes, rowSpan, type Span } from "./blocks";
 import {
   type CodeGrid,
   cellAt,
@@ -32,6 +36,18 @@ export interface HeatmapEvents {
   hover(row: number | null, col: number | null): void;
   /** A click pins a query row (null unpins). */
   select(row: number | null): void;
+  /** The window moved (zoom, pan, whole map). */
+  view?(window: ViewWindow): void;
+}
+
+/** How the codes of `setData` relate to tokens. */
+export interface MapShape {
+  /** Tokens a side of the map. */
+  length: number;
+  /** Tokens per cell side (1: full resolution). */
+  block: number;
+  /** The largest code of each query row at full resolution (for the per-row colour scale). */
+  rowMax?: Uint8Array;
 }
 
 function canvas(cls: string, side: number, height = side): HTMLCanvasElement {
@@ -66,6 +82,10 @@ export class Heatmap {
   private codes: Uint8Array | null = null;
   private base: CodeGrid | null = null;
   private perRow = false;
+  private block = 1;
+  private rowMax: Uint8Array | null = null;
+  private detail: Detail | null = null;
+  private detailCanvas: HTMLCanvasElement | null = null;
 
   constructor(private readonly events: HeatmapEvents) {
     const stack = h("div", { class: "kw-heatmap-stack" }, this.canvas, this.overlay, this.tooltip);
@@ -94,19 +114,61 @@ export class Heatmap {
     this.listen();
   }
 
-  /** Shows a new map: 8-bit codes, `length` x `length`, and the pieces naming its rows. */
-  setData(codes: Uint8Array, header: ArrayHeader, pieces: string[], keepWindow = false): void {
-    const length = header.shape[0] ?? 0;
-    if (codes.length !== length * length) throw new Error("the attention map is not square");
+  /** Shows a new map: 8-bit codes of `ceil(length / block)` cells a side (by default the
+   *  whole `length` x `length` map), and the pieces naming its rows. */
+  setData(
+    codes: Uint8Array,
+    header: ArrayHeader,
+    pieces: string[],
+    keepWindow = false,
+    shape?: MapShape,
+  ): void {
+    const cells = header.shape[0] ?? 0;
+    if (codes.length !== cells * cells) throw new Error("the attention map is not square");
+    const length = shape?.length ?? cells;
+    const block = shape?.block ?? 1;
+    if (Math.ceil(length / block) !== cells)
+      throw new Error("the map's cells do not fit its tokens");
     const sameShape = length === this.length;
     this.header = header;
     this.pieces = pieces;
     this.length = length;
+    this.block = block;
+    this.rowMax = shape?.rowMax ?? null;
     this.codes = codes;
+    this.detail = null;
+    this.detailCanvas = null;
     this.build();
     if (!(keepWindow && sameShape)) this.window = fullWindow(length);
     if (this.pinned !== null && this.pinned >= length) this.pinned = null;
     this.render();
+    this.events.view?.(this.view);
+  }
+
+  /** Draws full-resolution codes of one region over the map (on the map's scale). */
+  setDetail(detail: Detail): void {
+    const { region } = detail;
+    if (detail.codes.length !== (region.row1 - region.row0) * (region.col1 - region.col0)) {
+      throw new Error("the region's codes do not fit it");
+    }
+    this.detail = detail;
+    this.buildDetail();
+    this.render();
+  }
+
+  /** The region drawn at full resolution, if any. */
+  get detailRegion(): Detail["region"] | null {
+    return this.detail ? { ...this.detail.region } : null;
+  }
+
+  /** Tokens per overview cell side. */
+  get cellBlock(): number {
+    return this.block;
+  }
+
+  /** Device pixels a side of the heatmap. */
+  get pixels(): number {
+    return this.canvas.width;
   }
 
   /** Colours each row relative to its own maximum (true) or to the whole map's (false). */
@@ -121,7 +183,8 @@ export class Heatmap {
   private build(): void {
     const codes = this.codes;
     if (codes === null) return;
-    const base = { data: codes, rows: this.length, cols: this.length };
+    const cells = Math.ceil(this.length / this.block);
+    const base = { data: codes, rows: cells, cols: cells };
     const shown = this.perRow ? normaliseRows(base) : base;
     // The pyramid is of the colours shown; the value under the pointer is always read from the
     // codes as sent (`base`), whatever the colour scale.
@@ -139,6 +202,30 @@ export class Heatmap {
       }
       return level;
     });
+    this.buildDetail();
+  }
+
+  private buildDetail(): void {
+    const detail = this.detail;
+    if (detail === null) return;
+    const { region } = detail;
+    const grid = {
+      data: detail.codes,
+      rows: region.row1 - region.row0,
+      cols: region.col1 - region.col0,
+    };
+    const maxima = this.rowMax?.subarray(region.row0, region.row1);
+    const shown = this.perRow ? normaliseRows(grid, maxima) : grid;
+    const level = document.createElement("canvas");
+    level.width = grid.cols;
+    level.height = grid.rows;
+    const context = level.getContext("2d");
+    if (context) {
+      const image = context.createImageData(grid.cols, grid.rows);
+      paint(shown, this.table, image.data);
+      context.putImageData(image, 0, 0);
+    }
+    this.detailCanvas = level;
   }
 
   /** Highlights a query row chosen elsewhere (a token hovered in the text). */
@@ -147,18 +234,26 @@ export class Heatmap {
     this.renderOverlay();
   }
 
-  /** The weight of one cell, decoded. */
+  /** The weight of one token cell, decoded: exact inside the detail, its block's maximum elsewhere. */
   value(row: number, col: number): number {
     const base = this.base;
     if (!base || !this.header) return 0;
-    return dequantizeOne(this.header, base.data[row * base.cols + col] ?? 0);
+    return dequantizeOne(this.header, codeAt(base, this.block, this.detail, row, col));
   }
 
-  /** A query row's weights, decoded (what the text strip lights up). */
+  /** A query row's weights over every key, decoded (what the text strip lights up). */
   row(row: number): Float32Array {
     const out = new Float32Array(this.length);
-    for (let col = 0; col < this.length; col++) out[col] = this.value(row, col);
+    const header = this.header;
+    if (!this.base || !header) return out;
+    const codes = rowCodes(this.base, this.block, this.detail, row, this.length);
+    for (let col = 0; col < this.length; col++) out[col] = dequantizeOne(header, codes[col] ?? 0);
     return out;
+  }
+
+  /** The query tokens a highlighted row stands for at the resolution drawn there. */
+  querySpan(row: number): Span {
+    return rowSpan(row, this.block, this.length, this.detail);
   }
 
   get view(): ViewWindow {
@@ -169,10 +264,10 @@ export class Heatmap {
     const context = this.canvas.getContext("2d");
     if (!context || this.levels.length === 0) return;
     const side = this.canvas.width;
-    const cellsPerPixel = this.window.span / side;
+    const cellsPerPixel = this.window.span / this.block / side;
     const level = levelFor(cellsPerPixel, this.levels.length);
     const source = this.levels[level];
-    const scale = 2 ** level;
+    const scale = 2 ** level * this.block; // tokens per pixel of `source`
     context.imageSmoothingEnabled = false;
     context.clearRect(0, 0, side, side);
     if (source) {
@@ -186,6 +281,18 @@ export class Heatmap {
         0,
         side,
         side,
+      );
+    }
+    const detail = this.detail;
+    if (detail && this.detailCanvas) {
+      const { region } = detail;
+      const f = side / this.window.span;
+      context.drawImage(
+        this.detailCanvas,
+        (region.col0 - this.window.x0) * f,
+        (region.row0 - this.window.y0) * f,
+        (region.col1 - region.col0) * f,
+        (region.row1 - region.row0) * f,
       );
     }
     this.renderOverview();
@@ -258,15 +365,28 @@ export class Heatmap {
     const side = this.overlay.width;
     context.clearRect(0, 0, side, side);
     const cell = side / this.window.span;
-    const band = (row: number | null, col: number | null, colour: string) => {
+    // A band covers the tokens the highlighted cell stands for: one, or a block of the overview.
+    const band = (rows: Span | null, cols: Span | null, colour: string) => {
       context.fillStyle = colour;
-      if (row !== null) context.fillRect(0, (row - this.window.y0) * cell, side, Math.max(cell, 1));
-      if (col !== null) context.fillRect((col - this.window.x0) * cell, 0, Math.max(cell, 1), side);
+      if (rows !== null) {
+        const height = Math.max((rows.end - rows.start) * cell, 1);
+        context.fillRect(0, (rows.start - this.window.y0) * cell, side, height);
+      }
+      if (cols !== null) {
+        const width = Math.max((cols.end - cols.start) * cell, 1);
+        context.fillRect((cols.start - this.window.x0) * cell, 0, width, side);
+      }
     };
-    const row = this.hovered?.row ?? this.external ?? this.pinned;
+    const hovered = this.hovered;
+    const row = hovered?.row ?? this.external ?? this.pinned;
     if (this.pinned !== null && this.pinned !== row)
-      band(this.pinned, null, "rgba(207, 34, 46, 0.12)");
-    if (row !== null) band(row, this.hovered?.col ?? null, "rgba(207, 34, 46, 0.18)");
+      band(this.querySpan(this.pinned), null, "rgba(207, 34, 46, 0.12)");
+    if (hovered) {
+      const spans = cellSpans(hovered.row, hovered.col, this.block, this.length, this.detail);
+      band(spans.rows, spans.cols, "rgba(207, 34, 46, 0.18)");
+    } else if (row !== null) {
+      band(this.querySpan(row), null, "rgba(207, 34, 46, 0.18)");
+    }
   }
 
   private pointer(event: MouseEvent): { fx: number; fy: number } {
@@ -287,6 +407,7 @@ export class Heatmap {
         const { fx, fy } = this.pointer(event);
         this.window = zoomAt(this.window, this.length, event.deltaY < 0 ? 1.25 : 0.8, fx, fy);
         this.render();
+        this.events.view?.(this.view);
       },
       { passive: false },
     );
@@ -302,6 +423,7 @@ export class Heatmap {
           this.drag = { x: event.clientX, y: event.clientY, moved: true };
           this.window = panBy(this.window, this.length, dx, dy);
           this.render();
+          this.events.view?.(this.view);
         }
         return;
       }
@@ -324,6 +446,7 @@ export class Heatmap {
     target.addEventListener("dblclick", () => {
       this.window = fullWindow(this.length);
       this.render();
+      this.events.view?.(this.view);
     });
     this.overview.addEventListener("click", (event) => {
       const rect = this.overview.getBoundingClientRect();
@@ -331,6 +454,7 @@ export class Heatmap {
       const row = ((event.clientY - rect.top) / rect.height) * this.length;
       this.window = centreOn(this.window, this.length, col, row);
       this.render();
+      this.events.view?.(this.view);
     });
   }
 
@@ -348,13 +472,31 @@ export class Heatmap {
       this.tooltip.hidden = true;
     } else {
       const weight = this.value(cell.row, cell.col);
-      this.tooltip.replaceChildren(
-        h("span", { class: "kw-tip-q" }, this.pieces[cell.row] ?? ""),
-        " → ",
-        h("span", { class: "kw-tip-k" }, this.pieces[cell.col] ?? ""),
-        h("span", { class: "kw-tip-v" }, `${cell.col > cell.row ? "masked" : weight.toFixed(4)}`),
-        h("span", { class: "kw-tip-pos" }, `query ${cell.row}, key ${cell.col}`),
-      );
+      const { rows, cols } = cellSpans(cell.row, cell.col, this.block, this.length, this.detail);
+      const masked = cols.start > rows.end - 1;
+      if (rows.end - rows.start === 1 && cols.end - cols.start === 1) {
+        this.tooltip.replaceChildren(
+          h("span", { class: "kw-tip-q" }, this.pieces[cell.row] ?? ""),
+          " → ",
+          h("span", { class: "kw-tip-k" }, this.pieces[cell.col] ?? ""),
+          h("span", { class: "kw-tip-v" }, `${masked ? "masked" : weight.toFixed(4)}`),
+          h("span", { class: "kw-tip-pos" }, `query ${cell.row}, key ${cell.col}`),
+        );
+      } else {
+        // A cell of the overview: the largest weight of its block (zoom in for each token's).
+        this.tooltip.replaceChildren(
+          h("span", { class: "kw-tip-q" }, this.pieces[rows.start] ?? ""),
+          "… → ",
+          h("span", { class: "kw-tip-k" }, this.pieces[cols.start] ?? ""),
+          "…",
+          h("span", { class: "kw-tip-v" }, `${masked ? "masked" : `max ${weight.toFixed(4)}`}`),
+          h(
+            "span",
+            { class: "kw-tip-pos" },
+            `queries ${rows.start}–${rows.end - 1}, keys ${cols.start}–${cols.end - 1}`,
+          ),
+        );
+      }
       this.tooltip.hidden = false;
       const x = Math.min(fx * SIZE + 12, SIZE - 160);
       const y = Math.min(fy * SIZE + 12, SIZE - 40);

@@ -81,4 +81,10 @@ describe("row scaling", () => {
     const grid = { data: Uint8Array.from([255, 0, 0, 51, 17, 0, 0, 0, 0]), rows: 3, cols: 3 };
     expect(Array.from(normaliseRows(grid).data)).toEqual([255, 0, 0, 255, 85, 0, 0, 0, 0]);
   });
+
+  it("scales a region's rows by the whole rows' maxima", () => {
+    const region = { data: Uint8Array.from([51, 17, 10, 0]), rows: 2, cols: 2 };
+    // Row 0's largest weight lies outside the region (code 102): the region is dimmer than 255.
+    expect(Array.from(normaliseRows(region, [102, 10]).data)).toEqual([128, 43, 255, 0]);
+  });
 });

@@ -33,11 +33,13 @@ export function paint(
  * row's largest code gives exactly the square root of p / rowmax: a query whose weights are all
  * small (a long sequence, with most mass on a sink) still shows where its attention goes.
  */
-export function normaliseRows(grid: CodeGrid): CodeGrid {
+export function normaliseRows(grid: CodeGrid, maxima?: ArrayLike<number>): CodeGrid {
+  // `maxima`: each row's largest code over the whole map, for a grid that holds part of its rows
+  // (a zoomed region): the region is then coloured as the whole rows are.
   const out = new Uint8Array(grid.data.length);
   for (let r = 0; r < grid.rows; r++) {
     const row = grid.data.subarray(r * grid.cols, (r + 1) * grid.cols);
-    let top = 0;
+    let top = maxima?.[r] ?? 0;
     for (let c = 0; c < row.length; c++) top = Math.max(top, row[c] ?? 0);
     if (top === 0) continue;
     const f = 255 / top;

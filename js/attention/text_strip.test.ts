@@ -33,4 +33,17 @@ describe("text strip", () => {
     spans[1]?.dispatchEvent(new Event("mouseenter"));
     expect(hovered).toEqual([1]);
   });
+
+  it("marks every query token of a cell of a shrunk map", () => {
+    const strip = new TextStrip({ hover: () => {}, select: () => {} });
+    strip.setTokens(["a", "b", "c", "d", "e"], ["text", "text", "text", "text", "text"]);
+    const focused = () =>
+      Array.from(strip.el.querySelectorAll(".kw-strip-focus")).map((el) => el.textContent);
+    strip.light(2, [1, 0, 0.5, 0, 0], 4);
+    expect(focused()).toEqual(["c", "d"]);
+    strip.light(1, [1, 0, 0, 0, 0]);
+    expect(focused()).toEqual(["b"]);
+    strip.light(null, null);
+    expect(focused()).toEqual([]);
+  });
 });

@@ -30,7 +30,7 @@ export class TextStrip {
   readonly el = h("div", { class: "kw-strip", "aria-label": "Tokens of the sequence" });
   private spans: HTMLElement[] = [];
   private lit: number[] = [];
-  private focus: number | null = null;
+  private focus: number[] = [];
 
   constructor(private readonly events: TextStripEvents) {}
 
@@ -56,17 +56,21 @@ export class TextStrip {
     });
     this.el.replaceChildren(...nodes);
     this.lit = [];
-    this.focus = null;
+    this.focus = [];
   }
 
-  /** Lights the keys of `query` by `weights` (its row of the map); null clears. */
-  light(query: number | null, weights: ArrayLike<number> | null): void {
+  /** Lights the keys of `query` by `weights` (its row of the map); null clears. `until`: the
+   *  query stands for tokens `query .. until - 1` (a cell of a shrunk map), all marked. */
+  light(query: number | null, weights: ArrayLike<number> | null, until?: number): void {
     for (const index of this.lit) this.spans[index]?.style.removeProperty("background-color");
     this.lit = [];
-    if (this.focus !== null) this.spans[this.focus]?.classList.remove("kw-strip-focus");
-    this.focus = query;
+    for (const index of this.focus) this.spans[index]?.classList.remove("kw-strip-focus");
+    this.focus = [];
     if (query === null || weights === null) return;
-    this.spans[query]?.classList.add("kw-strip-focus");
+    for (let index = query; index < Math.max(query + 1, until ?? 0); index++) {
+      this.spans[index]?.classList.add("kw-strip-focus");
+      this.focus.push(index);
+    }
     const values = strengths(weights);
     for (let i = 0; i < values.length; i++) {
       const v = values[i] ?? 0;

@@ -9,6 +9,10 @@ import type { ArrayHeader } from "./codecs";
 
 export const INSPECT_PROTOCOL_VERSION = 1;
 
+/** The most cells a side of the attention map a view is first sent (about its pixels); the
+ *  kernel shrinks longer maps to block maxima and sends regions at full resolution on request. */
+export const OVERVIEW_CELLS = 512;
+
 /** Front end to kernel. */
 export const REQUEST = {
   tokens: "tokens.request",
@@ -139,7 +143,13 @@ export interface AttentionResult {
   layer: number;
   head: number | "mean";
   compute_s: number;
+  /** Tokens per cell side of `array` (1: full resolution). */
+  block: number;
+  /** The [row0, row1, col0, col1] of the map `array` covers; null: the whole map. */
+  region: [number, number, number, number] | null;
   array: ArrayHeader;
+  /** With an overview: the largest code of each query row at full resolution (uint8 [T]). */
+  row_max?: ArrayHeader;
 }
 
 export interface AttentionThumbnails {

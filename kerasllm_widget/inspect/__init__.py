@@ -16,6 +16,7 @@ import importlib
 # attention code pulls in Keras and JAX, which a panel that is still loading its model can wait for.
 _EXPORTS = {
     "AttentionMaps": "attention_maps",
+    "AttentionOverview": "attention_maps",
     "attention": "attention_maps",
     "NextTokenDistribution": "distributions",
     "SequenceScores": "distributions",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "PreprocessTable": "preprocess_table",
     "preprocess": "preprocess_table",
     "QuantizedArray": "quantization",
+    "block_max": "quantization",
     "dequantize": "quantization",
     "downsample_max": "quantization",
     "quantize": "quantization",

@@ -16,7 +16,10 @@ the prefix are copied, not computed.
 
 The views ask for one head (or the head average) at a time: `LayerRunner.head_codes` computes
 only that head's softmax and returns it already quantised, so a 2,048-token map costs one
-``T x T`` matrix product and 4 MB, not every head's probabilities in float32.
+``T x T`` matrix product, not every head's probabilities in float32. What leaves the program is
+the map shrunk to block maxima (`LayerRunner.head_overview`, 512 x 512 codes at 2,048 tokens:
+256 KB instead of 4 MB); the full-resolution codes stay where they were computed until a view
+zooms in and asks for a region of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CHUNK = 256  # query rows per chunk of a block (bucket lengths past 256 are multiples of it)
 _MASK_VALUE = -1e9  # as the model's explicit path: a fully masked row stays finite
 _CODE_LEVELS = 255  # the views' maps: 8-bit square-root codes (see quantization.py)
+# The most cells a side of the map a view is first sent: about the heatmap's pixels (440 CSS px).
+OVERVIEW_CELLS = 512
 
 
 def bucket_length(length: int) -> int:
@@ -73,7 +78,7 @@ class LayerRunner:
 
             self._block = jax.jit(self._block_step)
             self._probabilities = jax.jit(self._probabilities_step)
-            self._head_codes = jax.jit(self._head_codes_step, static_argnames=("mean",))
+            self._head_codes = jax.jit(self._head_codes_step, static_argnames=("mean", "block"))
             self._thumbnails = jax.jit(self._thumbnails_step, static_argnames=("block",))
 
     def _scope(self, values):
@@ -167,7 +172,9 @@ class LayerRunner:
         allowed = attention_mask[0] & real_rows[:, None]
         return head_fn(lambda head: self._head_probabilities(query, key, allowed, head))
 
-    def _head_codes_step(self, values, x, positions, attention_mask, length, head, mean: bool):
+    def _head_codes_step(
+        self, values, x, positions, attention_mask, length, head, mean: bool, block: int
+    ):
         import jax
         import jax.numpy as jnp
 
@@ -186,7 +193,15 @@ class LayerRunner:
         scale = probabilities.max()
         normalised = probabilities / jnp.where(scale > 0, scale, 1.0)
         codes = jnp.rint(jnp.sqrt(normalised) * _CODE_LEVELS).astype(jnp.uint8)
-        return codes, scale
+        row_max = codes.max(axis=1)
+        if block == 1:
+            return codes, scale, row_max, codes
+        # The code is monotonic in the probability, so the block maximum of the codes is the
+        # code of the block maximum: the same as pooling the float map, then quantising.
+        side = -(-x.shape[1] // block)
+        extra = side * block - x.shape[1]
+        pooled = jnp.pad(codes, ((0, extra), (0, extra))).reshape(side, block, side, block)
+        return pooled.max(axis=(1, 3)), scale, row_max, codes
 
     def _thumbnails_step(self, values, x, positions, attention_mask, length, block: int):
         import jax
@@ -247,17 +262,29 @@ class LayerRunner:
     ) -> QuantizedArray:
         """One head's map (``head="mean"``: the head average) of batch row 0, ``[length, length]``,
         as 8-bit square-root codes relative to its maximum."""
-        mean = head == "mean"
-        if not self.compiled:
-            from kerasllm_widget.inspect.quantization import quantize
+        return self.head_overview(index, x, positions, attention_mask, length, head, block=1)[0]
 
+    def head_overview(
+        self, index: int, x, positions, attention_mask, length: int, head, block: int
+    ) -> tuple[QuantizedArray, np.ndarray, object]:
+        """One head's map (or ``"mean"``) of batch row 0 as 8-bit codes shrunk to the maximum of
+        each ``block x block`` block: ``(codes [n, n] with n = ceil(length / block), the largest
+        code of each of the ``length`` query rows, the full codes)``. The full codes are left
+        where they were computed (a device array; ``[padded, padded]``) for a later region."""
+        from kerasllm_widget.inspect.quantization import block_max, quantize
+
+        mean = head == "mean"
+        side = -(-length // block)
+        if not self.compiled:
             probabilities = self.probabilities(index, x, positions, attention_mask)[
                 0, :, :length, :length
             ]
-            return quantize(
+            full = quantize(
                 probabilities.mean(0) if mean else probabilities[int(head)], bits=8, gamma=0.5
             )
-        codes, scale = self._head_codes(
+            pooled = QuantizedArray(block_max(full.codes, block), full.scale, full.gamma)
+            return pooled, full.codes.max(axis=1), full.codes
+        pooled, scale, row_max, full = self._head_codes(
             self._values(index),
             x,
             positions,
@@ -265,9 +292,11 @@ class LayerRunner:
             np.int32(length),
             np.int32(0 if mean else head),
             mean=mean,
+            block=int(block),
         )
-        codes = np.ascontiguousarray(np.asarray(codes)[:length, :length])
-        return QuantizedArray(codes, float(scale), 0.5)
+        codes = np.ascontiguousarray(np.asarray(pooled)[:side, :side])
+        row_max = np.ascontiguousarray(np.asarray(row_max)[:length])
+        return QuantizedArray(codes, float(scale), 0.5), row_max, full
 
     def thumbnails(
         self, index: int, x, positions, attention_mask, length: int, size: int
@@ -407,13 +436,14 @@ class InspectionPass:
         if not runner.compiled:
             return False
         done = runner.warm_lengths.setdefault(self.padded_length, set())
+        block = self.overview_block(OVERVIEW_CELLS)
         for step in ("mean", "head", "block"):
             if step in done:
                 continue
             if step == "mean":
-                self.head_codes(0, "mean")
+                self.head_overview(0, "mean", block)
             elif step == "head":
-                self.head_codes(0, 0)
+                self.head_overview(0, 0, block)
             else:
                 while self.computed_blocks == 0:
                     self.advance()
@@ -432,6 +462,24 @@ class InspectionPass:
         """Block ``index``'s map of one head or ``"mean"`` (batch row 0) as 8-bit codes."""
         return self._runner.head_codes(
             index, self.layer_input(index), self._positions, self._attention_mask, self.length, head
+        )
+
+    def overview_block(self, cells: int) -> int:
+        """Tokens per side of an overview cell so that a map has at most ``cells`` cells a side.
+        Taken from the padded length, so every text of one bucket runs the same program."""
+        return max(1, -(-self.padded_length // max(1, int(cells))))
+
+    def head_overview(self, index: int, head, block: int):
+        """Block ``index``'s map of one head or ``"mean"`` shrunk to ``block`` maxima; see
+        `LayerRunner.head_overview`."""
+        return self._runner.head_overview(
+            index,
+            self.layer_input(index),
+            self._positions,
+            self._attention_mask,
+            self.length,
+            head,
+            block,
         )
 
     def thumbnails(self, index: int, size: int) -> np.ndarray:

@@ -4,22 +4,42 @@ The generation path keeps every layer's attention fused. Here a separate, non-ca
 the stack on the fused path and remembers the residual stream entering each layer; asking for a
 layer then recomputes only that layer's attention with the explicit softmax. A second layer
 (or a second head of the same layer) therefore costs one attention block, not a new forward pass.
-The views take one head at a time, already quantised (`AttentionMaps.quantized`), and the
-model view's thumbnails are shrunk where they are computed; neither holds every head in float32.
+The views take one head at a time, already quantised and shrunk to what a heatmap can show
+(`AttentionMaps.overview`), then full-resolution regions of it as the user zooms in
+(`AttentionMaps.region`); the model view's thumbnails are shrunk where they are computed too.
+None of them holds every head in float32.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from kerasllm_widget.inspect._compiled import InspectionPass
+from kerasllm_widget.inspect._compiled import OVERVIEW_CELLS, InspectionPass
 from kerasllm_widget.inspect._sources import backbone_of
 from kerasllm_widget.inspect.quantization import QuantizedArray
 
 Head = int | Literal["mean"] | None
+
+
+@dataclass(frozen=True)
+class AttentionOverview:
+    """One head's map shrunk for drawing: cell ``(i, j)`` is the largest weight of query tokens
+    ``i*block .. (i+1)*block - 1`` on keys ``j*block .. (j+1)*block - 1`` (the last cells may
+    cover fewer tokens).
+
+    The maximum, not the mean: a head that looks one token back draws a one-token line, which a
+    mean over a 4 x 4 block would dim to a quarter; the maximum keeps every sharp weight visible
+    at the colour it has, and a zoomed region shows how it spreads inside the block.
+    """
+
+    codes: QuantizedArray  # [n, n] 8-bit codes, n = ceil(length / block); scale: the map's maximum
+    block: int  # tokens per cell side
+    row_max: np.ndarray  # [length] uint8: the largest code of each query row at full resolution
+    length: int
 
 
 class AttentionMaps:
@@ -65,6 +85,9 @@ class AttentionMaps:
         self._pass = InspectionPass(self.backbone, token_ids, padding_mask, previous=earlier)
         self.max_cached_layers = max(1, int(max_cached_layers))
         self._probabilities: OrderedDict[int, np.ndarray] = OrderedDict()
+        # The full-resolution codes of the last overview, where they were computed: regions of it
+        # are cut out as a view zooms in, with no second pass.
+        self._full: tuple[tuple[int, int | str], QuantizedArray, object] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -169,6 +192,48 @@ class AttentionMaps:
         if head is None or head == "mean":
             return self._pass.head_codes(index, "mean")
         return self._pass.head_codes(index, self._check_head(head))
+
+    def overview(
+        self, layer: int, head: Head = "mean", cells: int = OVERVIEW_CELLS
+    ) -> AttentionOverview:
+        """One head's map (or the head average) as 8-bit codes shrunk to at most about ``cells``
+        cells a side by block maxima, computed where the map is (the first row of a batch).
+
+        Example:
+            >>> view = maps.overview(3, head=0, cells=512)  # doctest: +SKIP
+            >>> view.codes.codes.shape, view.block  # 2,048 tokens  # doctest: +SKIP
+            ((512, 512), 4)
+        """
+        index = self.layer_index(layer)
+        key = (index, "mean" if head is None or head == "mean" else self._check_head(head))
+        block = self._pass.overview_block(cells)
+        pooled, row_max, full = self._pass.head_overview(index, key[1], block)
+        self._full = (key, pooled, full)
+        return AttentionOverview(pooled, block, row_max, self.length)
+
+    def region(
+        self, layer: int, head: Head, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> QuantizedArray:
+        """Full-resolution codes of queries ``rows[0]..rows[1]-1`` on keys ``cols[0]..cols[1]-1``
+        of one head's map, on the scale of the whole map (what a zoomed view draws). Cut from the
+        last `overview` of the same layer and head when there is one.
+
+        Example:
+            >>> maps.region(3, 0, rows=(100, 200), cols=(0, 150)).codes.shape  # doctest: +SKIP
+            (100, 150)
+        """
+        index = self.layer_index(layer)
+        key = (index, "mean" if head is None or head == "mean" else self._check_head(head))
+        (r0, r1), (c0, c1) = (int(v) for v in rows), (int(v) for v in cols)
+        if not (0 <= r0 < r1 <= self.length and 0 <= c0 < c1 <= self.length):
+            raise ValueError(
+                f"region rows {r0}..{r1}, cols {c0}..{c1} is not inside a map of {self.length} tokens"
+            )
+        if self._full is None or self._full[0] != key:
+            self.overview(index, key[1])
+        _, pooled, full = self._full
+        codes = np.ascontiguousarray(np.asarray(full)[r0:r1, c0:c1])
+        return QuantizedArray(codes, pooled.scale, pooled.gamma)
 
     def thumbnails(self, layer: int, size: int = 48) -> np.ndarray:
         """Every head of one layer shrunk to at most ``size x size`` (block maximum): ``[H, s, s]``;

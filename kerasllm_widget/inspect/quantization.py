@@ -121,13 +121,28 @@ def downsample_max(matrix: np.ndarray, size: int) -> np.ndarray:
     rows, cols = matrix.shape[-2:]
     row_block = max(1, -(-rows // size))
     col_block = max(1, -(-cols // size))
+    return block_max(matrix, row_block, col_block)
+
+
+def block_max(matrix: np.ndarray, block: int, col_block: int | None = None) -> np.ndarray:
+    """A ``[..., T, S]`` array shrunk by taking the maximum of each ``block x col_block`` block
+    (``col_block`` defaults to ``block``); the last blocks of each axis may be shorter.
+
+    Example:
+        >>> block_max(np.arange(9).reshape(3, 3), 2).tolist()
+        [[4, 5], [7, 8]]
+    """
+    matrix = np.asarray(matrix)
+    row_block = max(1, int(block))
+    col_block = row_block if col_block is None else max(1, int(col_block))
     if row_block == 1 and col_block == 1:
         return matrix
+    rows, cols = matrix.shape[-2:]
     pad_rows = -rows % row_block
     pad_cols = -cols % col_block
     if pad_rows or pad_cols:
         widths = [(0, 0)] * (matrix.ndim - 2) + [(0, pad_rows), (0, pad_cols)]
-        matrix = np.pad(matrix, widths)
+        matrix = np.pad(matrix, widths)  # zeros: never larger than a block's maximum of values >= 0
     shape = matrix.shape[:-2] + (
         matrix.shape[-2] // row_block,
         row_block,

@@ -25,7 +25,10 @@ PROTOCOL_VERSION = 1
 TOKENS_REQUEST = "tokens.request"  # {text: str | None (the conversation), compare: bool}
 PREPROCESS_REQUEST = "preprocess.request"  # {texts: [str] | None, sequence_length: int}
 ATTENTION_OPEN = "attention.open"  # {text: str | None}: which tokens; answers attention.sequence
-ATTENTION_REQUEST = "attention.request"  # {sequence_id, layer, head: int | "mean"}
+# {sequence_id, layer, head: int | "mean", cells?: int, region?: [row0, row1, col0, col1]}:
+# without cells or region the whole map; with cells the map shrunk to block maxima (at most about
+# cells a side); with region the full-resolution codes of those query rows and key columns.
+ATTENTION_REQUEST = "attention.request"
 ATTENTION_OVERVIEW = "attention.overview"  # {sequence_id, size}: every layer's thumbnails
 PROBABILITIES_REQUEST = "probabilities.request"  # {}: the conversation scored token by token
 STEP_REQUEST = "step.request"  # {action, token_id?, text?}
@@ -34,7 +37,10 @@ STEP_REQUEST = "step.request"  # {action, token_id?, text?}
 TOKENS_RESULT = "tokens.result"  # {tables: [TokenTable], labels: [str]}
 PREPROCESS_RESULT = "preprocess.result"  # {table}
 ATTENTION_SEQUENCE = "attention.sequence"  # {sequence_id, pieces, roles, num_layers, num_heads}
-ATTENTION_RESULT = "attention.result"  # {sequence_id, layer, head, compute_s, array} + 1 buffer
+# {sequence_id, layer, head, compute_s, block, region, array, row_max?} + 1 or 2 buffers: block is
+# tokens per cell side (1: full resolution), region the [row0, row1, col0, col1] the codes cover
+# (null: the whole map), row_max (with cells) the largest code of each query row at full resolution.
+ATTENTION_RESULT = "attention.result"
 ATTENTION_THUMBNAILS = "attention.thumbnails"  # {sequence_id, layer, num_layers, array} + 1 buffer
 # {sequence_id, ready_layers, num_layers, reused_tokens}, id "": how far the forward pass has come
 ATTENTION_PROGRESS = "attention.progress"
@@ -135,6 +141,8 @@ def parse_request(content: Any) -> Request:
             raise ProtocolError(f"{kind} needs a field {name!r} of type {names}")
     if kind == ATTENTION_REQUEST and isinstance(content["head"], str) and content["head"] != "mean":
         raise ProtocolError("head must be a head index or 'mean'")
+    if kind == ATTENTION_REQUEST:
+        _check_attention_extent(content)
     if kind == STEP_REQUEST and content["action"] not in STEP_ACTIONS:
         raise ProtocolError(f"unknown step action {content['action']!r}")
     if kind == PREPROCESS_REQUEST:
@@ -144,6 +152,23 @@ def parse_request(content: Any) -> Request:
         ):
             raise ProtocolError("preprocess.request needs 'texts' as a list of strings or null")
     return Request(kind, request_id, dict(content))
+
+
+def _check_attention_extent(content: dict) -> None:
+    cells, region = content.get("cells"), content.get("region")
+    if cells is not None and (not isinstance(cells, int) or isinstance(cells, bool) or cells < 1):
+        raise ProtocolError("attention.request 'cells' must be a positive integer")
+    if region is not None:
+        if not (
+            isinstance(region, list)
+            and len(region) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in region)
+            and 0 <= region[0] < region[1]
+            and 0 <= region[2] < region[3]
+        ):
+            raise ProtocolError(
+                "attention.request 'region' must be [row0, row1, col0, col1] with row0 < row1, col0 < col1"
+            )
 
 
 def pack_arrays(arrays: dict[str, np.ndarray], buffers: list | None = None) -> tuple[dict, list]:

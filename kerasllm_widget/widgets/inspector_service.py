@@ -125,7 +125,10 @@ class InspectorService:
             P.TOKENS_REQUEST: (self._tokens, None),
             P.PREPROCESS_REQUEST: (self._preprocess, None),
             P.ATTENTION_OPEN: (self._attention_open, None),
-            P.ATTENTION_REQUEST: (self._attention, "attention.request"),
+            P.ATTENTION_REQUEST: (
+                self._attention,
+                "attention.region" if request.content.get("region") else "attention.request",
+            ),
             P.ATTENTION_OVERVIEW: (self._overview_start, "attention.overview"),
             P.PROBABILITIES_REQUEST: (self._probabilities, "probabilities.request"),
             P.STEP_REQUEST: (self._step_request, None),
@@ -296,10 +299,24 @@ class InspectorService:
         while maps.prepared_layers <= index:  # the forward pass up to it, reported as it goes
             maps.prepare_next_layer()
             self._progress(sequence_id, maps)
-        quantized = maps.quantized(index, head)
-        compute_s = time.perf_counter() - started
+        # What a view draws first is the map shrunk to about its pixels (``cells``), computed
+        # and shrunk where the map is; zooming in then asks for a region at full resolution.
+        cells, region = request.content.get("cells"), request.content.get("region")
         buffers: list = []
+        extra: dict = {"block": 1, "region": None}
+        if region is not None:
+            quantized = maps.region(index, head, rows=region[:2], cols=region[2:])
+            extra["region"] = list(region)
+        elif cells is not None:
+            overview = maps.overview(index, head, cells=cells)
+            quantized = overview.codes
+            extra["block"] = overview.block
+        else:
+            quantized = maps.quantized(index, head)
+        compute_s = time.perf_counter() - started
         header = P.pack_quantized(quantized, buffers)
+        if region is None and cells is not None:
+            extra["row_max"] = P.pack_arrays({"row_max": overview.row_max}, buffers)[0]["row_max"]
         self._start_preparing(sequence_id)
         return (
             P.envelope(
@@ -310,6 +327,7 @@ class InspectorService:
                 head=head,
                 compute_s=compute_s,
                 array=header,
+                **extra,
             ),
             buffers,
         )
