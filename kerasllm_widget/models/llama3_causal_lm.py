@@ -42,6 +42,12 @@ class Llama3CausalLM(keras.Model):
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.preset_name = preset_name
+        self.build()
+
+    def build(self, input_shape=None):
+        # The backbone builds its weights in its constructor and the head reuses them: the task
+        # model is ready at once (Keras' `quantize` refuses models that are not built).
+        self.built = True
 
     def call(self, inputs):
         hidden = self.backbone(inputs)
