@@ -302,3 +302,16 @@ def test_context_full_on_a_short_context(random_llama32_checkpoint):
     assert done.stop_reason == "context_full"
     assert done.generated_tokens == 64 - 50
     assert done.notice
+
+
+def test_decode_calls_are_sized_by_the_measured_step_time():
+    from kerasllm_widget.generation.engine import DECODE_CALL_S, decode_call_tokens
+
+    # Doubling from one token until a step time is known, capped by the compiled chunk.
+    assert [decode_call_tokens(None, n, 16) for n in (1, 2, 4, 8, 16)] == [2, 4, 8, 16, 16]
+    # Slow steps: a call holds no more than DECODE_CALL_S of work (at least one token), so a
+    # Stop waits for about two such calls, not for two compiled chunks.
+    assert decode_call_tokens(4 * DECODE_CALL_S, 8, 16) == 1
+    assert decode_call_tokens(DECODE_CALL_S / 3, 8, 16) == 3
+    # Fast steps (an accelerator): the compiled chunk is the limit.
+    assert decode_call_tokens(DECODE_CALL_S / 1000, 32, 64) == 64

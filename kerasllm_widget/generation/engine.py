@@ -49,6 +49,7 @@ __all__ = [
     "DecodeState",
     "GenerationEngine",
     "StepOutputs",
+    "decode_call_tokens",
     "enable_compilation_cache",
     "engine_for",
     "prompt_bucket",
@@ -58,6 +59,9 @@ MIN_PROMPT_BUCKET = 16
 MAX_PREFILL_CHUNK = 512
 CONTINUATION_CHUNK = 128  # prefill chunk after a reused prefix (the next turn of a chat)
 MIN_CACHE_BUCKET = 256
+# A decode call runs for about this long: Stop waits for the call being read back and the one in
+# flight behind it, so it lands within about twice this.
+DECODE_CALL_S = 0.1
 
 
 def _next_power_of_two(n: int) -> int:
@@ -361,6 +365,23 @@ def decode_n_tokens(
     return state, buffers, steps
 
 
+def decode_call_tokens(step_s: float | None, previous: int, most: int) -> int:
+    """Tokens for the next decode call: doubling from 1 (the second token shows fast), and no
+    more than `DECODE_CALL_S` worth at the measured seconds per step (so Stop lands soon), nor
+    more than ``most`` (the compiled chunk).
+
+    Example:
+        >>> [decode_call_tokens(None, n, 16) for n in (0, 1, 2, 8, 16)]
+        [1, 2, 4, 16, 16]
+        >>> decode_call_tokens(0.04, 8, 16), decode_call_tokens(0.002, 8, 64)
+        (2, 16)
+    """
+    count = min(most, max(1, 2 * previous))
+    if step_s is not None and step_s > 0:
+        count = min(count, max(1, int(DECODE_CALL_S / step_s)))
+    return count
+
+
 def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
     """``(chunk length, padded length)`` for prefilling ``length`` tokens after ``start``."""
     if start == 0 and length <= MAX_PREFILL_CHUNK:
@@ -408,9 +429,9 @@ class GenerationEngine:
         self.model = model
         self.trace_counts: Counter = Counter()
         on_accelerator = jax.default_backend() != "cpu"
-        # Tokens per decode call: on an accelerator dispatch is the cost to amortise; on a CPU a
-        # step takes milliseconds, and small chunks keep the stream smooth.
-        self.chunk_size = chunk_size or (16 if on_accelerator else 4)
+        # The most tokens per decode call (the compiled chunk): on an accelerator dispatch is the
+        # cost to amortise. Each call runs fewer when steps are slow (`decode_call_tokens`).
+        self.chunk_size = chunk_size or (64 if on_accelerator else 16)
         self.cache_dtype = cache_dtype or model.backbone.compute_dtype
         # The default for `stream`/`generate` when no sampler is given; `compile(sampler=...)`
         # sets it. Greedy: the same prompt gives the same text.
@@ -852,6 +873,8 @@ class GenerationEngine:
             # Each chunk is dispatched before the previous one's tokens are read back, so the
             # device keeps working while the host turns tokens into events.
             chunk = 1
+            step_s = None  # measured seconds per decode step
+            read_at = timings.first_token
             if produced < max_new_tokens and not done.all() and not _cancelled(cancel_event):
                 in_flight = self._decode(
                     weights,
@@ -867,9 +890,7 @@ class GenerationEngine:
             while in_flight is not None:
                 state, outputs, steps = in_flight
                 in_flight = None
-                # Chunks grow (1, 2, 4, ...) so the second token shows fast, then dispatch is
-                # amortised over up to `chunk_size` tokens.
-                chunk = min(self.chunk_size, chunk * 2)
+                chunk = decode_call_tokens(step_s, chunk, self.chunk_size)
                 if planned < max_new_tokens and not _cancelled(cancel_event):
                     count = min(chunk, max_new_tokens - planned)
                     in_flight = self._decode(
@@ -883,6 +904,10 @@ class GenerationEngine:
                     break  # every row stopped, or the cache is full
                 outputs = StepOutputs(*(o[:, :steps] for o in outputs))
                 timings.last_token = time.perf_counter()
+                # The device ran this call while the host waited for the previous one.
+                measured = (timings.last_token - read_at) / steps
+                step_s = measured if step_s is None else 0.5 * (step_s + measured)
+                read_at = timings.last_token
                 produced += steps
                 timings.generated = produced
                 if generated is not None:
