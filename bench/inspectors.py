@@ -13,7 +13,8 @@ Prints, for each length T:
   of floats for contrast;
 - in the browser (JupyterLab + headless Chromium, the harness of tests/browser): time from asking
   for a map to the map drawn: the first view, another head, then the time until the background
-  forward pass has made every layer ready, and a deep layer after it;
+  forward pass has made every layer ready, a deep layer after it (the map as sent: shrunk to
+  block maxima past 512 tokens), and the region on screen at full resolution once zoomed in;
 - bertviz's `head_view` on the same attention, where bertviz is importable: the size of its HTML
   and whether headless Chromium draws it within a time limit. bertviz loads require.js, d3 and
   jQuery from a CDN; with --bertviz-js pointing at a folder holding them (npm packages d3@5,
@@ -237,6 +238,24 @@ def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> 
             view.locator("select.kw-layer").select_option(str(layer))
             deep = wait(index, "layer", str(layer))
             status = view.locator(".kw-attn-status").inner_text()
+            sent = int(view.get_attribute("data-bytes") or 0)
+            # Zoomed in (eight wheel steps: about a sixth of the map), the region on screen comes
+            # at full resolution; from asking for it (once the zoom settles) to drawn.
+            zoom_ms = None
+            if view.get_attribute("data-block") not in (None, "1"):
+                box = view.locator(".kw-heatmap-overlay").bounding_box()
+                page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7)
+                for _ in range(8):
+                    page.mouse.wheel(0, -100)
+                    page.wait_for_timeout(30)
+                page.wait_for_function(
+                    "(i) => document.querySelectorAll('.kw-attention')[i].dataset.detail",
+                    arg=index,
+                    timeout=timeout_s * 1000,
+                )
+                zoom_ms = float(view.get_attribute("data-detail-ms") or "nan")
+                view.screenshot(path=str(root / f"attention-{length}-zoomed.png"))
+                page.mouse.dblclick(box["x"] + 10, box["y"] + 10)
             rows.append(
                 {
                     "T": length,
@@ -244,12 +263,15 @@ def browser_figures(model, lengths: list[int], layer: int, timeout_s: float) -> 
                     "other_head_ms": other_head,
                     "deep_layer_ms": deep,
                     "pass_s": pass_s,
+                    "sent_bytes": sent,
+                    "zoom_ms": zoom_ms,
                 }
             )
+            zoomed = "" if zoom_ms is None else f" · zoomed region {zoom_ms:5.0f} ms"
             print(
                 f"T={length:5d}  browser: first view {first:8.0f} ms · another head {other_head:6.0f} ms · "
                 f"every layer ready {pass_s:6.1f} s after the cell ran · then layer {layer} "
-                f"{deep:6.0f} ms   ({status})",
+                f"{deep:6.0f} ms ({sent / 1e3:.0f} KB sent){zoomed}   ({status})",
                 flush=True,
             )
             view.screenshot(path=str(root / f"attention-{length}.png"))

@@ -303,3 +303,14 @@ def test_an_overview_is_the_full_map_pooled_by_block_maxima(tiny):
     np.testing.assert_array_equal(short.codes.codes, maps.quantized(0, 0).codes)
     with pytest.raises(ValueError, match="not inside"):
         maps.region(1, 0, rows=(0, 701), cols=(0, 10))
+
+
+def test_preparing_stops_once_every_layer_has_its_input(tiny):
+    backbone, _ = tiny
+    maps = AttentionMaps(backbone, np.arange(40) % 512)
+    steps = 0
+    while maps.prepare_next_layer():
+        steps += 1
+    # Two layers: the embeddings, then block 0 (layer 1's input); the last block's output
+    # feeds no map and is not run.
+    assert steps == 2 and maps.prepared_layers == 2 and maps._pass.computed_blocks == 1

@@ -329,6 +329,7 @@ export class AttentionView {
         const [row0, row1, col0, col1] = message.region;
         const codes = decodeArray(message.array, buffers).data as Uint8Array;
         this.heatmap.setDetail({ region: { row0, row1, col0, col1 }, codes });
+        this.asked = null; // from now on the heatmap's own region says what is here
         this.showQuery(this.pinned);
         this.el.dataset.detail = message.region.join(",");
         this.el.dataset.detailMs = (performance.now() - started).toFixed(1);

@@ -141,8 +141,7 @@ export class Heatmap {
     this.build();
     if (!(keepWindow && sameShape)) this.window = fullWindow(length);
     if (this.pinned !== null && this.pinned >= length) this.pinned = null;
-    this.render();
-    this.events.view?.(this.view);
+    this.moved();
   }
 
   /** Draws full-resolution codes of one region over the map (on the map's scale). */
@@ -154,6 +153,17 @@ export class Heatmap {
     this.detail = detail;
     this.buildDetail();
     this.render();
+  }
+
+  /** After a zoom or pan: a region whose tokens are now smaller than a pixel is dropped (the
+   *  overview's block maxima show its sharp weights; a shrunk region would lose them). */
+  private moved(): void {
+    if (this.detail && this.window.span > this.canvas.width) {
+      this.detail = null;
+      this.detailCanvas = null;
+    }
+    this.render();
+    this.events.view?.(this.view);
   }
 
   /** The region drawn at full resolution, if any. */
@@ -406,8 +416,7 @@ export class Heatmap {
         event.preventDefault();
         const { fx, fy } = this.pointer(event);
         this.window = zoomAt(this.window, this.length, event.deltaY < 0 ? 1.25 : 0.8, fx, fy);
-        this.render();
-        this.events.view?.(this.view);
+        this.moved();
       },
       { passive: false },
     );
@@ -422,8 +431,7 @@ export class Heatmap {
         if (Math.abs(dx) + Math.abs(dy) > 0.003) {
           this.drag = { x: event.clientX, y: event.clientY, moved: true };
           this.window = panBy(this.window, this.length, dx, dy);
-          this.render();
-          this.events.view?.(this.view);
+          this.moved();
         }
         return;
       }
@@ -445,16 +453,14 @@ export class Heatmap {
     });
     target.addEventListener("dblclick", () => {
       this.window = fullWindow(this.length);
-      this.render();
-      this.events.view?.(this.view);
+      this.moved();
     });
     this.overview.addEventListener("click", (event) => {
       const rect = this.overview.getBoundingClientRect();
       const col = ((event.clientX - rect.left) / rect.width) * this.length;
       const row = ((event.clientY - rect.top) / rect.height) * this.length;
       this.window = centreOn(this.window, this.length, col, row);
-      this.render();
-      this.events.view?.(this.view);
+      this.moved();
     });
   }
 

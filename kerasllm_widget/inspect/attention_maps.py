@@ -109,6 +109,10 @@ class AttentionMaps:
             >>> while maps.prepare_next_layer():  # doctest: +SKIP
             ...     pass
         """
+        # The last block's output feeds no attention map: a view that asks for a layer once every
+        # layer is ready must not wait behind it.
+        if self.prepared_layers >= self.num_layers:
+            return False
         return self._pass.advance()
 
     def warm_up(self) -> bool:

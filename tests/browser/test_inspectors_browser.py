@@ -4,7 +4,8 @@ Chromium), with the real Llama 3 tokenizer and the real SmolLM2-135M-Instruct mo
 Types text into a TokenInspector and reads the chips ("Hello" is 9906, as in the seed); has a
 short chat in a ChatWidget, colours its reply by probability and opens a token's alternatives;
 opens its Attention tab, checks the canvas drew the chosen head and the background forward pass
-made every layer ready; opens the Probabilities tab, clicks a generated token and reads its
+made every layer ready; opens a 700-token map (sent shrunk to block maxima), zooms into it and
+checks the region on screen arrives at full resolution; opens the Probabilities tab, clicks a generated token and reads its
 alternatives, and takes a step of the step mode with a token the sampler did not pick.
 Screenshots go to test-artifacts/, named after the front end.
 """
@@ -34,6 +35,7 @@ def cells(tokenizer_json: str) -> list[str]:
         "AttentionView(chat.chat_state.model, text='The cat sat on the mat because it was tired.')",
         "from kerasllm_widget.widgets.preprocessor_inspector import PreprocessorInspector\n"
         "PreprocessorInspector(tokenizer, ['Hello', 'Hi there!'], sequence_length=6)",
+        "AttentionView(chat.chat_state.model, text='The cat sat on the mat because it was tired. ' * 64)",
     ]
 
 
@@ -268,3 +270,56 @@ def test_standalone_attention_view_and_preprocessor_inspector(notebook):
     assert ids[0] == "128000" and ids[-1] == "0"  # start token first; padded at the end
     assert table.locator('.kw-pre-group[data-index="0"] .kw-cell-pad').count() >= 3
     shot(notebook, table.locator(".kw-root"), "preprocessor")
+
+
+def test_a_long_map_arrives_shrunk_and_its_zoomed_region_at_full_resolution(notebook):
+    page = notebook.page
+    notebook.run_cell(4)
+    view = page.locator(".kerasllm-widget").nth(4)
+    attention = view.locator(".kw-attention")
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[4]
+                   ?.querySelector('.kw-attention')?.dataset.state === 'ready'""",
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+    length = view.locator(".kw-strip-token").count()
+    assert 600 < length <= 768
+    # 768 padded tokens over at most 512 cells: blocks of 2 tokens a side, a quarter of the bytes.
+    assert attention.get_attribute("data-block") == "2"
+    cells = -(-length // 2)
+    assert int(attention.get_attribute("data-bytes")) == cells * cells
+    overlay = view.locator(".kw-heatmap-overlay")
+    box = overlay.bounding_box()
+    # Hovering the overview: a cell stands for a block of queries and keys.
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.75)
+    tip = view.locator(".kw-heatmap-tip")
+    assert "queries" in tip.inner_text() and "max" in tip.inner_text()
+    assert view.locator(".kw-strip-token.kw-strip-focus").count() == 2
+    for _ in range(8):  # about a sixth of the map on screen
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(30)
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[4]
+                   ?.querySelector('.kw-attention')?.dataset.detail""",
+        timeout=120_000,
+    )
+    row0, row1, col0, col1 = map(int, attention.get_attribute("data-detail").split(","))
+    assert 0 <= row0 < row1 <= length and 0 <= col0 < col1 <= length
+    assert row1 - row0 < length  # a region, not the whole map again
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    text = tip.inner_text()
+    assert "query " in text and "queries" not in text  # one token at full resolution
+    assert view.locator(".kw-strip-token.kw-strip-focus").count() == 1
+    pixels = page.evaluate(
+        """() => {
+            const canvas = document.querySelectorAll('.kerasllm-widget')[4].querySelector('.kw-heatmap-canvas');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let inked = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i] < 240 || data[i + 1] < 240) inked++;
+            return { inked, total: data.length / 4 };
+        }"""
+    )
+    assert pixels["inked"] > 0.02 * pixels["total"], pixels
+    shot(notebook, view.locator(".kw-root"), "attention-long-zoomed")
+    page.mouse.dblclick(box["x"] + 5, box["y"] + box["height"] - 5)
+    shot(notebook, view.locator(".kw-root"), "attention-long")
