@@ -417,6 +417,7 @@ export class Heatmap {
         const { fx, fy } = this.pointer(event);
         this.window = zoomAt(this.window, this.length, event.deltaY < 0 ? 1.25 : 0.8, fx, fy);
         this.moved();
+        this.hover(event); // the cell under the pointer changed with the zoom
       },
       { passive: false },
     );
