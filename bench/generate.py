@@ -70,7 +70,7 @@ def worker_ours(dtype: str, quantize: str | None, repeats: int) -> dict:
 
     model = Llama3CausalLM.from_preset(str(smollm2_gguf()), dtype=dtype)
     if quantize:
-        model.backbone.quantize(quantize)  # Dense kernels to int8 (the embedding stays float)
+        model.quantize(quantize)  # Dense kernels to int8 (the embedding stays float)
     engine = engine_for(model)
     ids = prompt_ids(lambda text: model.tokenizer(text).tolist())
 
