@@ -78,7 +78,9 @@ def worker_ours(dtype: str, quantize: str | None, repeats: int) -> dict:
         engine.clear_cache()  # a fresh prompt every time: no prefix reuse
         start = time.perf_counter()
         first = None
-        for event in model.stream(ids, max_new_tokens=new_tokens, sampler="greedy", ignore_eos=True):
+        for event in model.stream(
+            ids, max_new_tokens=new_tokens, sampler="greedy", ignore_eos=True
+        ):
             if isinstance(event, TokenEvent) and first is None:
                 first = time.perf_counter() - start
             if isinstance(event, DoneEvent):
@@ -94,7 +96,12 @@ def worker_ours(dtype: str, quantize: str | None, repeats: int) -> dict:
     run(8)  # compiles (or loads from the persistent compilation cache); chunks are not shapes
     warm_up_s = time.perf_counter() - warm_start
     best = max((run() for _ in range(repeats)), key=lambda r: r["decode_tok_s"])
-    return {**best, "warm_up_s": warm_up_s, "peak_mb": peak_rss_mb(), "compiles": dict(engine.trace_counts)}
+    return {
+        **best,
+        "warm_up_s": warm_up_s,
+        "peak_mb": peak_rss_mb(),
+        "compiles": dict(engine.trace_counts),
+    }
 
 
 def worker_transformers(dtype: str, repeats: int) -> dict:
@@ -104,7 +111,9 @@ def worker_transformers(dtype: str, repeats: int) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     gguf = smollm2_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
+    ).eval()
     from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
 
     tokenizer = Llama3Tokenizer.from_preset(str(gguf))
@@ -124,8 +133,14 @@ def worker_transformers(dtype: str, repeats: int) -> dict:
         clock = Clock()
         start = time.perf_counter()
         with torch.no_grad():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, streamer=clock)
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                streamer=clock,
+            )
         times = clock.times[1:]  # the first put() is the prompt
         ttft = times[0] - start
         return {
@@ -162,7 +177,11 @@ def convert_gguf(source: Path, target: Path, dtype: str) -> None:
         data = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
         if dtype == "F16" and data.ndim == 2:
             data = data.astype(np.float16)
-        writer.add_tensor(tensor.name, data, raw_dtype=None if data.dtype != np.float16 else GGMLQuantizationType.F16)
+        writer.add_tensor(
+            tensor.name,
+            data,
+            raw_dtype=None if data.dtype != np.float16 else GGMLQuantizationType.F16,
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -214,8 +233,14 @@ def worker_chat(turns: int) -> dict:
     engine = engine_for(model)
     ttfts, warm = [], None
     for turn in range(turns):
-        for event in chat.stream(f"Tell me one fact about the number {turn + 1}.", temperature=0.7,
-                                 top_p=0.9, top_k=50, max_new_tokens=48, seed=turn):
+        for event in chat.stream(
+            f"Tell me one fact about the number {turn + 1}.",
+            temperature=0.7,
+            top_p=0.9,
+            top_k=50,
+            max_new_tokens=48,
+            seed=turn,
+        ):
             if isinstance(event, DoneEvent):
                 ttfts.append(event.time_to_first_token_s)
         # A person reads the reply and types the next message: background compiles finish then.
@@ -237,7 +262,9 @@ def worker_chat(turns: int) -> dict:
 # ------------------------------------------------------------------------------------ GPU
 
 
-def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int], profile: bool = False) -> None:
+def run_gpu(
+    batches: list[int], new_tokens: int, chunk_sizes: list[int], profile: bool = False
+) -> None:
     import jax
     import keras
     import numpy as np
@@ -248,46 +275,73 @@ def run_gpu(batches: list[int], new_tokens: int, chunk_sizes: list[int], profile
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
     device = jax.devices()[0]
-    print(f"device: {getattr(device, 'device_kind', device.platform)} ({jax.default_backend()}), "
-          f"jax {jax.__version__}, keras {keras.__version__}")
+    print(
+        f"device: {getattr(device, 'device_kind', device.platform)} ({jax.default_backend()}), "
+        f"jax {jax.__version__}, keras {keras.__version__}"
+    )
     keras.config.set_dtype_policy("bfloat16")
     backbone = Llama3Backbone(
-        vocabulary_size=128256, num_layers=16, num_query_heads=32, num_key_value_heads=8,
-        hidden_dim=2048, intermediate_dim=8192, head_dim=64, rope_max_wavelength=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        tie_word_embeddings=True, max_sequence_length=131072, dtype="bfloat16",
+        vocabulary_size=128256,
+        num_layers=16,
+        num_query_heads=32,
+        num_key_value_heads=8,
+        hidden_dim=2048,
+        intermediate_dim=8192,
+        head_dim=64,
+        rope_max_wavelength=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=True,
+        max_sequence_length=131072,
+        dtype="bfloat16",
     )
     model = Llama3CausalLM(backbone)
     weight_bytes = sum(int(np.prod(v.shape)) * 2 for v in model.weights)
     hbm = 4.8e12
     bound = hbm / weight_bytes
-    print(f"Llama-3.2-1B shape, random bfloat16 weights: {weight_bytes / 1e9:.2f} GB; "
-          f"HBM bound at batch 1: {bound:.0f} tok/s")
+    print(
+        f"Llama-3.2-1B shape, random bfloat16 weights: {weight_bytes / 1e9:.2f} GB; "
+        f"HBM bound at batch 1: {bound:.0f} tok/s"
+    )
     engine = engine_for(model)
     rng = np.random.default_rng(0)
-    print(f"{'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
-          f"{'steps/s':>8} {'of HBM bound':>13}")
+    print(
+        f"{'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
+        f"{'steps/s':>8} {'of HBM bound':>13}"
+    )
     for batch in batches:
         prompts = rng.integers(1000, 100000, size=(batch, PROMPT_TOKENS)).tolist()
         for chunk in chunk_sizes:
             engine.chunk_size = chunk  # tokens per decode call: a static shape, compiled once each
             for _ in range(3):  # the first run compiles
                 timings = RequestTimings()
-                for _ in engine.generate_tokens(prompts, max_new_tokens=new_tokens,
-                                                sampler=Sampler(temperature=0.0), timings=timings):
+                for _ in engine.generate_tokens(
+                    prompts,
+                    max_new_tokens=new_tokens,
+                    sampler=Sampler(temperature=0.0),
+                    timings=timings,
+                ):
                     pass
                 engine.clear_cache()
             steps = timings.decode_tokens_per_s
-            print(f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
-                  f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
-                  f"{steps:>8.0f} {steps / bound:>12.1%}")
+            print(
+                f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
+                f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
+                f"{steps:>8.0f} {steps / bound:>12.1%}"
+            )
     if profile:
         engine.chunk_size = chunk_sizes[-1]
         prompts = rng.integers(1000, 100000, size=(1, PROMPT_TOKENS)).tolist()
         folder = tempfile.mkdtemp(prefix="kerasllm-profile-")
         with jax.profiler.trace(folder):
-            for _ in engine.generate_tokens(prompts, max_new_tokens=new_tokens, sampler=Sampler(temperature=0.0)):
+            for _ in engine.generate_tokens(
+                prompts, max_new_tokens=new_tokens, sampler=Sampler(temperature=0.0)
+            ):
                 pass
         print_gpu_profile(folder, new_tokens)
 
@@ -298,8 +352,11 @@ def print_gpu_profile(folder: str, steps: int) -> None:
     import gzip
 
     trace = json.load(gzip.open(sorted(Path(folder).rglob("*.trace.json.gz"))[-1]))
-    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    names = {
+        e["pid"]: e["args"]["name"]
+        for e in trace["traceEvents"]
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
     gpu = {pid for pid, name in names.items() if "GPU" in name or "gpu" in name}
     busy, count = collections.Counter(), collections.Counter()
     first, last = float("inf"), 0.0
@@ -309,8 +366,10 @@ def print_gpu_profile(folder: str, steps: int) -> None:
             count[e["name"]] += 1
             first, last = min(first, e["ts"]), max(last, e["ts"] + e["dur"])
     total = sum(busy.values())
-    print(f"profile (batch 1, {steps} tokens): device busy {total / steps:.0f} us/token over a span of "
-          f"{(last - first) / steps:.0f} us/token, {sum(count.values()) / steps:.0f} kernels/token")
+    print(
+        f"profile (batch 1, {steps} tokens): device busy {total / steps:.0f} us/token over a span of "
+        f"{(last - first) / steps:.0f} us/token, {sum(count.values()) / steps:.0f} kernels/token"
+    )
     for name, micros in busy.most_common(12):
         print(f"  {micros / steps:8.1f} us/token {count[name] / steps:6.1f}x  {name[:90]}")
 
@@ -334,18 +393,24 @@ def llama_cpp_available() -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--chunks", default="16,64", help="decode tokens per call (--gpu)")
     parser.add_argument("--profile", action="store_true", help="device time per token (--gpu)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--no-int8", action="store_true", help="skip our model after quantize('int8')")
+    parser.add_argument(
+        "--no-int8", action="store_true", help="skip our model after quantize('int8')"
+    )
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--no-llama-cpp", action="store_true")
     parser.add_argument("--chat-turns", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2, help="measured runs per engine (best kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="measured runs per engine (best kept)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -361,29 +426,85 @@ def main() -> None:
         print(json.dumps(work()))
         return
     if args.gpu:
-        run_gpu([int(b) for b in args.batches.split(",")], args.new_tokens,
-                [int(c) for c in args.chunks.split(",")], args.profile)
+        run_gpu(
+            [int(b) for b in args.batches.split(",")],
+            args.new_tokens,
+            [int(c) for c in args.chunks.split(",")],
+            args.profile,
+        )
         return
 
     load = os.getloadavg()[0]
-    print(f"SmolLM2-135M-Instruct (GGUF), batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
-          f"tokens, streaming; {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    print(
+        f"SmolLM2-135M-Instruct (GGUF), batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
+        f"tokens, streaming; {os.cpu_count()} CPUs, load average {load:.1f} at start"
+    )
     rows = []
     for dtype in args.dtypes.split(","):
         gguf_type = {"float32": "F32", "bfloat16": "F16", "float16": "F16"}[dtype]
-        rows.append((f"ours {dtype}", dtype, spawn(["--worker", "ours", "--dtype", dtype, "--repeats", str(args.repeats)])))
+        rows.append(
+            (
+                f"ours {dtype}",
+                dtype,
+                spawn(["--worker", "ours", "--dtype", dtype, "--repeats", str(args.repeats)]),
+            )
+        )
         if not args.no_transformers:
-            rows.append((f"transformers {dtype}", dtype, spawn(["--worker", "transformers", "--dtype", dtype, "--repeats", str(args.repeats)])))
+            rows.append(
+                (
+                    f"transformers {dtype}",
+                    dtype,
+                    spawn(
+                        [
+                            "--worker",
+                            "transformers",
+                            "--dtype",
+                            dtype,
+                            "--repeats",
+                            str(args.repeats),
+                        ]
+                    ),
+                )
+            )
         if not args.no_llama_cpp:
             if llama_cpp_available():
-                rows.append((f"llama.cpp {gguf_type}", dtype, spawn(["--worker", "llama.cpp", "--dtype", gguf_type, "--repeats", str(args.repeats)])))
+                rows.append(
+                    (
+                        f"llama.cpp {gguf_type}",
+                        dtype,
+                        spawn(
+                            [
+                                "--worker",
+                                "llama.cpp",
+                                "--dtype",
+                                gguf_type,
+                                "--repeats",
+                                str(args.repeats),
+                            ]
+                        ),
+                    )
+                )
             else:
-                rows.append((f"llama.cpp {gguf_type}", dtype, {"error": "unavailable: llama-cpp-python is not installed"}))
+                rows.append(
+                    (
+                        f"llama.cpp {gguf_type}",
+                        dtype,
+                        {"error": "unavailable: llama-cpp-python is not installed"},
+                    )
+                )
     if not args.no_int8:
-        rows.append(("ours int8 (keras quantize)", "int8", spawn(["--worker", "ours-int8", "--repeats", str(args.repeats)])))
+        rows.append(
+            (
+                "ours int8 (keras quantize)",
+                "int8",
+                spawn(["--worker", "ours-int8", "--repeats", str(args.repeats)]),
+            )
+        )
 
-    print(f"\n{'engine':<28} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}  "
-          "decode vs transformers / llama.cpp (same dtype)")
+    print(
+        f"\n{'engine':<28} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}  "
+        "decode vs transformers / llama.cpp (same dtype)"
+    )
     by_name = {name: result for name, _, result in rows}
     for name, dtype, result in rows:
         if "error" in result:
@@ -392,23 +513,30 @@ def main() -> None:
         ratios = ""
         if name.startswith("ours"):
             parts = []
-            for other in (f"transformers {dtype}", f"llama.cpp {'F32' if dtype == 'float32' else 'F16'}"):
+            for other in (
+                f"transformers {dtype}",
+                f"llama.cpp {'F32' if dtype == 'float32' else 'F16'}",
+            ):
                 ref = by_name.get(other)
                 if ref and "error" not in ref:
                     parts.append(f"{result['decode_tok_s'] / ref['decode_tok_s']:.2f}x {other}")
             ratios = ", ".join(parts)
-        print(f"{name:<28} {result['ttft_s'] * 1e3:>8.1f} {result['prefill_tok_s']:>14.0f} "
-              f"{result['decode_tok_s']:>13.1f} {result['peak_mb']:>8.0f}  {ratios}")
+        print(
+            f"{name:<28} {result['ttft_s'] * 1e3:>8.1f} {result['prefill_tok_s']:>14.0f} "
+            f"{result['decode_tok_s']:>13.1f} {result['peak_mb']:>8.0f}  {ratios}"
+        )
     if args.chat_turns:
         chat = spawn(["--worker", "chat"] + ["--chat-turns", str(args.chat_turns)])
         if "error" in chat:
             print(f"\n{args.chat_turns}-turn chat: {chat['error']}")
         else:
-            print(f"\n{chat['turns']}-turn chat (float32, sampled, 48 new tokens a turn): "
-                  f"{chat['compiles_after_warm_up']} compilations on the reply path after the first "
-                  f"two turns ({chat['background_compiles']} ahead of time in the background), "
-                  f"median time to first token {chat['median_ttft_s'] * 1e3:.0f} ms, "
-                  f"{chat['context_tokens']} tokens of context at the end")
+            print(
+                f"\n{chat['turns']}-turn chat (float32, sampled, 48 new tokens a turn): "
+                f"{chat['compiles_after_warm_up']} compilations on the reply path after the first "
+                f"two turns ({chat['background_compiles']} ahead of time in the background), "
+                f"median time to first token {chat['median_ttft_s'] * 1e3:.0f} ms, "
+                f"{chat['context_tokens']} tokens of context at the end"
+            )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -51,4 +51,3 @@ def unload_ipython_extension(ipython) -> None:
     from kerasllm_widget.magics import unload_ipython_extension as unload
 
     unload(ipython)
-

@@ -98,9 +98,13 @@ class InspectorMagics(Magics):
     def tokens(self, line: str, cell: str):
         """%%tokens [preset]: a TokenInspector over the cell's text."""
         parser = _parser("%%tokens", "A TokenInspector over the cell's text.")
-        parser.add_argument("preset", nargs="?", help="preset name or variable (default: the last model)")
+        parser.add_argument(
+            "preset", nargs="?", help="preset name or variable (default: the last model)"
+        )
         parser.add_argument("--compare", help="a second preset or variable, side by side")
-        parser.add_argument("--sequence-length", type=int, default=16, help="the preprocessor view's length")
+        parser.add_argument(
+            "--sequence-length", type=int, default=16, help="the preprocessor view's length"
+        )
         args = _parse(parser, line)
         if args is None:
             return None
@@ -118,8 +122,12 @@ class InspectorMagics(Magics):
         parser = _parser(
             "%%preprocess", "The preprocessor's table of the cell's lines, as one batch."
         )
-        parser.add_argument("preset", nargs="?", help="preset name or variable (default: the last model)")
-        parser.add_argument("--sequence-length", type=int, default=8, help="the packed length (default 8)")
+        parser.add_argument(
+            "preset", nargs="?", help="preset name or variable (default: the last model)"
+        )
+        parser.add_argument(
+            "--sequence-length", type=int, default=8, help="the packed length (default 8)"
+        )
         args = _parse(parser, line)
         if args is None:
             return None
@@ -137,9 +145,13 @@ class InspectorMagics(Magics):
     def attention(self, line: str):
         """%attention [chat] [--layer L] [--head H]: an AttentionView on a chat's conversation."""
         parser = _parser("%attention", "An AttentionView on the last chat's conversation.")
-        parser.add_argument("chat", nargs="?", help="a ChatWidget or ChatState variable (default: the last chat)")
+        parser.add_argument(
+            "chat", nargs="?", help="a ChatWidget or ChatState variable (default: the last chat)"
+        )
         parser.add_argument("--layer", type=int, default=0, help="the layer shown first")
-        parser.add_argument("--head", type=int, default=-1, help="the head shown first (-1: the average)")
+        parser.add_argument(
+            "--head", type=int, default=-1, help="the head shown first (-1: the average)"
+        )
         args = _parse(parser, line)
         if args is None:
             return None
@@ -148,7 +160,9 @@ class InspectorMagics(Magics):
                 raise UsageError(f"no variable named {args.chat!r}")
             chat = self.shell.user_ns[args.chat]
         else:
-            chat = self._last(lambda v: _is_chat(v) or (hasattr(v, "messages") and hasattr(v, "format")))
+            chat = self._last(
+                lambda v: _is_chat(v) or (hasattr(v, "messages") and hasattr(v, "format"))
+            )
             if chat is None:
                 raise UsageError("no chat to look at: make one first (`chat = ChatWidget(model)`)")
         from kerasllm_widget.widgets.attention_view import AttentionView

@@ -69,7 +69,9 @@ LLAMA32_TINY_CONFIG = {
 }
 
 
-def write_random_llama_checkpoint(folder: Path, overrides: dict | None = None, seed: int = 0) -> Path:
+def write_random_llama_checkpoint(
+    folder: Path, overrides: dict | None = None, seed: int = 0
+) -> Path:
     """Writes a random-weight Llama checkpoint with transformers' own `save_pretrained`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -129,7 +131,12 @@ def llama32_instruct_tokenizer_folder(
     data["post_processor"] = {
         "type": "Sequence",
         "processors": [
-            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": True,
+                "trim_offsets": False,
+                "use_regex": True,
+            },
             {
                 "type": "TemplateProcessing",
                 "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -186,7 +193,9 @@ def tokenizer_only_checkpoint(folder: Path, name: str = "test-checkpoint"):
 @pytest.fixture(scope="session")
 def llama32_instruct_checkpoint(llama32_instruct_tokenizer_folder):
     """A tensor-less `Checkpoint` with Llama-3.2-1B-Instruct's tokenizer files."""
-    return tokenizer_only_checkpoint(llama32_instruct_tokenizer_folder, "llama-3.2-1b-instruct-tokenizer")
+    return tokenizer_only_checkpoint(
+        llama32_instruct_tokenizer_folder, "llama-3.2-1b-instruct-tokenizer"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +238,12 @@ def sentencepiece_style_tokenizer_json() -> str:
         [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
     )
     tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
     )
     tokenizer.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t in ("<s>", "</s>")]

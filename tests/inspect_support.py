@@ -76,7 +76,9 @@ def decode(header: dict, buffers: list[bytes]):
     """A `{dtype, shape, buffer[, scale, gamma]}` array of a message, as the browser decodes it."""
     import numpy as np
 
-    data = np.frombuffer(buffers[header["buffer"]], dtype=np.dtype(header["dtype"]).newbyteorder("<"))
+    data = np.frombuffer(
+        buffers[header["buffer"]], dtype=np.dtype(header["dtype"]).newbyteorder("<")
+    )
     data = data.reshape(header["shape"])
     if "scale" not in header:
         return data

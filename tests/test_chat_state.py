@@ -43,11 +43,17 @@ def done_of(events) -> DoneEvent:
 
 @pytest.mark.reference
 @pytest.mark.parametrize("system_prompt", [None, "You answer in one short sentence."])
-def test_smollm2_prompt_equals_transformers_apply_chat_template(model, hf_smollm2_tokenizer, system_prompt):
+def test_smollm2_prompt_equals_transformers_apply_chat_template(
+    model, hf_smollm2_tokenizer, system_prompt
+):
     chat = ChatState(model, system_prompt=system_prompt)
     chat.messages[:] = CONVERSATION
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + CONVERSATION
-    expected = hf_smollm2_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    messages = (
+        [{"role": "system", "content": system_prompt}] if system_prompt else []
+    ) + CONVERSATION
+    expected = hf_smollm2_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     assert chat.prompt == expected
 
 
@@ -109,8 +115,9 @@ def test_cancelled_reply_is_kept_and_the_chat_goes_on(model):
     chat = ChatState(model)
     cancel = threading.Event()
     events = []
-    for event in chat.stream("Write a long story about the sea.", cancel_event=cancel,
-                             temperature=0.0, max_new_tokens=64):
+    for event in chat.stream(
+        "Write a long story about the sea.", cancel_event=cancel, temperature=0.0, max_new_tokens=64
+    ):
         events.append(event)
         if isinstance(event, TokenEvent) and event.index == 2:
             cancel.set()
@@ -153,8 +160,14 @@ def test_later_turns_compile_nothing_after_warm_up(model):
     chat.send("How are you?", temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=0)
     warm = foreground(engine.trace_counts)
     for turn in range(5):  # bench/generate.py runs the full 20-turn chat
-        chat.send(f"Tell me a number above {turn}.", temperature=0.7, top_k=50, top_p=0.9,
-                  max_new_tokens=6, seed=turn)
+        chat.send(
+            f"Tell me a number above {turn}.",
+            temperature=0.7,
+            top_k=50,
+            top_p=0.9,
+            max_new_tokens=6,
+            seed=turn,
+        )
     assert foreground(engine.trace_counts) == warm
     assert len(chat.messages) == 14
 

@@ -66,6 +66,7 @@ def smollm2_template(smollm2_chat_template) -> str:
 def hf_tokenizer(llama3_tokenizer_json):
     """transformers' tokenizer object, only used for its `apply_chat_template`."""
     import transformers
+
     return transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(llama3_tokenizer_json), bos_token=LLAMA_BOS, eos_token=LLAMA_EOS
     )

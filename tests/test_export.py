@@ -44,8 +44,16 @@ def token_ids():
 @pytest.mark.reference
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"tie_word_embeddings": False, "attention_bias": True, "mlp_bias": True,
-          "rope_scaling": None, "rope_max_wavelength": 10000.0}],
+    [
+        {},
+        {
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "rope_scaling": None,
+            "rope_max_wavelength": 10000.0,
+        },
+    ],
     ids=["llama3.2-shaped", "untied-biases-no-rope-scaling"],
 )
 def test_saved_folder_loads_in_transformers_with_same_logits(tmp_path, token_ids, overrides):
@@ -69,8 +77,13 @@ def test_saved_folder_loads_back_identically_with_tokenizer(tmp_path, tiny_model
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
     tiny_model.save_to_preset(tmp_path)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    } <= {p.name for p in tmp_path.iterdir()}
     loaded = Llama3CausalLM.from_preset(str(tmp_path))
     for saved, restored in zip(tiny_model.backbone.weights, loaded.backbone.weights, strict=True):
         assert saved.path.split("/", 1)[1] == restored.path.split("/", 1)[1]
@@ -81,8 +94,10 @@ def test_saved_folder_loads_back_identically_with_tokenizer(tmp_path, tiny_model
     assert after.start_token_id == before.start_token_id
     assert after.end_token_id == before.end_token_id
     assert set(after.stop_token_ids) == set(before.stop_token_ids)
-    conversation = [{"role": "user", "content": "Hello!"},
-                    {"role": "assistant", "content": "Hi there"}]
+    conversation = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi there"},
+    ]
     assert after.apply_chat_template(conversation) == before.apply_chat_template(conversation)
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 4 and generation["bos_token_id"] == 0
@@ -115,10 +130,13 @@ def test_transformers_tokenizer_reads_our_tokenizer_files(tmp_path, tiny_model):
     tiny_model.save_to_preset(tmp_path)
     theirs = AutoTokenizer.from_pretrained(tmp_path)
     ours = tiny_model.preprocessor.tokenizer
-    conversation = [{"role": "user", "content": "Hello!"},
-                    {"role": "assistant", "content": "Hi there"}]
+    conversation = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi there"},
+    ]
     assert theirs.apply_chat_template(conversation, tokenize=False) == ours.apply_chat_template(
-        conversation, add_generation_prompt=False)
+        conversation, add_generation_prompt=False
+    )
     assert theirs.encode(CORPUS[0], add_special_tokens=False) == ours(CORPUS[0]).tolist()
     assert theirs.eos_token == "<|eot_id|>" and theirs.bos_token == "<|begin_of_text|>"
 
@@ -134,8 +152,9 @@ def test_bfloat16_export(tmp_path, tiny_model):
         assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}
     loaded = Llama3CausalLM.from_preset(str(tmp_path), dtype="bfloat16")
     expected = np.asarray(tiny_model.backbone.token_embedding.embeddings.value).astype("bfloat16")
-    np.testing.assert_array_equal(np.asarray(loaded.backbone.token_embedding.embeddings.value),
-                                  expected)
+    np.testing.assert_array_equal(
+        np.asarray(loaded.backbone.token_embedding.embeddings.value), expected
+    )
 
 
 def test_keras_file_round_trip(tmp_path, tiny_model, token_ids):
@@ -145,7 +164,9 @@ def test_keras_file_round_trip(tmp_path, tiny_model, token_ids):
     tiny_model.save(path)
     restored = keras.saving.load_model(path)
     assert type(restored) is type(tiny_model)
-    np.testing.assert_array_equal(our_logits(restored, token_ids), our_logits(tiny_model, token_ids))
+    np.testing.assert_array_equal(
+        our_logits(restored, token_ids), our_logits(tiny_model, token_ids)
+    )
     assert restored.preprocessor.sequence_length == tiny_model.preprocessor.sequence_length
     x, labels, weights = restored.preprocessor(CORPUS[:2])
     x0, labels0, weights0 = tiny_model.preprocessor(CORPUS[:2])
@@ -189,11 +210,14 @@ def test_upload_without_token_says_how_to_get_one(preset_folder, monkeypatch, tm
         upload_preset("hf://someone/tiny-llama", preset_folder)
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("someone/tiny-llama", "hf://user/repo"),
-    ("hf://someone", "hf://org/name"),
-    ("hf://someone/repo/model.gguf", "not a file"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("someone/tiny-llama", "hf://user/repo"),
+        ("hf://someone", "hf://org/name"),
+        ("hf://someone/repo/model.gguf", "not a file"),
+    ],
+)
 def test_upload_rejects_bad_uris(preset_folder, uri, message):
     with pytest.raises(UploadError, match=message):
         upload_preset(uri, preset_folder, token="hf_x")
@@ -215,10 +239,16 @@ def test_upload_without_network_reports_the_endpoint(preset_folder):
         "except UploadError as error:\n"
         "    print('UploadError:', error)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_not_a_real_token",
-           "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": str(Path(__file__).parents[1])}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            timeout=120)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "hf_not_a_real_token",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "UploadError: Upload to hf://someone/tiny-llama failed" in result.stdout, result.stderr
     assert "http://127.0.0.1:9" in result.stdout and "cannot be reached" in result.stdout
 

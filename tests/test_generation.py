@@ -63,7 +63,9 @@ def test_greedy_matches_transformers_token_for_token(smollm2_gguf, story_ids, gr
     ).eval()
     with torch.no_grad():
         out = reference.generate(
-            torch.tensor([story_ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+            torch.tensor([story_ids]),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
             attention_mask=torch.ones(1, len(story_ids), dtype=torch.long),
         )
     expected = out[0, len(story_ids) :].tolist()
@@ -80,7 +82,9 @@ def test_streamed_text_equals_generate_text(model, story_prompt, greedy_story):
     assert streamed == model.tokenizer.detokenize(done.token_ids)
     assert [e.token_id for e in tokens] == done.token_ids
     assert [e.index for e in tokens] == list(range(len(tokens)))
-    reply = model.generate(story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", strip_prompt=True)
+    reply = model.generate(
+        story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", strip_prompt=True
+    )
     assert reply == streamed
     # keras_hub's form: the prompt (without the start token) followed by the reply.
     full = model.generate(story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy")
@@ -104,8 +108,17 @@ def test_prompts_within_one_bucket_compile_once(model, engine):
 def test_sampler_knobs_are_traced_and_seeded(model, engine, story_prompt):
     def run(seed, temperature):
         engine.clear_cache()  # the same prompt again would reuse its prefix: another program
-        tokens, done = events_of(model.stream(story_prompt, max_new_tokens=12, top_k=40, top_p=0.9,
-                                              temperature=temperature, seed=seed, top_k_alternatives=5))
+        tokens, done = events_of(
+            model.stream(
+                story_prompt,
+                max_new_tokens=12,
+                top_k=40,
+                top_p=0.9,
+                temperature=temperature,
+                seed=seed,
+                top_k_alternatives=5,
+            )
+        )
         return tokens, done.token_ids
 
     tokens, first = run(seed=1, temperature=0.9)
@@ -122,11 +135,15 @@ def test_sampler_knobs_are_traced_and_seeded(model, engine, story_prompt):
             assert event.logprob == pytest.approx(math.log(alternative.prob), abs=1e-4)
 
 
-def test_cancel_event_stops_within_a_chunk_and_model_stays_usable(model, engine, story_prompt, greedy_story):
+def test_cancel_event_stops_within_a_chunk_and_model_stays_usable(
+    model, engine, story_prompt, greedy_story
+):
     cancel = threading.Event()
     seen = 0
     events = []
-    for event in model.stream(story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", cancel_event=cancel):
+    for event in model.stream(
+        story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", cancel_event=cancel
+    ):
         events.append(event)
         if isinstance(event, TokenEvent):
             seen += 1
@@ -181,7 +198,9 @@ def test_extra_stop_token_ids(model, story_prompt, greedy_story):
     ids = greedy_story[1].token_ids
     at = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])
     _, done = events_of(
-        model.stream(story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", stop_token_ids=[ids[at]])
+        model.stream(
+            story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", stop_token_ids=[ids[at]]
+        )
     )
     assert done.stop_reason == "stop_token"
     assert done.token_ids == ids[:at]
@@ -199,13 +218,17 @@ def test_every_checkpoint_stop_id_ends_generation(model, story_ids):
 
 def chat_prompts(model) -> list[str]:
     questions = ["What is the capital of France?", "Write a poem about the sea, please."]
-    return [model.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+    return [
+        model.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in questions
+    ]
 
 
 def test_batched_generate_matches_one_row_at_a_time(model):
     prompts = chat_prompts(model)  # two lengths: the shorter row is left-padded
     batched = model.generate(prompts, max_new_tokens=10, sampler="greedy", strip_prompt=True)
-    single = [model.generate(p, max_new_tokens=10, sampler="greedy", strip_prompt=True) for p in prompts]
+    single = [
+        model.generate(p, max_new_tokens=10, sampler="greedy", strip_prompt=True) for p in prompts
+    ]
     assert batched == single
 
 
@@ -259,13 +282,17 @@ def tokenizer(model):
 
 
 def scripted(model, ids, **options):
-    return events_of(stream_ids(model, [1, 2, 3], engine=ScriptedEngine(ids), max_new_tokens=64, **options))
+    return events_of(
+        stream_ids(model, [1, 2, 3], engine=ScriptedEngine(ids), max_new_tokens=64, **options)
+    )
 
 
 def test_utf8_characters_split_across_tokens_come_out_whole(model, tokenizer):
     text = "Dragons 🐉 bake 日本語 bread 😀!"
     ids = tokenizer(text).tolist()
-    partial = [i for i in ids if tokenizer.token_bytes(i).decode("utf-8", "replace").count("\ufffd")]
+    partial = [
+        i for i in ids if tokenizer.token_bytes(i).decode("utf-8", "replace").count("\ufffd")
+    ]
     assert partial, "the test needs tokens that hold part of a character"
     events, done = scripted(model, ids)
     assert all("\ufffd" not in e.text for e in events)
@@ -295,7 +322,9 @@ def test_context_full_on_a_short_context(random_llama32_checkpoint):
     from kerasllm_widget.checkpoints.presets import load_checkpoint
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
-    backbone = backbone_from_checkpoint(load_checkpoint(str(random_llama32_checkpoint)), progress=False)
+    backbone = backbone_from_checkpoint(
+        load_checkpoint(str(random_llama32_checkpoint)), progress=False
+    )
     backbone.max_sequence_length = 64
     tiny = Llama3CausalLM(backbone)
     _, done = events_of(stream_ids(tiny, list(range(3, 53)), max_new_tokens=40, sampler="greedy"))

@@ -8,7 +8,9 @@ from inspect_support import smollm2_model
 
 from kerasllm_widget import inspect
 
-TEXT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital"
+TEXT = (
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital"
+)
 
 
 def softmax(logits):

@@ -22,7 +22,10 @@ def run_notebook(name: str):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env_path]))
     try:
         NotebookClient(
-            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+            notebook,
+            timeout=600,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(ROOT / "notebooks")}},
         ).execute()
     finally:
         os.environ["PYTHONPATH"] = env_path
@@ -46,7 +49,9 @@ def widget_classes(notebook) -> list[str]:
             data = output.get("data", {})
             plain = str(data.get("text/plain", ""))
             # Progress bars are widgets too; only this package's views are counted.
-            if "application/vnd.jupyter.widget-view+json" in data and plain.startswith("<kerasllm_widget"):
+            if "application/vnd.jupyter.widget-view+json" in data and plain.startswith(
+                "<kerasllm_widget"
+            ):
                 found.append(plain.split(" object")[0].rsplit(".", 1)[-1])
     return found
 
@@ -69,4 +74,9 @@ def test_attention_tour_notebook(smollm2_gguf):
     notebook = run_notebook("attention_tour.ipynb")
     text = outputs(notebook)
     assert "looks one token back:" in text and "attention sink:" in text
-    assert widget_classes(notebook) == ["ChatWidget", "AttentionView", "AttentionView", "ProbabilitiesView"]
+    assert widget_classes(notebook) == [
+        "ChatWidget",
+        "AttentionView",
+        "AttentionView",
+        "ProbabilitiesView",
+    ]

@@ -111,7 +111,13 @@ def test_sources_refuse_objects_without_a_tokenizer():
 def test_inspect_names_are_the_functions_even_after_their_modules_load():
     import importlib
 
-    for module in ("token_table", "attention_maps", "distributions", "preprocess_table", "quantization"):
+    for module in (
+        "token_table",
+        "attention_maps",
+        "distributions",
+        "preprocess_table",
+        "quantization",
+    ):
         importlib.import_module(f"kerasllm_widget.inspect.{module}")
     for name in ("tokens", "attention", "next_token", "preprocess", "quantize", "score", "entropy"):
         assert callable(getattr(inspect, name)), name

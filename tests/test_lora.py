@@ -37,10 +37,16 @@ def test_only_the_adapters_train(trained):
     model, names, before, history = trained
     assert len(names) == 2 * 2  # query and value in each of the 2 blocks
     trainable = sorted(w.path.split("/", 1)[1] for w in model.trainable_weights)
-    expected = sorted(f"transformer_layer_{i}/attention/{layer}/lora_kernel_{ab}"
-                      for i in range(2) for layer in ("query", "value") for ab in "ab")
+    expected = sorted(
+        f"transformer_layer_{i}/attention/{layer}/lora_kernel_{ab}"
+        for i in range(2)
+        for layer in ("query", "value")
+        for ab in "ab"
+    )
     assert trainable == expected
-    changed = {w.path for w in model.weights if not np.array_equal(before[w.path], np.array(w.value))}
+    changed = {
+        w.path for w in model.weights if not np.array_equal(before[w.path], np.array(w.value))
+    }
     assert changed == {w.path for w in model.trainable_weights}
     assert history.history["loss"][-1] < history.history["loss"][0]
 
@@ -92,7 +98,9 @@ def test_merge_keeps_the_outputs_and_restarts_the_adapters(token_ids):
     model = tiny_causal_lm(seed=8)
     model.backbone.enable_lora(2, target_names=["q_proj", "value_dense", "ffn_down"])
     for dense in lora_layers(model.backbone).values():
-        dense.lora_kernel_b.assign(np.random.default_rng(0).normal(0, 0.3, dense.lora_kernel_b.shape))
+        dense.lora_kernel_b.assign(
+            np.random.default_rng(0).normal(0, 0.3, dense.lora_kernel_b.shape)
+        )
     before = logits_of(model, token_ids)
     model.backbone.merge_lora_weights()
     np.testing.assert_allclose(logits_of(model, token_ids), before, atol=1e-4)
@@ -104,7 +112,9 @@ def test_keras_file_of_a_lora_model_holds_the_merged_weights(trained, tmp_path, 
     model = trained[0]
     model.save(tmp_path / "lora.keras")
     restored = keras.saving.load_model(tmp_path / "lora.keras")
-    np.testing.assert_allclose(logits_of(restored, token_ids), logits_of(model, token_ids), atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(restored, token_ids), logits_of(model, token_ids), atol=1e-5
+    )
 
 
 def test_lora_errors():

@@ -86,9 +86,18 @@ def test_attention_on_the_last_chat(shell):
 def test_extension_loads_from_ipython_configuration():
     code = "print(bool(get_ipython().find_cell_magic('tokens')))"
     result = subprocess.run(
-        [sys.executable, "-m", "IPython", "--no-banner", "--InteractiveShellApp.extensions=['kerasllm_widget']",
-         "-c", code],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            "--no-banner",
+            "--InteractiveShellApp.extensions=['kerasllm_widget']",
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("True")

@@ -28,8 +28,9 @@ def our_logits(backbone, token_ids, padding_mask=None, attention_layers=()):
     token_ids = np.asarray(token_ids, dtype="int32")
     if padding_mask is None:
         padding_mask = np.ones(token_ids.shape, bool)
-    hidden, _, _ = backbone.forward_stack(token_ids, padding_mask=np.asarray(padding_mask, bool),
-                                    attention_layers=attention_layers)
+    hidden, _, _ = backbone.forward_stack(
+        token_ids, padding_mask=np.asarray(padding_mask, bool), attention_layers=attention_layers
+    )
     return np.asarray(backbone.token_embedding(hidden, reverse=True))
 
 
@@ -74,8 +75,13 @@ def test_rope_parameters_form_equals_rope_scaling_form(random_llama32_checkpoint
     config = json.loads((random_llama32_checkpoint / "config.json").read_text())
     legacy = {k: v for k, v in config.items() if k != "rope_parameters"}
     legacy["rope_theta"] = 500000.0
-    legacy["rope_scaling"] = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    legacy["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     modern = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_theta")}
     modern["rope_parameters"] = {"rope_theta": 500000.0, **legacy["rope_scaling"]}
     a = backbone_kwargs_from_hf_config(legacy)

@@ -256,6 +256,7 @@ def test_templates_that_are_not_prefix_stable_fall_back_to_finding_the_content(t
 @pytest.mark.reference
 def test_conversation_ids_match_transformers(preprocessor, llama32_instruct_tokenizer_folder):
     import transformers
+
     reference = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(llama32_instruct_tokenizer_folder / "tokenizer.json"),
         bos_token="<|begin_of_text|>",

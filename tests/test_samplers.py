@@ -29,7 +29,9 @@ def frequencies(sampler: Sampler, logits=LOGITS, seed=0) -> np.ndarray:
     """How often each token is drawn over DRAWS rows sampled in one call."""
     batch = jnp.broadcast_to(jnp.asarray(logits), (DRAWS, logits.shape[-1]))
     draw = jax.jit(sample_next_token, static_argnames="plan")
-    tokens = np.asarray(draw(batch, jax.random.key(seed), plan=sampler.plan, params=sampler.params()))
+    tokens = np.asarray(
+        draw(batch, jax.random.key(seed), plan=sampler.plan, params=sampler.params())
+    )
     return np.bincount(tokens, minlength=logits.shape[-1]) / DRAWS
 
 
@@ -69,7 +71,10 @@ def test_each_rule_keeps_the_right_tokens_with_the_right_odds(sampler, keep):
 
 
 def test_temperature_flattens_and_sharpens():
-    hot, cold = frequencies(RandomSampler(temperature=2.0)), frequencies(RandomSampler(temperature=0.5))
+    hot, cold = (
+        frequencies(RandomSampler(temperature=2.0)),
+        frequencies(RandomSampler(temperature=0.5)),
+    )
     assert np.abs(hot - expected(list(range(6)), 2.0)).max() < 0.03
     assert np.abs(cold - expected(list(range(6)), 0.5)).max() < 0.03
     assert cold[0] > PROBS[0] > hot[0]
@@ -77,7 +82,11 @@ def test_temperature_flattens_and_sharpens():
 
 def test_seed_reproduces_and_another_seed_differs():
     sampler = RandomSampler(temperature=1.0)
-    a, b, c = frequencies(sampler, seed=7), frequencies(sampler, seed=7), frequencies(sampler, seed=8)
+    a, b, c = (
+        frequencies(sampler, seed=7),
+        frequencies(sampler, seed=7),
+        frequencies(sampler, seed=8),
+    )
     assert (a == b).all() and (a != c).any()
 
 
@@ -92,7 +101,9 @@ def test_repetition_penalty_is_transformers_rule():
     for row, ids in enumerate(seen_ids):
         seen[row, ids] = True
     ours = np.asarray(apply_repetition_penalty(jnp.asarray(logits), jnp.asarray(seen), 1.3))
-    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(seen_ids), torch.tensor(logits)).numpy()
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(
+        torch.tensor(seen_ids), torch.tensor(logits)
+    ).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 

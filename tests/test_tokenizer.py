@@ -327,6 +327,7 @@ def test_sentencepiece_style_tokenizer_pieces(sentencepiece_style_tokenizer_json
 @pytest.mark.reference
 def test_ids_match_transformers(llama32_instruct_tokenizer_folder, tokenizer):
     import transformers
+
     reference = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(llama32_instruct_tokenizer_folder / "tokenizer.json"),
         bos_token="<|begin_of_text|>",

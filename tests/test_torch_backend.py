@@ -74,10 +74,14 @@ def both(tmp_path_factory):
     (root / "jax").mkdir()
     (root / "torch").mkdir()
     jax_result = _run_checks(root / "preset", root / "jax")
-    env = {**os.environ, "KERAS_BACKEND": "torch",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    completed = subprocess.run([sys.executable, __file__, str(root)], env=env, capture_output=True,
-                               text=True, timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "torch",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
+    }
+    completed = subprocess.run(
+        [sys.executable, __file__, str(root)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     torch_result = json.loads((root / "torch" / "result.json").read_text())
     return root, jax_result, torch_result
@@ -92,7 +96,10 @@ def test_same_preprocessing_and_logits(both):
     root, _, _ = both
     for name in ("token_ids.npy", "weights.npy"):
         np.testing.assert_array_equal(np.load(root / "jax" / name), np.load(root / "torch" / name))
-    jax_logits, torch_logits = np.load(root / "jax" / "logits.npy"), np.load(root / "torch" / "logits.npy")
+    jax_logits, torch_logits = (
+        np.load(root / "jax" / "logits.npy"),
+        np.load(root / "torch" / "logits.npy"),
+    )
     assert jax_logits.std() > 0.1
     assert np.abs(jax_logits - torch_logits).max() < 1e-4
 
@@ -109,14 +116,21 @@ def test_same_lora_training_and_export(both):
     from kerasllm_widget.checkpoints.presets import load_checkpoint
 
     root, jax_result, torch_result = both
-    assert torch_result["trainable"] == jax_result["trainable"] and len(jax_result["trainable"]) == 8
+    assert (
+        torch_result["trainable"] == jax_result["trainable"] and len(jax_result["trainable"]) == 8
+    )
     assert torch_result["losses"] == pytest.approx(jax_result["losses"], rel=1e-4)
     assert torch_result["losses"][-1] < torch_result["losses"][0]
-    np.testing.assert_allclose(np.load(root / "torch" / "trained_logits.npy"),
-                               np.load(root / "jax" / "trained_logits.npy"), atol=1e-3)
+    np.testing.assert_allclose(
+        np.load(root / "torch" / "trained_logits.npy"),
+        np.load(root / "jax" / "trained_logits.npy"),
+        atol=1e-3,
+    )
     # The torch-trained export (LoRA merged) holds the same tensors as the JAX-trained one.
-    ours, theirs = load_checkpoint(str(root / "jax" / "trained")), load_checkpoint(
-        str(root / "torch" / "trained"))
+    ours, theirs = (
+        load_checkpoint(str(root / "jax" / "trained")),
+        load_checkpoint(str(root / "torch" / "trained")),
+    )
     assert set(ours.tensor_infos) == set(theirs.tensor_infos)
     for name in ours.tensor_infos:
         np.testing.assert_allclose(theirs.read_tensor(name), ours.read_tensor(name), atol=1e-4)

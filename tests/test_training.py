@@ -10,11 +10,15 @@ from tiny_llama import CORPUS, tiny_causal_lm
 from kerasllm_widget.training.data import TextDataset, as_keras_data, peek_text_stream
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "Paris is the capital of France."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "Hello!"},
-     {"role": "assistant", "content": "Hi there, how can I help?"}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi there, how can I help?"},
+    ],
 ]
 
 
@@ -55,8 +59,9 @@ def test_masked_positions_contribute_no_loss(model):
 
     def loss_of(token_ids, labels):
         features = {"token_ids": token_ids, "padding_mask": x["padding_mask"]}
-        return model.evaluate(features, labels, sample_weight=weights, batch_size=4,
-                              return_dict=True, verbose=0)["loss"]
+        return model.evaluate(
+            features, labels, sample_weight=weights, batch_size=4, return_dict=True, verbose=0
+        )["loss"]
 
     loss = loss_of(x["token_ids"], labels)
     logits = np.asarray(model(x))
@@ -67,12 +72,19 @@ def test_masked_positions_contribute_no_loss(model):
     scrambled_ids = np.where(x["padding_mask"], x["token_ids"], rng.integers(0, 320, labels.shape))
     scrambled_labels = np.where(weights > 0, labels, rng.integers(0, 320, labels.shape))
     assert (scrambled_labels != labels).any()
-    assert loss_of(scrambled_ids.astype("int32"), scrambled_labels.astype("int32")) == pytest.approx(
-        loss, abs=1e-6)
+    assert loss_of(
+        scrambled_ids.astype("int32"), scrambled_labels.astype("int32")
+    ) == pytest.approx(loss, abs=1e-6)
     # And the mean is over weighted tokens, not over batch * length: padding does not dilute it.
     longer_x, longer_labels, longer_weights = model.preprocessor(CORPUS[:4], sequence_length=96)
-    longer = model.evaluate(longer_x, longer_labels, sample_weight=longer_weights.astype("float32"),
-                            batch_size=4, return_dict=True, verbose=0)["loss"]
+    longer = model.evaluate(
+        longer_x,
+        longer_labels,
+        sample_weight=longer_weights.astype("float32"),
+        batch_size=4,
+        return_dict=True,
+        verbose=0,
+    )["loss"]
     assert longer == pytest.approx(loss, rel=1e-4)
 
 
@@ -90,8 +102,9 @@ def test_conversations_weight_only_the_assistant_turns(model):
 def test_fit_compiles_with_defaults_and_takes_text_validation_data():
     model = tiny_causal_lm(seed=4)
     assert not model.compiled
-    history = model.fit(CONVERSATIONS * 2, validation_data=CORPUS[:2], batch_size=2, epochs=1,
-                        verbose=0)
+    history = model.fit(
+        CONVERSATIONS * 2, validation_data=CORPUS[:2], batch_size=2, epochs=1, verbose=0
+    )
     assert model.compiled
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
     assert model.loss.reduction == "mean_with_sample_weight"
@@ -138,10 +151,12 @@ def test_text_dataset_buckets_lengths_and_pads_the_last_batch(model):
 def test_training_monitor_records_the_run_and_samples_each_epoch(model):
     from kerasllm_widget.widgets.training_monitor import TrainingMonitor
 
-    monitor = TrainingMonitor(sample_prompt=CONVERSATIONS[1][:2], max_new_tokens=4,
-                              update_interval_s=0.0)
-    model.fit(CORPUS, batch_size=4, epochs=2, validation_data=CORPUS[:2], callbacks=[monitor],
-              verbose=0)
+    monitor = TrainingMonitor(
+        sample_prompt=CONVERSATIONS[1][:2], max_new_tokens=4, update_interval_s=0.0
+    )
+    model.fit(
+        CORPUS, batch_size=4, epochs=2, validation_data=CORPUS[:2], callbacks=[monitor], verbose=0
+    )
     assert monitor.status == "done"
     assert [p["step"] for p in monitor.steps] == [1, 2, 3, 4]
     assert [p["epoch"] for p in monitor.steps] == [1, 1, 2, 2]
@@ -150,13 +165,16 @@ def test_training_monitor_records_the_run_and_samples_each_epoch(model):
     assert monitor.steps[-1]["lr"] == pytest.approx(5e-5)  # the default AdamW's
     assert [e["epoch"] for e in monitor.epochs] == [1, 2]
     assert monitor.epochs[-1]["loss"] == pytest.approx(monitor.steps[-1]["loss"], rel=1e-5)
-    assert np.isfinite(monitor.epochs[-1]["val_loss"]) and "accuracy" in monitor.epochs[-1]["metrics"]
+    assert (
+        np.isfinite(monitor.epochs[-1]["val_loss"]) and "accuracy" in monitor.epochs[-1]["metrics"]
+    )
     assert [s["epoch"] for s in monitor.samples] == [1, 2]
     assert monitor.sample_prompt_text == "Hello!"
     assert monitor.progress["epochs"] == 2 and monitor.progress["steps_per_epoch"] == 2
     # The samples are the model's own greedy answers, with the weights it has after the epoch.
-    answer = model.generate(CONVERSATIONS[1][:2], max_new_tokens=4, sampler="greedy",
-                            strip_prompt=True)
+    answer = model.generate(
+        CONVERSATIONS[1][:2], max_new_tokens=4, sampler="greedy", strip_prompt=True
+    )
     assert monitor.samples[-1]["text"] == answer
 
 

@@ -11,8 +11,13 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                  "<|end_header_id|>", "<|eot_id|>"]
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 CORPUS = [
     "The sky is blue and the grass is green.",
     "A cat sat on the mat while the dog slept.",
@@ -24,13 +29,26 @@ CORPUS = [
     "Arrr, I be a pirate and I answer like one, matey!",
 ]
 # Divisible by 8, so every weight splits evenly over up to 8 devices.
-TINY_BACKBONE = dict(num_layers=2, num_query_heads=8, num_key_value_heads=2, hidden_dim=64,
-                     intermediate_dim=128, head_dim=8, rope_max_wavelength=500000.0,
-                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192},
-                     layer_norm_epsilon=1e-5, tie_word_embeddings=True, initializer_range=0.2,
-                     max_sequence_length=131072)
+TINY_BACKBONE = dict(
+    num_layers=2,
+    num_query_heads=8,
+    num_key_value_heads=2,
+    hidden_dim=64,
+    intermediate_dim=128,
+    head_dim=8,
+    rope_max_wavelength=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    layer_norm_epsilon=1e-5,
+    tie_word_embeddings=True,
+    initializer_range=0.2,
+    max_sequence_length=131072,
+)
 VOCABULARY_SIZE = 384
 
 
@@ -43,15 +61,19 @@ def tiny_tokenizer(chat_template: str | None = None):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCABULARY_SIZE - 64, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCABULARY_SIZE - 64,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(CORPUS, trainer)
     backend.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
     )
-    return Llama3Tokenizer(backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                           chat_template=chat_template)
+    return Llama3Tokenizer(
+        backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", chat_template=chat_template
+    )
 
 
 def tiny_causal_lm(seed: int = 0, sequence_length: int = 64, dtype=None, **overrides):
@@ -64,7 +86,8 @@ def tiny_causal_lm(seed: int = 0, sequence_length: int = 64, dtype=None, **overr
 
     keras.utils.set_random_seed(seed)
     tokenizer = tiny_tokenizer()
-    backbone = Llama3Backbone(vocabulary_size=VOCABULARY_SIZE, **{**TINY_BACKBONE, **overrides},
-                              dtype=dtype)
+    backbone = Llama3Backbone(
+        vocabulary_size=VOCABULARY_SIZE, **{**TINY_BACKBONE, **overrides}, dtype=dtype
+    )
     preprocessor = Llama3CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
     return Llama3CausalLM(backbone, preprocessor)

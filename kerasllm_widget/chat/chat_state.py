@@ -70,7 +70,9 @@ class ChatState:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return head + [{"role": m["role"], "content": m["content"]} for m in messages]
 
-    def format(self, messages: list[Message] | None = None, add_generation_prompt: bool = True) -> str:
+    def format(
+        self, messages: list[Message] | None = None, add_generation_prompt: bool = True
+    ) -> str:
         """The conversation (by default this chat's) rendered with the chat template.
 
         Example:
@@ -170,7 +172,9 @@ class ChatState:
             self.messages.clear()
 
     # ---- the work ----------------------------------------------------------------------------
-    def _fit_context(self, messages: list[Message], reserve: int) -> tuple[list[Message], int, list[int]]:
+    def _fit_context(
+        self, messages: list[Message], reserve: int
+    ) -> tuple[list[Message], int, list[int]]:
         """Drops the oldest turns until the prompt leaves ``reserve`` tokens for the reply."""
         dropped = 0
         while True:
@@ -201,7 +205,14 @@ class ChatState:
         seed = sampling.pop("seed", None)
         stop_strings = sampling.pop("stop_strings", None)
         stop_token_ids = sampling.pop("stop_token_ids", None)
-        unknown = set(sampling) - {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "sampler"}
+        unknown = set(sampling) - {
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "sampler",
+        }
         if unknown:
             raise TypeError(f"Unknown sampling option(s): {', '.join(sorted(unknown))}")
         base = sampling.pop("sampler", None) or self.sampler or engine_for(self.model).sampler
@@ -220,10 +231,22 @@ class ChatState:
             if dropped:
                 self.messages[:] = kept[:-1]
             self.messages.append(user)
-        yield from self._run(user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
-                             top_k_alternatives, seed, stop_strings, stop_token_ids)
+        yield from self._run(
+            user,
+            prompt_ids,
+            dropped,
+            cancel_event,
+            sampler,
+            max_new_tokens,
+            top_k_alternatives,
+            seed,
+            stop_strings,
+            stop_token_ids,
+        )
 
-    def _prepare_next_turn(self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives) -> None:
+    def _prepare_next_turn(
+        self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives
+    ) -> None:
         """When the next turn may not fit the kept cache, compiles the programs for a cache twice
         as long in the background, so that turn does not wait for the compiler."""
         engine = engine_for(self.model)
@@ -240,8 +263,19 @@ class ChatState:
             num_alternatives=top_k_alternatives,
         )
 
-    def _run(self, user, prompt_ids, dropped, cancel_event, sampler, max_new_tokens,
-             top_k_alternatives, seed, stop_strings, stop_token_ids):
+    def _run(
+        self,
+        user,
+        prompt_ids,
+        dropped,
+        cancel_event,
+        sampler,
+        max_new_tokens,
+        top_k_alternatives,
+        seed,
+        stop_strings,
+        stop_token_ids,
+    ):
         finished = False
         try:
             for event in stream_ids(

@@ -71,7 +71,11 @@ class _PieceNames:
     def __call__(self, token_id: int) -> str:
         text = self._cache.get(token_id)
         if text is None:
-            text = self.tokenizer.detokenize([token_id]) if self.tokenizer is not None else str(token_id)
+            text = (
+                self.tokenizer.detokenize([token_id])
+                if self.tokenizer is not None
+                else str(token_id)
+            )
             self._cache[token_id] = text
         return text
 
@@ -116,7 +120,9 @@ def stream_ids(
     engine = engine or engine_for(model)
     sampler = get_sampler(sampler) if sampler is not None else engine.sampler
     prompt_ids = [int(i) for i in prompt_ids]
-    stops = sorted(set(stop_token_ids or ())) if ignore_eos else _stop_ids(tokenizer, stop_token_ids)
+    stops = (
+        sorted(set(stop_token_ids or ())) if ignore_eos else _stop_ids(tokenizer, stop_token_ids)
+    )
     stop_set = set(stops)
     timings = RequestTimings(started=started or time.perf_counter())
     detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
@@ -164,10 +170,14 @@ def stream_ids(
                 alternatives = [
                     Alternative(int(i), names(int(i)), math.exp(float(lp)))
                     for i, lp in zip(
-                        chunk.alternative_ids[0, step], chunk.alternative_logprobs[0, step], strict=True
+                        chunk.alternative_ids[0, step],
+                        chunk.alternative_logprobs[0, step],
+                        strict=True,
                     )
                 ]
-                event = TokenEvent(index, token_id, text, float(chunk.logprobs[0, step]), alternatives)
+                event = TokenEvent(
+                    index, token_id, text, float(chunk.logprobs[0, step]), alternatives
+                )
                 index += 1
                 if pending is not None:
                     yield pending
@@ -303,8 +313,14 @@ def _batch_rows(model, inputs: Any) -> tuple[list[list[int]], str]:
     if isinstance(inputs, Mapping):
         token_ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
         mask = inputs.get("padding_mask")
-        mask = np.ones(token_ids.shape, bool) if mask is None else np.atleast_2d(np.asarray(mask, bool))
-        return [row[m].astype(np.int64).tolist() for row, m in zip(token_ids, mask, strict=True)], "preprocessed"
+        mask = (
+            np.ones(token_ids.shape, bool)
+            if mask is None
+            else np.atleast_2d(np.asarray(mask, bool))
+        )
+        return [
+            row[m].astype(np.int64).tolist() for row, m in zip(token_ids, mask, strict=True)
+        ], "preprocessed"
     if isinstance(inputs, str):
         return [_prompt_ids(model, inputs)], "string"
     if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "US":
@@ -359,8 +375,14 @@ def generate(
     replies: list[list[int]] = []
     if len(rows) == 1:
         for event in stream_ids(
-            model, rows[0], max_new_tokens=max(1, budgets[0]), sampler=chosen,
-            stop_token_ids=stops, stop_strings=stop_strings, cancel_event=cancel_event, seed=seed,
+            model,
+            rows[0],
+            max_new_tokens=max(1, budgets[0]),
+            sampler=chosen,
+            stop_token_ids=stops,
+            stop_strings=stop_strings,
+            cancel_event=cancel_event,
+            seed=seed,
         ):
             if isinstance(event, DoneEvent):
                 replies.append(event.token_ids)
@@ -369,8 +391,12 @@ def generate(
         engine = engine_for(model)
         collected = [[] for _ in rows]
         for chunk in engine.generate_tokens(
-            rows, max_new_tokens=max(1, max(budgets)), sampler=chosen, stop_token_ids=stops,
-            cancel_event=cancel_event, seed=seed,
+            rows,
+            max_new_tokens=max(1, max(budgets)),
+            sampler=chosen,
+            stop_token_ids=stops,
+            cancel_event=cancel_event,
+            seed=seed,
         ):
             for row, tokens in enumerate(chunk.tokens.tolist()):
                 collected[row].extend(tokens)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-StopReason = Literal["stop_token", "stop_string", "max_new_tokens", "cancelled", "context_full", "error"]
+StopReason = Literal[
+    "stop_token", "stop_string", "max_new_tokens", "cancelled", "context_full", "error"
+]
 
 
 @dataclass

@@ -72,16 +72,21 @@ class PortableGenerationEngine:
         """Nothing is compiled ahead here: eager steps need no programs."""
         return None
 
-    def _pick(self, logits: np.ndarray, key, seen: np.ndarray, sampler: Sampler,
-              num_alternatives: int):
+    def _pick(
+        self, logits: np.ndarray, key, seen: np.ndarray, sampler: Sampler, num_alternatives: int
+    ):
         import jax
         import jax.numpy as jnp
 
         from kerasllm_widget.generation.samplers import sample_next_token
 
         key, subkey = jax.random.split(key)
-        token = np.asarray(sample_next_token(jnp.asarray(logits), subkey, sampler.plan,
-                                             sampler.params(), jnp.asarray(seen)), np.int32)
+        token = np.asarray(
+            sample_next_token(
+                jnp.asarray(logits), subkey, sampler.plan, sampler.params(), jnp.asarray(seen)
+            ),
+            np.int32,
+        )
         logprobs = _log_softmax(logits.astype(np.float64)).astype(np.float32)
         rows = np.arange(len(token))
         logprob = logprobs[rows, token]
@@ -128,11 +133,13 @@ class PortableGenerationEngine:
         token_ids = np.zeros((batch, longest), np.int32)
         valid = np.zeros((batch, cache_length), bool)
         for row, ids in enumerate(prompts):
-            token_ids[row, longest - len(ids):] = ids
-            valid[row, longest - len(ids):longest] = True
+            token_ids[row, longest - len(ids) :] = ids
+            valid[row, longest - len(ids) : longest] = True
         positions = np.maximum(np.cumsum(valid[:, :longest], axis=1) - 1, 0).astype(np.int32)
         slots = np.arange(cache_length)
-        attention_mask = valid[:, None, :] & (slots[None, None, :] <= np.arange(longest)[None, :, None])
+        attention_mask = valid[:, None, :] & (
+            slots[None, None, :] <= np.arange(longest)[None, :, None]
+        )
         vocab = int(backbone.vocabulary_size)
         seen = np.zeros((batch, vocab), bool)
         for row, ids in enumerate(prompts):
@@ -146,21 +153,24 @@ class PortableGenerationEngine:
 
         with _no_grad():
             cache = backbone.init_cache(batch, cache_length)
-            logits, cache = self.model.call_with_cache(token_ids, cache, 0, positions,
-                                                       attention_mask)
+            logits, cache = self.model.call_with_cache(
+                token_ids, cache, 0, positions, attention_mask
+            )
             last = keras.ops.convert_to_numpy(keras.ops.cast(logits[:, -1], "float32"))
         index, position = longest, positions[:, -1] + 1
         done = np.zeros(batch, bool)
         for produced in range(max_new_tokens):
-            key, token, logprob, alt_ids, alt_logprobs = self._pick(last, key, seen, sampler,
-                                                                    num_alternatives)
+            key, token, logprob, alt_ids, alt_logprobs = self._pick(
+                last, key, seen, sampler, num_alternatives
+            )
             seen[np.arange(batch), token] = True
             now = time.perf_counter()
             timings.first_token = timings.first_token or now
             timings.last_token = now
             timings.generated = produced + 1
-            yield StepOutputs(token[:, None], logprob[:, None], alt_ids[:, None],
-                              alt_logprobs[:, None])
+            yield StepOutputs(
+                token[:, None], logprob[:, None], alt_ids[:, None], alt_logprobs[:, None]
+            )
             done |= np.isin(token, list(stops))
             if done.all() or index >= cache_length or produced + 1 >= max_new_tokens:
                 return
@@ -169,7 +179,11 @@ class PortableGenerationEngine:
             valid[:, index] = True
             with _no_grad():
                 logits, cache = self.model.call_with_cache(
-                    token[:, None], cache, index, position[:, None].astype(np.int32),
-                    valid[:, None, :].copy())
+                    token[:, None],
+                    cache,
+                    index,
+                    position[:, None].astype(np.int32),
+                    valid[:, None, :].copy(),
+                )
                 last = keras.ops.convert_to_numpy(keras.ops.cast(logits[:, -1], "float32"))
             index, position = index + 1, position + 1

@@ -56,9 +56,7 @@ class StopStringMatcher:
             return out
         # A stop string can only end inside the new text; start the search far enough back.
         search_from = max(0, len(self._text) - len(delta) - self._longest + 1)
-        found = [
-            i for i in (self._text.find(s, search_from) for s in self.stop_strings) if i >= 0
-        ]
+        found = [i for i in (self._text.find(s, search_from) for s in self.stop_strings) if i >= 0]
         if found:
             self.stopped = True
             self._stop_at = max(min(found), self._emitted)

@@ -42,7 +42,11 @@ def tokenizer_of(source: Any):
         return Llama3Tokenizer.from_preset(source)
     if hasattr(source, "tokenize_pieces"):
         return source
-    for path in (("preprocessor", "tokenizer"), ("tokenizer",), ("model", "preprocessor", "tokenizer")):
+    for path in (
+        ("preprocessor", "tokenizer"),
+        ("tokenizer",),
+        ("model", "preprocessor", "tokenizer"),
+    ):
         found = source
         for name in path:
             found = getattr(found, name, None)

@@ -108,7 +108,9 @@ def preprocess(model_or_preprocessor, texts, sequence_length: int | None = None)
         sample_weight=sample_weight,
         token_pieces=[readable_pieces(tokenizer, row) for row in token_ids],
         label_pieces=[readable_pieces(tokenizer, row) for row in labels],
-        token_kinds=[_kinds(ids, m, tokenizer) for ids, m in zip(token_ids, padding_mask, strict=True)],
+        token_kinds=[
+            _kinds(ids, m, tokenizer) for ids, m in zip(token_ids, padding_mask, strict=True)
+        ],
         label_kinds=[_kinds(ids, m, tokenizer) for ids, m in zip(labels, label_mask, strict=True)],
         truncated=truncated,
     )

@@ -125,7 +125,9 @@ class Llama3Backbone(keras.Model):
             )
             for i in range(num_layers)
         ]
-        self.layer_norm = RMSNormalization(layer_norm_epsilon, dtype=policy, name="sequence_output_layernorm")
+        self.layer_norm = RMSNormalization(
+            layer_norm_epsilon, dtype=policy, name="sequence_output_layernorm"
+        )
         self.build()
 
     def build(self, input_shape=None):
@@ -242,7 +244,9 @@ class Llama3Backbone(keras.Model):
         }
 
     # ----------------------------------------------------------------- LoRA, distribution, export
-    def enable_lora(self, rank: int, target_names=None, lora_alpha: float | None = None) -> list[str]:
+    def enable_lora(
+        self, rank: int, target_names=None, lora_alpha: float | None = None
+    ) -> list[str]:
         """Freezes every weight and adds rank-``rank`` LoRA adapters (Keras ``Dense.enable_lora``)
         to the query and value projections, or to ``target_names``.
 
@@ -287,9 +291,12 @@ class Llama3Backbone(keras.Model):
         merge_lora_weights(self)
 
     @staticmethod
-    def get_layout_map(device_mesh, model_parallel_dim_name: str = "model",
-                       data_parallel_dim_name: str | None = "batch",
-                       shard_weights_over_batch: bool = False):
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name: str = "model",
+        data_parallel_dim_name: str | None = "batch",
+        shard_weights_over_batch: bool = False,
+    ):
         """A `keras.distribution.LayoutMap` sharding this model over a ("batch", "model") mesh:
         weights split over "model" (and sliced over "batch" too with
         ``shard_weights_over_batch=True``, FSDP-style), the batch over "batch".
@@ -302,8 +309,9 @@ class Llama3Backbone(keras.Model):
         """
         from kerasllm_widget.distribution import llama3_layout_map
 
-        return llama3_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-                                 shard_weights_over_batch)
+        return llama3_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name, shard_weights_over_batch
+        )
 
     def save_to_preset(self, preset_dir, dtype=None, max_shard_size="5GB") -> None:
         """Writes ``config.json`` and safetensors weights in Hugging Face layout (LoRA merged).

@@ -37,7 +37,9 @@ class Llama3CausalLM(keras.Model):
         >>> model.generate("Hi there!", max_new_tokens=8)  # doctest: +SKIP
     """
 
-    def __init__(self, backbone: Llama3Backbone, preprocessor=None, preset_name: str = "", **kwargs):
+    def __init__(
+        self, backbone: Llama3Backbone, preprocessor=None, preset_name: str = "", **kwargs
+    ):
         super().__init__(dtype=backbone.dtype_policy, **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -81,7 +83,9 @@ class Llama3CausalLM(keras.Model):
         }
 
     @classmethod
-    def from_preset(cls, preset: str, dtype=None, load_weights: bool = True, **kwargs) -> Llama3CausalLM:
+    def from_preset(
+        cls, preset: str, dtype=None, load_weights: bool = True, **kwargs
+    ) -> Llama3CausalLM:
         """Loads backbone, tokenizer and preprocessor from one preset, converting on the fly.
 
         ``preset``: ``"hf://org/name[@revision]"``, a local Hugging Face folder, a ``.gguf`` file,
@@ -136,8 +140,9 @@ class Llama3CausalLM(keras.Model):
         return cls(backbone, preprocessor, **config)
 
     # ----------------------------------------------------------------- training (Keras' trainer)
-    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", sampler=None,
-                **kwargs):
+    def compile(
+        self, optimizer="auto", loss="auto", *, weighted_metrics="auto", sampler=None, **kwargs
+    ):
         """Keras ``compile`` with defaults for language modelling.
 
         ``"auto"``: AdamW (learning rate 5e-5, weight decay 0.01, none on norms and biases);
@@ -166,8 +171,17 @@ class Llama3CausalLM(keras.Model):
         if not self.compiled:
             self.compile()
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
-            validation_data=None, shuffle=True, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        sample_weight=None,
+        validation_data=None,
+        shuffle=True,
+        **kwargs,
+    ):
         """Keras ``fit``, also on text: strings, conversations, or iterables of them.
 
         Text is preprocessed batch by batch into ``(x, labels, sample_weight)`` (loss on real
@@ -188,9 +202,16 @@ class Llama3CausalLM(keras.Model):
         # Chat replies wait while the weights change (see training.turns); the cache kept from
         # the last reply holds keys of the old weights, so it goes when training ends.
         with model_turns(self).training(on_end=lambda: forget_generation_cache(self)):
-            return super().fit(x, y, batch_size=batch_size, epochs=epochs,
-                               sample_weight=sample_weight, validation_data=validation_data,
-                               shuffle=shuffle, **kwargs)
+            return super().fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                sample_weight=sample_weight,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                **kwargs,
+            )
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """Keras ``evaluate``, also on text (see `fit`).
@@ -229,11 +250,22 @@ class Llama3CausalLM(keras.Model):
         """
         from kerasllm_widget.checkpoints.export import export_preset
 
-        export_preset(self.backbone, preset_dir, tokenizer=self.tokenizer, dtype=dtype,
-                      max_shard_size=max_shard_size)
+        export_preset(
+            self.backbone,
+            preset_dir,
+            tokenizer=self.tokenizer,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+        )
 
-    def upload_preset(self, uri: str, private: bool = False, commit_message: str | None = None,
-                      token: str | None = None, dtype=None) -> str:
+    def upload_preset(
+        self,
+        uri: str,
+        private: bool = False,
+        commit_message: str | None = None,
+        token: str | None = None,
+        dtype=None,
+    ) -> str:
         """Saves the model with `save_to_preset` and uploads it to ``"hf://user/repo"``.
 
         Returns the commit URL. Needs a token with write access (``HF_TOKEN`` or
@@ -249,8 +281,9 @@ class Llama3CausalLM(keras.Model):
         check_upload(uri, token)  # fail before writing gigabytes when the upload cannot happen
         with tempfile.TemporaryDirectory(prefix="kerasllm-upload-") as folder:
             self.save_to_preset(folder, dtype=dtype)
-            return upload_preset(uri, folder, private=private, commit_message=commit_message,
-                                 token=token)
+            return upload_preset(
+                uri, folder, private=private, commit_message=commit_message, token=token
+            )
 
     # ----------------------------------------------------------------- generation (streaming engine)
     @property
@@ -299,5 +332,11 @@ class Llama3CausalLM(keras.Model):
         """
         from kerasllm_widget.generation.api import generate
 
-        return generate(self, inputs, max_new_tokens=max_new_tokens, max_length=max_length,
-                        sampler=sampler, **options)
+        return generate(
+            self,
+            inputs,
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            sampler=sampler,
+            **options,
+        )

@@ -44,13 +44,20 @@ _TARGETS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 # keras_hub's and Hugging Face's names for the same layers, so either vocabulary works.
 _ALIASES = {
-    "query_dense": "query", "q_proj": "query",
-    "key_dense": "key", "k_proj": "key",
-    "value_dense": "value", "v_proj": "value",
-    "output_dense": "attention_output", "o_proj": "attention_output",
-    "feedforward_gate_dense": "ffn_gate", "gate_proj": "ffn_gate",
-    "feedforward_intermediate_dense": "ffn_up", "up_proj": "ffn_up",
-    "feedforward_output_dense": "ffn_down", "down_proj": "ffn_down",
+    "query_dense": "query",
+    "q_proj": "query",
+    "key_dense": "key",
+    "k_proj": "key",
+    "value_dense": "value",
+    "v_proj": "value",
+    "output_dense": "attention_output",
+    "o_proj": "attention_output",
+    "feedforward_gate_dense": "ffn_gate",
+    "gate_proj": "ffn_gate",
+    "feedforward_intermediate_dense": "ffn_up",
+    "up_proj": "ffn_up",
+    "feedforward_output_dense": "ffn_down",
+    "down_proj": "ffn_down",
 }
 _PEFT_PREFIX = "base_model.model.model.layers."
 
@@ -64,7 +71,9 @@ def _canonical_targets(target_names: Iterable[str] | None) -> tuple[str, ...]:
         key = _ALIASES.get(name, name)
         if key not in _TARGETS:
             known = ", ".join(sorted(_TARGETS))
-            raise ValueError(f"Unknown LoRA target {name!r}. Use one of {known} (or q_proj, v_proj, ...).")
+            raise ValueError(
+                f"Unknown LoRA target {name!r}. Use one of {known} (or q_proj, v_proj, ...)."
+            )
         if key not in out:
             out.append(key)
     return tuple(out)
@@ -86,8 +95,9 @@ def lora_layers(backbone) -> dict[str, Any]:
     return found
 
 
-def enable_lora(backbone, rank: int, target_names: Iterable[str] | None = None,
-                lora_alpha: float | None = None) -> list[str]:
+def enable_lora(
+    backbone, rank: int, target_names: Iterable[str] | None = None, lora_alpha: float | None = None
+) -> list[str]:
     """Freezes the backbone and adds rank-``rank`` adapters to the target projections.
 
     Args:
@@ -131,8 +141,9 @@ def _peft_key(layer_name: str, which: str) -> str:
     return f"{_PEFT_PREFIX}{index}.{_TARGETS[key][0]}.lora_{which}.weight"
 
 
-def save_lora_weights(backbone, directory: str | os.PathLike,
-                      base_model_name_or_path: str | None = None) -> Path:
+def save_lora_weights(
+    backbone, directory: str | os.PathLike, base_model_name_or_path: str | None = None
+) -> Path:
     """Writes the adapters as a PEFT LoRA folder (``adapter_config.json``,
     ``adapter_model.safetensors``); `peft.PeftModel.from_pretrained` reads it too.
 
@@ -144,11 +155,15 @@ def save_lora_weights(backbone, directory: str | os.PathLike,
 
     layers = lora_layers(backbone)
     if not layers:
-        raise ValueError("LoRA is not enabled on this backbone: call backbone.enable_lora(rank) first.")
+        raise ValueError(
+            "LoRA is not enabled on this backbone: call backbone.enable_lora(rank) first."
+        )
     ranks = {dense.lora_rank for dense in layers.values()}
     alphas = {float(dense.lora_alpha) for dense in layers.values()}
     if len(ranks) != 1 or len(alphas) != 1:
-        raise ValueError("All LoRA layers must share one rank and alpha to be saved in PEFT layout.")
+        raise ValueError(
+            "All LoRA layers must share one rank and alpha to be saved in PEFT layout."
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -216,14 +231,18 @@ def load_lora_weights(backbone, directory: str | os.PathLike) -> list[str]:
         )
     for name, dense in layers.items():
         a, b = tensors[_peft_key(name, "A")].T, tensors[_peft_key(name, "B")].T
-        if a.shape != tuple(dense.lora_kernel_a.shape) or b.shape != tuple(dense.lora_kernel_b.shape):
+        if a.shape != tuple(dense.lora_kernel_a.shape) or b.shape != tuple(
+            dense.lora_kernel_b.shape
+        ):
             raise ValueError(
                 f"{weights_path}: {name} adapters have shapes {a.shape}, {b.shape}; this backbone "
                 f"expects {tuple(dense.lora_kernel_a.shape)}, {tuple(dense.lora_kernel_b.shape)} "
                 "(different rank or model size)."
             )
         if not np.isclose(float(dense.lora_alpha), alpha):
-            raise ValueError(f"{weights_path}: lora_alpha {alpha} != {dense.lora_alpha} enabled here.")
+            raise ValueError(
+                f"{weights_path}: lora_alpha {alpha} != {dense.lora_alpha} enabled here."
+            )
         dense.lora_kernel_a.assign(a.astype(dense.lora_kernel_a.dtype))
         dense.lora_kernel_b.assign(b.astype(dense.lora_kernel_b.dtype))
     return sorted(layers)

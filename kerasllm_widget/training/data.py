@@ -30,8 +30,11 @@ _MIN_BUCKET = 16
 
 
 def _is_conversation(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) > 0
-            and all(isinstance(m, Mapping) and "role" in m for m in value))
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(m, Mapping) and "role" in m for m in value)
+    )
 
 
 def _is_example(value: Any) -> bool:
@@ -65,8 +68,12 @@ def peek_text_stream(x: Any) -> tuple[bool, Any]:
         >>> is_text, list(stream)
         (True, ['Hello', 'Hi!'])
     """
-    if (x is None or isinstance(x, (Mapping, str, bytes, list, tuple, np.ndarray))
-            or isinstance(x, keras.utils.PyDataset) or not isinstance(x, Iterable)):
+    if (
+        x is None
+        or isinstance(x, (Mapping, str, bytes, list, tuple, np.ndarray))
+        or isinstance(x, keras.utils.PyDataset)
+        or not isinstance(x, Iterable)
+    ):
         return False, x
     iterator = iter(x)
     try:
@@ -88,7 +95,11 @@ def _bucket(length: int, limit: int) -> int:
 
 def _trim(batch: tuple, length: int) -> tuple:
     features, labels, weights = batch
-    return ({k: v[:, :length] for k, v in features.items()}, labels[:, :length], weights[:, :length])
+    return (
+        {k: v[:, :length] for k, v in features.items()},
+        labels[:, :length],
+        weights[:, :length],
+    )
 
 
 def _pad_rows(batch: tuple, rows: int) -> tuple:
@@ -146,10 +157,14 @@ class TextDataset(keras.utils.PyDataset):
             raise ValueError("No training examples: the text dataset is empty.")
         self.preprocessor = preprocessor
         self.batch_size = int(batch_size)
-        self.sample_weight = None if sample_weight is None else np.asarray(sample_weight, np.float32)
+        self.sample_weight = (
+            None if sample_weight is None else np.asarray(sample_weight, np.float32)
+        )
         if self.sample_weight is not None and len(self.sample_weight) != len(self.examples):
-            raise ValueError(f"sample_weight has {len(self.sample_weight)} entries for "
-                             f"{len(self.examples)} examples.")
+            raise ValueError(
+                f"sample_weight has {len(self.sample_weight)} entries for "
+                f"{len(self.examples)} examples."
+            )
         self.shuffle = shuffle
         self.pad_last_batch = pad_last_batch
         self.fixed_length = fixed_length
@@ -160,7 +175,7 @@ class TextDataset(keras.utils.PyDataset):
         return math.ceil(len(self.examples) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple:
-        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         if len(rows) == 0:
             raise IndexError(index)
         examples = [self.examples[i] for i in rows]
@@ -186,7 +201,7 @@ class TextDataset(keras.utils.PyDataset):
         """The bucket length of the longest example (what ``predict`` pads every batch to)."""
         longest = 0
         for start in range(0, len(self.examples), self.batch_size):
-            features, _, _ = self.preprocessor(self.examples[start:start + self.batch_size])
+            features, _, _ = self.preprocessor(self.examples[start : start + self.batch_size])
             longest = max(longest, int(features["padding_mask"].sum(axis=1).max()))
         return _bucket(longest, self.preprocessor.sequence_length)
 
@@ -233,8 +248,14 @@ def as_keras_data(
     if isinstance(x, np.ndarray):
         x = [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in x.ravel()]
     if isinstance(x, (list, tuple)):
-        dataset = TextDataset(x, preprocessor, batch_size, sample_weight=sample_weight,
-                              shuffle=shuffle, pad_last_batch=not for_predict)
+        dataset = TextDataset(
+            x,
+            preprocessor,
+            batch_size,
+            sample_weight=sample_weight,
+            shuffle=shuffle,
+            pad_last_batch=not for_predict,
+        )
         if for_predict:
             dataset.fixed_length = dataset.longest_bucket()
         return dataset

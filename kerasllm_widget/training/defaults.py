@@ -10,8 +10,9 @@ DEFAULT_LEARNING_RATE = 5e-5
 DEFAULT_WEIGHT_DECAY = 0.01
 
 
-def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE,
-                      weight_decay: float = DEFAULT_WEIGHT_DECAY) -> keras.optimizers.Optimizer:
+def default_optimizer(
+    learning_rate: float = DEFAULT_LEARNING_RATE, weight_decay: float = DEFAULT_WEIGHT_DECAY
+) -> keras.optimizers.Optimizer:
     """AdamW, with norm scales and biases left out of weight decay (decaying them only hurts).
 
     Example:
@@ -44,8 +45,9 @@ def default_weighted_metrics() -> list[keras.metrics.Metric]:
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
-def compile_arguments(optimizer: Any = "auto", loss: Any = "auto",
-                      weighted_metrics: Any = "auto") -> dict[str, Any]:
+def compile_arguments(
+    optimizer: Any = "auto", loss: Any = "auto", weighted_metrics: Any = "auto"
+) -> dict[str, Any]:
     """Replaces each ``"auto"`` with its default; everything else passes through.
 
     Example:
@@ -55,6 +57,7 @@ def compile_arguments(optimizer: Any = "auto", loss: Any = "auto",
     return {
         "optimizer": default_optimizer() if optimizer == "auto" else optimizer,
         "loss": default_loss() if loss == "auto" else loss,
-        "weighted_metrics": default_weighted_metrics() if weighted_metrics == "auto"
+        "weighted_metrics": default_weighted_metrics()
+        if weighted_metrics == "auto"
         else weighted_metrics,
     }

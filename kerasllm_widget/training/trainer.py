@@ -37,8 +37,14 @@ def prepare_inputs(
             "To train on answers only, pass conversations: [{'role': 'user', ...}, "
             "{'role': 'assistant', ...}] weight only the assistant's tokens."
         )
-    data = as_keras_data(x, model.preprocessor, batch_size, sample_weight=sample_weight,
-                         shuffle=shuffle, for_predict=for_predict)
+    data = as_keras_data(
+        x,
+        model.preprocessor,
+        batch_size,
+        sample_weight=sample_weight,
+        shuffle=shuffle,
+        for_predict=for_predict,
+    )
     # The dataset batches itself: Keras must not be given a batch size or weights as well.
     return data, None, None, None
 

@@ -21,7 +21,8 @@ def bundle(name: str, kind: str = "js") -> Path | str:
     if kind == "css":
         return ""
     return (
-        "export default { render({ el }) { el.textContent = 'kerasllm_widget: the " + name
+        "export default { render({ el }) { el.textContent = 'kerasllm_widget: the "
+        + name
         + " front end is not built. Run `npm install && npm run build` in the source folder, "
         "or `pip install -e .`.'; } };"
     )

@@ -36,7 +36,9 @@ class InspectedSequence:
 def _with_start_token(tokenizer, pieces: list[dict]) -> list[dict]:
     start = tokenizer.start_token_id
     if tokenizer.add_bos and start is not None and (not pieces or pieces[0]["id"] != start):
-        return [{"id": int(start), "piece": tokenizer.id_to_token(int(start)), "start": 0, "end": 0}] + pieces
+        return [
+            {"id": int(start), "piece": tokenizer.id_to_token(int(start)), "start": 0, "end": 0}
+        ] + pieces
     return pieces
 
 

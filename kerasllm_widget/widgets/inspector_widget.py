@@ -13,6 +13,7 @@ from kerasllm_widget.widgets.inspector_service import InspectorService
 
 __all__ = ["InspectorWidget", "bundle", "source_name"]
 
+
 def source_name(source: Any) -> str:
     """A short label for a model or tokenizer: its preset name when it has one."""
     if isinstance(source, str):

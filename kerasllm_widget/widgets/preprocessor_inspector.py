@@ -64,4 +64,6 @@ class PreprocessorInspector(InspectorWidget):
             >>> PreprocessorInspector(model, "Hello", 6).table.token_ids  # doctest: +SKIP
             array([[128000,   9906, 128009,      0,      0,      0]], dtype=int32)
         """
-        return inspect.preprocess(self.preprocessor, self.texts, sequence_length=self.sequence_length)
+        return inspect.preprocess(
+            self.preprocessor, self.texts, sequence_length=self.sequence_length
+        )

@@ -41,13 +41,19 @@ class ProbabilitiesView(InspectorWidget):
     seed = traitlets.Int(None, allow_none=True).tag(sync=True)
     max_new_tokens = traitlets.Int(64).tag(sync=True)
 
-    def __init__(self, model: Any = None, text: str = "", chat: Any = None, **sampling: Any) -> None:
+    def __init__(
+        self, model: Any = None, text: str = "", chat: Any = None, **sampling: Any
+    ) -> None:
         super().__init__(text=text, follows_chat=chat is not None and not text, **sampling)
         self.source = ChatSource(model, chat, text=lambda: self.text)
         self._start_service(
             model=self.source.model,
-            sequence=lambda t: self.source.sequence(t if t is not None or self.follows_chat else self.text),
-            step_prompt=lambda t: self.source.prompt_ids(t if t is not None or self.follows_chat else self.text),
+            sequence=lambda t: self.source.sequence(
+                t if t is not None or self.follows_chat else self.text
+            ),
+            step_prompt=lambda t: self.source.prompt_ids(
+                t if t is not None or self.follows_chat else self.text
+            ),
             settings=self._sampling,
         )
         self.source.watch(self._conversation_changed)
