@@ -382,6 +382,26 @@ def decode_call_tokens(step_s: float | None, previous: int, most: int) -> int:
     return count
 
 
+# On a GPU the decode loop runs as CUDA graphs, its while loop and conditionals included: a step
+# at batch 1 is some 280 small kernels, and launched one by one the device waits on the host for
+# about 40% of the step (H200, Llama-3.2-1B shape: 636 -> 701 tok/s at batch 1, 6,909 -> 7,663 at
+# batch 8). Only the decode program: prefill's larger kernels gain nothing and it compiles slower.
+_GPU_DECODE_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+}
+
+
+def decode_compiler_options(backend: str | None = None) -> dict | None:
+    """XLA options for the compiled decode program on ``backend`` (the default backend).
+
+    Example:
+        >>> decode_compiler_options("cpu") is None
+        True
+    """
+    backend = backend or jax.default_backend()
+    return dict(_GPU_DECODE_OPTIONS) if backend == "gpu" else None
+
+
 def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
     """``(chunk length, padded length)`` for prefilling ``length`` tokens after ``start``."""
     if start == 0 and length <= MAX_PREFILL_CHUNK:
@@ -467,6 +487,7 @@ class GenerationEngine:
                 partial(decode_n_tokens, self.model, variables, self.trace_counts),
                 static_argnames=("plan", "num_alternatives", "chunk"),
                 donate_argnames=("state",),
+                compiler_options=decode_compiler_options(),
             )
             self._fusion_plan = fusion_plan(self.model)
             self._jit_fuse = jax.jit(

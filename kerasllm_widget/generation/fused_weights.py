@@ -7,6 +7,12 @@ device, in one jitted call) and passes them to its compiled programs beside the 
 - ``qkv``: the query, key and value kernels side by side ``[hidden, (H + 2K) * head_dim]``,
   and ``gate_up``: the SwiGLU gate and up kernels side by side ``[hidden, 2 * intermediate]``.
   One larger product instead of three (or two) small ones.
+- ``qkv`` on an accelerator: the fused query/key/value kernel and the attention output kernel,
+  both transposed to ``[out, in]`` (a `TransposedAttentionKernels` pair, the decoder hands it to
+  the attention layer). At one token per row XLA on a GPU compiles these products (too small
+  for a GEMM) as multiply+reduce fusions; reducing along the contiguous axis reads the weights
+  about twice as fast as reducing across rows (H200, Llama-3.2-1B shape: 701 -> 1,000 tok/s
+  at batch 1 with the decode program's CUDA graphs).
 - ``lm_head``: the tied embedding transposed once, ``[hidden, vocabulary]``. XLA on a CPU
   otherwise copies the ``[vocabulary, hidden]`` table into that layout at every step (a 113 MB
   copy per token for SmolLM2 in float32); accelerators read the transposed operand directly, so
@@ -26,12 +32,21 @@ import jax
 import keras
 from keras import ops
 
-__all__ = ["FusedWeights", "derive_fused_weights", "derive_in_scope", "fusion_plan"]
+from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
+
+__all__ = [
+    "FusedWeights",
+    "TransposedAttentionKernels",
+    "derive_fused_weights",
+    "derive_in_scope",
+    "fusion_plan",
+]
 
 
 class FusedWeights(NamedTuple):
-    """Per transformer layer ``{"qkv": ..., "gate_up": ...}`` (either may be absent), and the
-    output projection ``[hidden, vocabulary]`` or None."""
+    """Per transformer layer ``{"qkv": ..., "gate_up": ...}`` (either may be absent; ``qkv`` is
+    a `TransposedAttentionKernels` on an accelerator), and the output projection
+    ``[hidden, vocabulary]`` or None."""
 
     layers: tuple
     lm_head: Any
@@ -47,8 +62,9 @@ def _plain(dense) -> bool:
 
 
 def fusion_plan(model, on_cpu: bool | None = None) -> tuple[tuple[tuple[str, ...], ...], bool]:
-    """Which layers get fused kernels (``(("qkv", "gate_up"), ...)``) and whether the
-    transposed output projection is derived.
+    """Which layers get fused kernels (``(("qkv", "gate_up"), ...)``; ``"qkv_t"`` for the
+    transposed attention kernels of an accelerator) and whether the transposed output
+    projection is derived.
 
     Example:
         >>> fusion_plan(model)[1]  # doctest: +SKIP
@@ -64,7 +80,8 @@ def fusion_plan(model, on_cpu: bool | None = None) -> tuple[tuple[tuple[str, ...
         if all(
             _plain(d) for d in (attention.query_dense, attention.key_dense, attention.value_dense)
         ):
-            parts.append("qkv")
+            transposed = not on_cpu and _plain(attention.output_dense)
+            parts.append("qkv_t" if transposed else "qkv")
         if all(
             _plain(d) for d in (layer.feedforward_gate_dense, layer.feedforward_intermediate_dense)
         ):
@@ -93,9 +110,9 @@ def derive_fused_weights(model, plan) -> FusedWeights:
     layers = []
     for layer, parts in zip(backbone.transformer_layers, layer_plans, strict=True):
         fused = {}
-        if "qkv" in parts:
-            attention = layer.attention
-            fused["qkv"] = ops.concatenate(
+        attention = layer.attention
+        if "qkv" in parts or "qkv_t" in parts:
+            qkv = ops.concatenate(
                 [
                     kernel(attention.query_dense),
                     kernel(attention.key_dense),
@@ -103,6 +120,11 @@ def derive_fused_weights(model, plan) -> FusedWeights:
                 ],
                 axis=-1,
             )
+            fused["qkv"] = qkv
+            if "qkv_t" in parts:
+                fused["qkv"] = TransposedAttentionKernels(
+                    ops.transpose(qkv), ops.transpose(kernel(attention.output_dense))
+                )
         if "gate_up" in parts:
             fused["gate_up"] = ops.concatenate(
                 [

@@ -11,6 +11,7 @@ Two paths give the same outputs:
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
@@ -20,6 +21,15 @@ from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_
 # A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
 # harmless uniform softmax instead of NaNs that would poison the rest of the batch.
 _MASK_VALUE = -1e9
+
+
+class TransposedAttentionKernels(NamedTuple):
+    """The fused query/key/value kernel ``[(heads + 2 * kv_heads) * head_dim, hidden]`` and the
+    output kernel ``[hidden, heads * head_dim]``, both stored ``[out, in]`` (see
+    `kerasllm_widget.generation.fused_weights`)."""
+
+    qkv: Any
+    output: Any
 
 
 class Llama3Attention(keras.layers.Layer):
@@ -98,13 +108,18 @@ class Llama3Attention(keras.layers.Layer):
             rope: ``(cos, sin)`` from `rotary_tables` for these positions (computed here when None).
             fused_qkv: the query, key and value kernels side by side
                 ``[hidden, (heads + 2 * kv_heads) * head_dim]`` (the engine derives it): one
-                product instead of three.
+                product instead of three; or a `TransposedAttentionKernels`, which also stands
+                in for the output kernel.
         """
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         query_width = self.num_query_heads * self.head_dim
         kv_width = self.num_key_value_heads * self.head_dim
-        if fused_qkv is not None:
+        transposed = fused_qkv if isinstance(fused_qkv, TransposedAttentionKernels) else None
+        if transposed is not None:
+            qkv = ops.einsum("btd,nd->btn", x, transposed.qkv)
+        elif fused_qkv is not None:
             qkv = ops.matmul(x, fused_qkv)
+        if fused_qkv is not None:
             query = qkv[..., :query_width]
             key = qkv[..., query_width : query_width + kv_width]
             value = qkv[..., query_width + kv_width :]
@@ -136,6 +151,8 @@ class Llama3Attention(keras.layers.Layer):
             )
             probabilities = None
         output = ops.reshape(output, (batch, length, self.num_query_heads * self.head_dim))
+        if transposed is not None:
+            return ops.einsum("btn,dn->btd", output, transposed.output), cache, probabilities
         return self.output_dense(output), cache, probabilities
 
     def _explicit_attention(self, query, key, value, attention_mask):
