@@ -101,3 +101,35 @@ def test_lora_layers_keep_their_unfused_path():
     assert greedy_by_engine(model, PROMPT, NEW_TOKENS) == greedy_by_full_forward(
         model, PROMPT, NEW_TOKENS
     )
+
+
+def test_the_accelerator_layout_decodes_as_the_full_forward(monkeypatch):
+    # GPUs read q/k/v and the attention output as transposed kernels (a contiguous reduction at
+    # one token per row); the same real plan, chosen here on a CPU, must decode identically.
+    from kerasllm_widget.generation import engine as engine_module
+    from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
+
+    monkeypatch.setattr(
+        engine_module, "fusion_plan", lambda model: fusion_plan(model, on_cpu=False)
+    )
+    model = tiny_causal_lm(seed=6)
+    engine = engine_for(model)
+    assert greedy_by_engine(model, PROMPT, NEW_TOKENS) == greedy_by_full_forward(
+        model, PROMPT, NEW_TOKENS
+    )
+    fused = engine.weights()[1]
+    attention = model.backbone.transformer_layers[0].attention
+    kernels = fused.layers[0]["qkv"]
+    assert isinstance(kernels, TransposedAttentionKernels)
+    qkv = np.concatenate(
+        [
+            np.asarray(d.kernel)
+            for d in (attention.query_dense, attention.key_dense, attention.value_dense)
+        ],
+        axis=-1,
+    )
+    np.testing.assert_array_equal(np.asarray(kernels.qkv), qkv.T)
+    np.testing.assert_array_equal(
+        np.asarray(kernels.output), np.asarray(attention.output_dense.kernel).T
+    )
+    assert fused.lm_head is None  # the transposed embedding is a CPU layout
