@@ -200,18 +200,7 @@ export class Heatmap {
     // codes as sent (`base`), whatever the colour scale.
     this.base = base;
     this.grids = pyramid(shown, OVERVIEW / 2);
-    this.levels = this.grids.map((grid) => {
-      const level = document.createElement("canvas");
-      level.width = grid.cols;
-      level.height = grid.rows;
-      const context = level.getContext("2d");
-      if (context) {
-        const image = context.createImageData(grid.cols, grid.rows);
-        paint(grid, this.table, image.data);
-        context.putImageData(image, 0, 0);
-      }
-      return level;
-    });
+    this.levels = this.grids.map((grid) => this.rasterise(grid));
     this.buildDetail();
   }
 
@@ -225,17 +214,21 @@ export class Heatmap {
       cols: region.col1 - region.col0,
     };
     const maxima = this.rowMax?.subarray(region.row0, region.row1);
-    const shown = this.perRow ? normaliseRows(grid, maxima) : grid;
+    this.detailCanvas = this.rasterise(this.perRow ? normaliseRows(grid, maxima) : grid);
+  }
+
+  /** One canvas pixel per cell of `grid`, in the current colour table. */
+  private rasterise(grid: Parameters<typeof paint>[0]): HTMLCanvasElement {
     const level = document.createElement("canvas");
     level.width = grid.cols;
     level.height = grid.rows;
     const context = level.getContext("2d");
     if (context) {
       const image = context.createImageData(grid.cols, grid.rows);
-      paint(shown, this.table, image.data);
+      paint(grid, this.table, image.data);
       context.putImageData(image, 0, 0);
     }
-    this.detailCanvas = level;
+    return level;
   }
 
   /** Highlights a query row chosen elsewhere (a token hovered in the text). */
