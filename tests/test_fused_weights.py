@@ -12,6 +12,7 @@ from tiny_llama import tiny_causal_lm
 from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.fused_weights import fusion_plan
 from kerasllm_widget.generation.samplers import Sampler
+from kerasllm_widget.kernels import products
 
 PROMPT = [1, 17, 45, 99, 3, 250, 7]
 NEW_TOKENS = 12
@@ -59,8 +60,22 @@ def test_engine_derives_fused_kernels_from_the_variables(model):
         axis=-1,
     )
     np.testing.assert_array_equal(np.asarray(fused.layers[1]["gate_up"]), expected_gate_up)
+    # On a CPU the decode kernel reads the tied [vocabulary, hidden] table in place; without it
+    # the engine keeps a transposed copy (XLA would otherwise make one at every step).
+    assert fused.kernels is products.enabled()
+    assert fused.lm_head is None
+
+
+def test_without_the_cpu_kernel_the_output_projection_is_transposed_once(monkeypatch):
+    monkeypatch.setattr(products, "enabled", lambda: False)
+    model = tiny_causal_lm(seed=7)
+    values, fused = engine_for(model).weights()
+    assert fused.kernels is False
     embeddings = np.asarray(model.backbone.token_embedding.embeddings)
-    np.testing.assert_array_equal(np.asarray(fused.lm_head), embeddings.T)  # tied weights, on a CPU
+    np.testing.assert_array_equal(np.asarray(fused.lm_head), embeddings.T)
+    assert greedy_by_engine(model, PROMPT, NEW_TOKENS) == greedy_by_full_forward(
+        model, PROMPT, NEW_TOKENS
+    )
 
 
 def test_greedy_decode_with_fused_kernels_equals_the_full_forward(model):
@@ -96,7 +111,7 @@ def test_lora_layers_keep_their_unfused_path():
     for layer in model.backbone.transformer_layers:
         for dense in (layer.attention.query_dense, layer.attention.value_dense):
             dense.lora_kernel_b.assign(rng.normal(0, 0.5, dense.lora_kernel_b.shape))
-    layers, lm_head = fusion_plan(model)
+    layers, _, _ = fusion_plan(model)
     assert layers == (("gate_up",),) * len(model.backbone.transformer_layers)
     assert greedy_by_engine(model, PROMPT, NEW_TOKENS) == greedy_by_full_forward(
         model, PROMPT, NEW_TOKENS
@@ -110,7 +125,7 @@ def test_the_accelerator_layout_decodes_as_the_full_forward(monkeypatch):
     from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
 
     monkeypatch.setattr(
-        engine_module, "fusion_plan", lambda model: fusion_plan(model, on_cpu=False)
+        engine_module, "fusion_plan", lambda model: fusion_plan(model, on_cpu=False, kernels=False)
     )
     model = tiny_causal_lm(seed=6)
     engine = engine_for(model)

@@ -62,3 +62,25 @@ def test_int8_greedy_choices_stay_close_to_float32(runs):
     # The engine streams int8 tokens (its fused layouts leave quantized kernels alone).
     int8_tokens = greedy(model, prompt_ids)
     assert int8_tokens[:4] == float_tokens[:4]
+
+
+@pytest.mark.skipif(
+    not __import__("kerasllm_widget.kernels.cpu", fromlist=["cpu"]).available(),
+    reason="the CPU decode kernel needs a C++ compiler on this machine",
+)
+def test_decode_multiplies_the_int8_kernels_in_integers(runs):
+    # Every layer's products and the (tied, float) output projection go to the CPU kernel as
+    # [out, in] int8 copies; prompts keep the layers' own int8 path.
+    from kerasllm_widget.generation.fused_weights import fusion_plan
+    from kerasllm_widget.kernels.products import QuantizedKernel
+
+    model = runs[0]
+    layers, lm_head, kernels = fusion_plan(model)
+    assert kernels and lm_head == "q8"
+    assert set(layers) == {("q8",)}
+    fused = engine_for(model).weights()[1]
+    assert isinstance(fused.lm_head, QuantizedKernel)
+    table = np.asarray(model.backbone.token_embedding.embeddings, np.float32)
+    codes, step = np.asarray(fused.lm_head.kernel), np.asarray(fused.lm_head.scale)
+    assert codes.dtype == np.int8 and codes.shape == table.shape
+    assert np.abs(codes * step[:, None] - table).max() <= 0.51 * step.max()

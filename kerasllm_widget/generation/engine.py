@@ -43,6 +43,7 @@ from kerasllm_widget.generation.samplers import (
     SamplerPlan,
     sample_next_token,
 )
+from kerasllm_widget.kernels.products import QuantizedKernel, product
 from kerasllm_widget.models.rotary_embedding import rotary_tables
 
 __all__ = [
@@ -197,6 +198,7 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
                 cache_index=cache_index,
                 rope=rope,
                 fused=fused.layers[i],
+                kernels=fused.kernels,
             )
             new_cache.append(layer_cache)
         hidden = backbone.layer_norm(x)
@@ -205,8 +207,18 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
 
 def _logits(model, variables, weights, hidden):
     values, fused = weights
-    if fused.lm_head is not None:
+    embedding = model.backbone.token_embedding
+    if isinstance(fused.lm_head, QuantizedKernel):  # [vocabulary, hidden] int8
+        logits = product(hidden.astype(jnp.float32), fused.lm_head, kernels=fused.kernels)
+    elif fused.lm_head is not None:
         logits = jnp.matmul(hidden.astype(fused.lm_head.dtype), fused.lm_head)
+    elif fused.kernels and getattr(embedding, "quantization_mode", None) is None:
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            # The [vocabulary, hidden] table read in place (tied) or [hidden, vocabulary].
+            tied = embedding.tie_weights
+            table = embedding.embeddings if tied else embedding.reverse_embeddings
+            hidden = hidden.astype(embedding.compute_dtype)
+            logits = product(hidden, table, transposed=tied, kernels=True)
     else:
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             logits = model.backbone.token_embedding(hidden, reverse=True)

@@ -15,8 +15,12 @@ device, in one jitted call) and passes them to its compiled programs beside the 
   at batch 1 with the decode program's CUDA graphs).
 - ``lm_head``: the tied embedding transposed once, ``[hidden, vocabulary]``. XLA on a CPU
   otherwise copies the ``[vocabulary, hidden]`` table into that layout at every step (a 113 MB
-  copy per token for SmolLM2 in float32); accelerators read the transposed operand directly, so
-  it is only derived on a CPU.
+  copy per token for SmolLM2 in float32); accelerators read the transposed operand directly.
+  It is only derived on a CPU without the decode kernel (`kerasllm_widget.kernels`), which reads
+  the table in place.
+
+``kernels`` (static: part of the compiled programs' signature) says whether the programs send
+decode-sized products to the CPU kernel.
 
 The variables (checkpoint names and shapes, LoRA adapters, the unfused layers that training and
 the inspectors use) are left as they are. A layer with LoRA, a bias or a quantized kernel keeps
@@ -26,12 +30,15 @@ one set, derived again only when the variables' values change (after training, f
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any
 
 import jax
 import keras
 from keras import ops
 
+from kerasllm_widget.kernels import products
+from kerasllm_widget.kernels.products import QuantizedKernel
 from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
 
 __all__ = [
@@ -43,13 +50,26 @@ __all__ = [
 ]
 
 
-class FusedWeights(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FusedWeights:
     """Per transformer layer ``{"qkv": ..., "gate_up": ...}`` (either may be absent; ``qkv`` is
-    a `TransposedAttentionKernels` on an accelerator), and the output projection
-    ``[hidden, vocabulary]`` or None."""
+    a `TransposedAttentionKernels` on an accelerator), the output projection
+    ``[hidden, vocabulary]`` or None, and whether the CPU decode kernel is used."""
 
     layers: tuple
     lm_head: Any
+    kernels: bool = dataclasses.field(default=False, metadata={"static": True})
+
+
+def _int8(dense) -> bool:
+    """An int8-quantized kernel (Keras ``quantize("int8")``) without bias or LoRA: the CPU kernel
+    multiplies it in integers from an ``[out, in]`` copy (a `QuantizedKernel`)."""
+    return (
+        getattr(dense, "quantization_mode", None) == "int8"
+        and not getattr(dense, "lora_enabled", False)
+        and getattr(dense, "bias", None) is None
+    )
 
 
 def _plain(dense) -> bool:
@@ -61,10 +81,13 @@ def _plain(dense) -> bool:
     )
 
 
-def fusion_plan(model, on_cpu: bool | None = None) -> tuple[tuple[tuple[str, ...], ...], bool]:
+def fusion_plan(
+    model, on_cpu: bool | None = None, kernels: bool | None = None
+) -> tuple[tuple[tuple[str, ...], ...], bool, bool]:
     """Which layers get fused kernels (``(("qkv", "gate_up"), ...)``; ``"qkv_t"`` for the
-    transposed attention kernels of an accelerator) and whether the transposed output
-    projection is derived.
+    transposed attention kernels of an accelerator), whether the transposed output projection
+    is derived, and whether the CPU decode kernel is used (default: where it can be,
+    `kerasllm_widget.kernels.products.enabled`).
 
     Example:
         >>> fusion_plan(model)[1]  # doctest: +SKIP
@@ -72,11 +95,21 @@ def fusion_plan(model, on_cpu: bool | None = None) -> tuple[tuple[tuple[str, ...
     """
     if on_cpu is None:
         on_cpu = jax.default_backend() == "cpu"
+    if kernels is None:
+        kernels = on_cpu and products.enabled()
     backbone = model.backbone
     layers = []
+    int8_layers = 0
     for layer in backbone.transformer_layers:
         attention = layer.attention
         parts = []
+        qkv_dense = (attention.query_dense, attention.key_dense, attention.value_dense)
+        gate_up_dense = (layer.feedforward_gate_dense, layer.feedforward_intermediate_dense)
+        if kernels and all(_int8(d) for d in (*qkv_dense, *gate_up_dense)):
+            if _int8(attention.output_dense) and _int8(layer.feedforward_output_dense):
+                layers.append(("q8",))
+                int8_layers += 1
+                continue
         if all(
             _plain(d) for d in (attention.query_dense, attention.key_dense, attention.value_dense)
         ):
@@ -88,10 +121,14 @@ def fusion_plan(model, on_cpu: bool | None = None) -> tuple[tuple[tuple[str, ...
             parts.append("gate_up")
         layers.append(tuple(parts))
     embedding = backbone.token_embedding
-    lm_head = bool(
-        on_cpu and embedding.tie_weights and getattr(embedding, "quantization_mode", None) is None
-    )
-    return tuple(layers), lm_head
+    float_table = embedding.tie_weights and getattr(embedding, "quantization_mode", None) is None
+    lm_head: bool | str = bool(on_cpu and not kernels and float_table)
+    if kernels and float_table and int8_layers == len(layers) and layers:
+        # Keras leaves a tied embedding in float when it quantizes the model; the decode kernel
+        # reads the output projection as int8 too (per-row scales), or it would be half the
+        # bytes of every step.
+        lm_head = "q8"
+    return tuple(layers), lm_head, bool(kernels)
 
 
 def derive_fused_weights(model, plan) -> FusedWeights:
@@ -100,17 +137,32 @@ def derive_fused_weights(model, plan) -> FusedWeights:
     Pure in the variables' values: run it inside a `keras.StatelessScope` under `jax.jit` to
     derive from explicit arrays (the engine does).
     """
-    layer_plans, lm_head_wanted = plan
+    layer_plans, lm_head_wanted, kernels = plan
     backbone = model.backbone
     dtype = backbone.compute_dtype
 
     def kernel(dense):
         return ops.cast(dense.kernel, dtype)
 
+    def quantized(*denses):  # int8 [in, out] kernels side by side, as one [out, in] kernel
+        return QuantizedKernel(
+            ops.concatenate([ops.transpose(ops.convert_to_tensor(d._kernel)) for d in denses], 0),
+            ops.concatenate([1.0 / ops.cast(d.kernel_scale, "float32") for d in denses], 0),
+        )
+
     layers = []
     for layer, parts in zip(backbone.transformer_layers, layer_plans, strict=True):
         fused = {}
         attention = layer.attention
+        if "q8" in parts:
+            fused["qkv"] = TransposedAttentionKernels(
+                quantized(attention.query_dense, attention.key_dense, attention.value_dense),
+                quantized(attention.output_dense),
+            )
+            fused["gate_up"] = quantized(
+                layer.feedforward_gate_dense, layer.feedforward_intermediate_dense
+            )
+            fused["down"] = quantized(layer.feedforward_output_dense)
         if "qkv" in parts or "qkv_t" in parts:
             qkv = ops.concatenate(
                 [
@@ -135,9 +187,15 @@ def derive_fused_weights(model, plan) -> FusedWeights:
             )
         layers.append(fused)
     lm_head = None
-    if lm_head_wanted:
+    if lm_head_wanted == "q8":
+        table = ops.cast(backbone.token_embedding.embeddings, "float32")
+        step = ops.max(ops.abs(table), axis=1) / 127.0
+        step = ops.where(step > 0, step, 1.0)
+        codes = ops.cast(ops.clip(ops.round(table / step[:, None]), -127, 127), "int8")
+        lm_head = QuantizedKernel(codes, step)
+    elif lm_head_wanted:
         lm_head = ops.transpose(ops.cast(backbone.token_embedding.embeddings, dtype))
-    return FusedWeights(tuple(layers), lm_head)
+    return FusedWeights(tuple(layers), lm_head, kernels)
 
 
 def derive_in_scope(model, variables, values, plan) -> FusedWeights:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
+from kerasllm_widget.kernels.products import dense_product, product
 from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_tables
 
 # A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
@@ -25,8 +26,8 @@ _MASK_VALUE = -1e9
 
 class TransposedAttentionKernels(NamedTuple):
     """The fused query/key/value kernel ``[(heads + 2 * kv_heads) * head_dim, hidden]`` and the
-    output kernel ``[hidden, heads * head_dim]``, both stored ``[out, in]`` (see
-    `kerasllm_widget.generation.fused_weights`)."""
+    output kernel ``[hidden, heads * head_dim]``, both stored ``[out, in]``: float arrays, or
+    int8 `QuantizedKernel` pairs (see `kerasllm_widget.generation.fused_weights`)."""
 
     qkv: Any
     output: Any
@@ -94,6 +95,7 @@ class Llama3Attention(keras.layers.Layer):
         return_probabilities: bool = False,
         rope=None,
         fused_qkv=None,
+        kernels: bool = False,
     ):
         """Returns ``(output, new_cache, probabilities_or_None)``.
 
@@ -110,21 +112,26 @@ class Llama3Attention(keras.layers.Layer):
                 ``[hidden, (heads + 2 * kv_heads) * head_dim]`` (the engine derives it): one
                 product instead of three; or a `TransposedAttentionKernels`, which also stands
                 in for the output kernel.
+            kernels: send decode-sized products to the CPU kernel (the engine's programs on a
+                CPU; see `kerasllm_widget.kernels.products`).
         """
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         query_width = self.num_query_heads * self.head_dim
         kv_width = self.num_key_value_heads * self.head_dim
         transposed = fused_qkv if isinstance(fused_qkv, TransposedAttentionKernels) else None
         if transposed is not None:
-            qkv = ops.einsum("btd,nd->btn", x, transposed.qkv)
+            qkv = product(x, transposed.qkv, transposed=True, kernels=kernels)
         elif fused_qkv is not None:
-            qkv = ops.matmul(x, fused_qkv)
+            qkv = product(x, fused_qkv, kernels=kernels)
         if fused_qkv is not None:
             query = qkv[..., :query_width]
             key = qkv[..., query_width : query_width + kv_width]
             value = qkv[..., query_width + kv_width :]
         else:
-            query, key, value = self.query_dense(x), self.key_dense(x), self.value_dense(x)
+            query, key, value = (
+                dense_product(dense, x, kernels=kernels)
+                for dense in (self.query_dense, self.key_dense, self.value_dense)
+            )
         query = ops.reshape(query, (batch, length, self.num_query_heads, self.head_dim))
         key = ops.reshape(key, (batch, length, self.num_key_value_heads, self.head_dim))
         value = ops.reshape(value, (batch, length, self.num_key_value_heads, self.head_dim))
@@ -152,8 +159,9 @@ class Llama3Attention(keras.layers.Layer):
             probabilities = None
         output = ops.reshape(output, (batch, length, self.num_query_heads * self.head_dim))
         if transposed is not None:
-            return ops.einsum("btn,dn->btd", output, transposed.output), cache, probabilities
-        return self.output_dense(output), cache, probabilities
+            output = product(output, transposed.output, transposed=True, kernels=kernels)
+            return output, cache, probabilities
+        return dense_product(self.output_dense, output, kernels=kernels), cache, probabilities
 
     def _explicit_attention(self, query, key, value, attention_mask):
         """Softmax written out, in float32, grouped so that K/V heads are never repeated."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerasllm_widget.kernels.products import dense_product, for_rows, product
 from kerasllm_widget.models.llama3_attention import Llama3Attention
 from kerasllm_widget.models.rms_normalization import RMSNormalization
 
@@ -87,14 +88,16 @@ class Llama3TransformerDecoder(keras.layers.Layer):
         return_probabilities: bool = False,
         rope=None,
         fused=None,
+        kernels: bool = False,
     ):
         """Returns ``(output, new_cache, attention_probabilities_or_None)``.
 
         ``rope``: shared RoPE tables (see `Llama3Attention.call`). ``fused``: kernels the engine
-        derives for inference, ``{"qkv": ..., "gate_up": ...}`` (either may be absent; see
-        `kerasllm_widget.generation.fused_weights`).
+        derives for inference, ``{"qkv": ..., "gate_up": ..., "down": ...}`` (any may be absent; see
+        `kerasllm_widget.generation.fused_weights`). ``kernels``: the engine's programs on a CPU
+        send decode-sized products to the CPU kernel (`kerasllm_widget.kernels.products`).
         """
-        fused = fused or {}
+        fused = for_rows(fused or {}, x, kernels)
         attended, cache, probabilities = self.attention(
             self.attention_norm(x),
             positions=positions,
@@ -104,15 +107,22 @@ class Llama3TransformerDecoder(keras.layers.Layer):
             return_probabilities=return_probabilities,
             rope=rope,
             fused_qkv=fused.get("qkv"),
+            kernels=kernels,
         )
         x = x + attended
         h = self.feedforward_norm(x)
         if "gate_up" in fused:
-            gate_up = ops.matmul(h, fused["gate_up"])
+            gate_up = product(h, fused["gate_up"], kernels=kernels)
             gate, up = gate_up[..., : self.intermediate_dim], gate_up[..., self.intermediate_dim :]
         else:
-            gate, up = self.feedforward_gate_dense(h), self.feedforward_intermediate_dense(h)
-        return x + self.feedforward_output_dense(ops.silu(gate) * up), cache, probabilities
+            gate = dense_product(self.feedforward_gate_dense, h, kernels=kernels)
+            up = dense_product(self.feedforward_intermediate_dense, h, kernels=kernels)
+        hidden = ops.silu(gate) * up
+        if "down" in fused:
+            down = product(hidden, fused["down"], kernels=kernels)
+        else:
+            down = dense_product(self.feedforward_output_dense, hidden, kernels=kernels)
+        return x + down, cache, probabilities
 
     def get_config(self):
         return {

@@ -1,0 +1,1 @@
+"""Native kernels used by the generation engine."""

@@ -1,0 +1,150 @@
+"""The CPU decode kernel (`matvec.cc`): built on first use, registered with XLA, called from jit.
+
+XLA's CPU dot reads float32 weights at about half this machine class's memory bandwidth when one
+token is multiplied through a matrix, and int8, float16 and bfloat16 weights slower still (it
+widens the whole matrix first). `matvec` hands those products to a small C++ kernel that streams
+the weights once. It is compiled with the machine's C++ compiler against the XLA FFI headers that
+jaxlib ships (`jax.ffi.include_dir()`), for this machine's instruction set (``-march=native``),
+into the user's cache folder, keyed by the source, jaxlib version and CPU, so it is built once
+per machine (several seconds). Without a compiler, or with ``KERASLLM_CPU_KERNELS=0``, `available`
+is False and callers keep XLA's dot; the reason is logged once.
+
+A package build step is not used for this on purpose: the kernel must be compiled against the
+jaxlib the user actually has and for the CPU it runs on, and both can change after install.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from kerasllm_widget.kernels import cpu
+    >>> if cpu.available():  # doctest: +SKIP
+    ...     y = cpu.matvec(jnp.ones((1, 8)), jnp.ones((8, 4)))
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["available", "matvec", "reason_unavailable", "TARGET"]
+
+log = logging.getLogger(__name__)
+
+TARGET = "kerasllm_matvec"
+_SOURCE = Path(__file__).with_name("matvec.cc")
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+
+_lock = threading.Lock()
+_state: dict = {}  # "ok": bool, "why": str, "library": ctypes.CDLL
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _library_path(compiler: str) -> Path:
+    from kerasllm_widget.generation.engine import default_cache_dir
+
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), jax.lib.__version__.encode(), _cpu_signature().encode()):
+        digest.update(part)
+    digest.update(" ".join([compiler, *_FLAGS]).encode())
+    return default_cache_dir().parent / "kernels" / f"matvec-{digest.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        partial = Path(scratch) / target.name
+        command = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(partial)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(partial, target)  # atomic: another process may be building the same file
+
+
+def _load() -> None:
+    if os.environ.get("KERASLLM_CPU_KERNELS", "1") == "0":
+        _state.update(ok=False, why="turned off with KERASLLM_CPU_KERNELS=0")
+        return
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        _state.update(ok=False, why=f"no kernel for {platform.machine()}")
+        return
+    compiler = _compiler()
+    if compiler is None:
+        _state.update(ok=False, why="no C++ compiler found (install g++ or set CXX)")
+        return
+    try:
+        path = _library_path(compiler)
+        if not path.exists():
+            _build(compiler, path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        jax.ffi.register_ffi_target(
+            TARGET, jax.ffi.pycapsule(library.KerasLLMMatVec), platform="cpu"
+        )
+    except Exception as error:  # a failed build must not stop generation: XLA's dot remains
+        _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
+        return
+    _state.update(ok=True, why="", library=library)
+
+
+def available() -> bool:
+    """Whether `matvec` can run here (builds and registers the kernel on the first call)."""
+    with _lock:
+        if not _state:
+            _load()
+            if not _state["ok"]:
+                log.info("CPU decode kernel not used: %s; XLA's dot is used instead", _state["why"])
+        return _state["ok"]
+
+
+def reason_unavailable() -> str:
+    """Why `available` is False ("" when it is True)."""
+    available()
+    return _state["why"]
+
+
+def matvec(x, w, scale=None, *, transposed: bool = False, out_dtype=None):
+    """``x [..., K] @ w`` through the kernel: ``w`` is ``[K, N]`` (``[N, K]`` when
+    ``transposed``) in float32, bfloat16, float16 or int8, and ``scale`` an optional float32
+    ``[N]`` multiplier per output (int8 weights). Accumulates in float32; returns ``[..., N]`` in
+    ``out_dtype`` (default: x's dtype). Meant for a few rows of x (the decode batch).
+    """
+    if not available():
+        raise RuntimeError(f"the CPU decode kernel is not available: {reason_unavailable()}")
+    k = x.shape[-1]
+    n = w.shape[0] if transposed else w.shape[1]
+    if (w.shape[1] if transposed else w.shape[0]) != k:
+        raise ValueError(f"matvec: x has {k} features but w is {tuple(w.shape)}")
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    rows = x.reshape(-1, k)
+    if scale is None:
+        scale = jnp.zeros((0,), jnp.float32)
+    else:
+        scale = jnp.asarray(scale, jnp.float32).reshape(n)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), out_dtype))
+    y = call(rows, w, scale, transposed=np.int64(bool(transposed)))
+    return y.reshape(*x.shape[:-1], n)

@@ -1,0 +1,492 @@
+// Matrix-vector products for decoding on a CPU, as an XLA FFI custom call.
+//
+// At one token per row a decode step is a chain of products y[M, N] = x[M, K] @ W whose cost is
+// reading W once from memory. XLA's CPU dot reads float32 weights at about half the memory
+// bandwidth of this machine class and reads int8, float16 and bfloat16 weights slower than
+// float32 (it widens the whole matrix before multiplying). This kernel streams W once, widens
+// eight weights at a time in registers, and splits the output columns (or rows) across XLA's own
+// intra-op thread pool, so it never competes with XLA for cores.
+//
+//   x      [M, K]  float32, bfloat16 or float16 (small M: the batch at decode)
+//   w      [K, N]  float32, bfloat16, float16 or int8; [N, K] when `transposed` is 1 (a tied
+//                  embedding table [vocabulary, hidden] read as the output projection)
+//   scale  [N]     float32 multiplier per output (int8 weights), or [0] for none
+//   y      [M, N]  float32, bfloat16 or float16: float32 accumulation, rounded once at the end
+//
+// int8 weights stored [N, K] are multiplied in integers: x is quantized to int8 per row first
+// (absolute maximum to 127, as Keras' int8 Dense quantizes its inputs), so each step multiplies
+// 32 weights. int8 weights stored [K, N] are widened to float32 instead (x stays exact).
+//
+// Built by kerasllm_widget/kernels/cpu.py with the machine's C++ compiler on first use.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KLW_AVX2 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kMaxRowsPerPass = 8;  // rows of x per pass over W
+constexpr int64_t kMaxTileFloats = 16384;  // partial sums per task ([K, N] layout): in L2
+constexpr int64_t kChunkRows = 256;  // outputs per task ([N, K] layout)
+// [N, K] layout streams 4 rows of W at once; the hardware prefetcher alone leaves that at about
+// 60% of the memory bandwidth (Zen 3), a software prefetch this far ahead closes most of the gap.
+constexpr int64_t kPrefetchBytes = 4096;
+
+// ---------------------------------------------------------------------------- element types
+
+inline float half_to_float(uint16_t h) {
+#ifdef KLW_AVX2
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      uint32_t m = mant;
+      do { ++e; m <<= 1; } while ((m & 0x400) == 0);
+      bits = sign | ((112 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+inline uint16_t float_to_half(float f) {
+#ifdef KLW_AVX2
+  return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+  // Round to nearest even through float arithmetic is long; this path is only taken on CPUs
+  // without F16C, where a plain truncating conversion of the final output is acceptable.
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
+  const uint32_t mant = x & 0x7fffffu;
+  if (((x >> 23) & 0xff) == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0));
+  if (exp >= 31) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (exp <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (exp << 10) | (mant >> 13));
+#endif
+}
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if (std::isnan(f)) return static_cast<uint16_t>((x >> 16) | 0x40);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+struct F32 {
+  using T = float;
+  static float one(const T* p) { return *p; }
+#ifdef KLW_AVX2
+  static __m256 eight(const T* p) { return _mm256_loadu_ps(p); }
+#endif
+};
+struct F16 {
+  using T = uint16_t;
+  static float one(const T* p) { return half_to_float(*p); }
+#ifdef KLW_AVX2
+  static __m256 eight(const T* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+#endif
+};
+struct BF16 {
+  using T = uint16_t;
+  static float one(const T* p) { return bf16_to_float(*p); }
+#ifdef KLW_AVX2
+  static __m256 eight(const T* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+#endif
+};
+struct I8 {
+  using T = int8_t;
+  static float one(const T* p) { return static_cast<float>(*p); }
+#ifdef KLW_AVX2
+  static __m256 eight(const T* p) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  }
+#endif
+};
+
+#ifdef KLW_AVX2
+inline float horizontal_sum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+#endif
+
+// ---------------------------------------------------------------------------- the products
+
+// acc[m, 0:n1-n0] += x[m, k0:k1] @ W[k0:k1, n0:n1] for m in [0, rows), W stored [K, N]: four
+// rows of W per pass, each read start to end (whole rows when the tile is all of N), so the
+// weights stream through memory in order. `acc` rows are `stride` floats apart.
+template <typename W>
+void columns_kn(const float* x, int64_t rows, int64_t K, const typename W::T* w, int64_t N,
+                int64_t k0, int64_t k1, int64_t n0, int64_t n1, float* acc, int64_t stride) {
+  const int64_t width = n1 - n0;
+  for (int64_t m = 0; m < rows; ++m) std::fill(acc + m * stride, acc + m * stride + width, 0.0f);
+  int64_t k = k0;
+#ifdef KLW_AVX2
+  const int64_t vec_width = width & ~int64_t{7};
+  for (; k + 4 <= k1; k += 4) {
+    const typename W::T* w0 = w + k * N + n0;
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* xm = x + m * K + k;
+      const __m256 x0 = _mm256_set1_ps(xm[0]), x1 = _mm256_set1_ps(xm[1]);
+      const __m256 x2 = _mm256_set1_ps(xm[2]), x3 = _mm256_set1_ps(xm[3]);
+      float* a = acc + m * stride;
+      for (int64_t j = 0; j < vec_width; j += 8) {
+        __m256 s = _mm256_loadu_ps(a + j);
+        s = _mm256_fmadd_ps(W::eight(w0 + j), x0, s);
+        s = _mm256_fmadd_ps(W::eight(w0 + N + j), x1, s);
+        s = _mm256_fmadd_ps(W::eight(w0 + 2 * N + j), x2, s);
+        s = _mm256_fmadd_ps(W::eight(w0 + 3 * N + j), x3, s);
+        _mm256_storeu_ps(a + j, s);
+      }
+      for (int64_t j = vec_width; j < width; ++j) {
+        a[j] += W::one(w0 + j) * xm[0] + W::one(w0 + N + j) * xm[1] +
+                W::one(w0 + 2 * N + j) * xm[2] + W::one(w0 + 3 * N + j) * xm[3];
+      }
+    }
+  }
+#endif
+  for (; k < k1; ++k) {
+    const typename W::T* wk = w + k * N + n0;
+    for (int64_t m = 0; m < rows; ++m) {
+      const float xk = x[m * K + k];
+      float* a = acc + m * stride;
+      for (int64_t j = 0; j < width; ++j) a[j] += W::one(wk + j) * xk;
+    }
+  }
+}
+
+// y[m, n] for n in [n0, n1) and W stored [N, K]: a dot product per output, four outputs at once
+// so each block of x is loaded once for four rows of W.
+template <typename W>
+void rows_nk(const float* x, int64_t rows, int64_t K, const typename W::T* w, int64_t n0,
+             int64_t n1, float* out /* [rows, n1 - n0] */) {
+  const int64_t width = n1 - n0;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = x + m * K;
+    int64_t n = n0;
+#ifdef KLW_AVX2
+    const int64_t vec_k = K & ~int64_t{7};
+    for (; n + 4 <= n1; n += 4) {
+      const typename W::T* r = w + n * K;
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+      __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < vec_k; k += 8) {
+        if (((k * sizeof(typename W::T)) & 63) == 0) {  // once per cache line of each row
+          for (int i = 0; i < 4; ++i) {
+            _mm_prefetch(reinterpret_cast<const char*>(r + i * K + k) + kPrefetchBytes,
+                         _MM_HINT_T0);
+          }
+        }
+        const __m256 xv = _mm256_loadu_ps(xm + k);
+        s0 = _mm256_fmadd_ps(W::eight(r + k), xv, s0);
+        s1 = _mm256_fmadd_ps(W::eight(r + K + k), xv, s1);
+        s2 = _mm256_fmadd_ps(W::eight(r + 2 * K + k), xv, s2);
+        s3 = _mm256_fmadd_ps(W::eight(r + 3 * K + k), xv, s3);
+      }
+      float t[4] = {horizontal_sum(s0), horizontal_sum(s1), horizontal_sum(s2),
+                    horizontal_sum(s3)};
+      for (int64_t k = vec_k; k < K; ++k) {
+        for (int i = 0; i < 4; ++i) t[i] += W::one(r + i * K + k) * xm[k];
+      }
+      for (int i = 0; i < 4; ++i) out[m * width + (n - n0) + i] = t[i];
+    }
+#endif
+    for (; n < n1; ++n) {
+      const typename W::T* r = w + n * K;
+      float s = 0.0f;
+      for (int64_t k = 0; k < K; ++k) s += W::one(r + k) * xm[k];
+      out[m * width + (n - n0)] = s;
+    }
+  }
+}
+
+// int8 weights stored [N, K] times x quantized to int8 per row (`xq`, scale `xs`), as Keras'
+// int8 Dense quantizes its inputs: integer dot products, 32 weights per step (unsigned |w| times
+// x with w's sign, pairs added into int16 without overflow: 2 * 128 * 127 < 2^15, then int32).
+// out[m, n - n0] = xs[m] * sum_k xq[m, k] * w[n, k].
+void rows_nk_q8(const int8_t* xq, const float* xs, int64_t rows, int64_t K, const int8_t* w,
+                int64_t n0, int64_t n1, float* out) {
+  const int64_t width = n1 - n0;
+  for (int64_t m = 0; m < rows; ++m) {
+    const int8_t* xm = xq + m * K;
+    int64_t n = n0;
+#ifdef KLW_AVX2
+    const int64_t vec_k = K & ~int64_t{31};
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (; n + 4 <= n1; n += 4) {
+      const int8_t* r = w + n * K;
+      __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+      for (int64_t k = 0; k < vec_k; k += 32) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + k));
+        for (int i = 0; i < 4; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(r + i * K + k) + kPrefetchBytes,
+                       _MM_HINT_T0);
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * K + k));
+          const __m256i pairs =
+              _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+          s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+      for (int i = 0; i < 4; ++i) {
+        const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s[i]),
+                                        _mm256_extracti128_si256(s[i], 1));
+        const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+        int32_t total = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
+        for (int64_t k = vec_k; k < K; ++k) total += int32_t{r[i * K + k]} * xm[k];
+        out[m * width + (n - n0) + i] = xs[m] * static_cast<float>(total);
+      }
+    }
+#endif
+    for (; n < n1; ++n) {
+      const int8_t* r = w + n * K;
+      int32_t total = 0;
+      for (int64_t k = 0; k < K; ++k) total += int32_t{r[k]} * xm[k];
+      out[m * width + (n - n0)] = xs[m] * static_cast<float>(total);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- the call
+
+// One product, split into tasks that threads claim in turn. [K, N]: the rows of W in
+// `row_blocks` contiguous blocks (one per thread) times column tiles, each task adding into its
+// block's partial sums, which the caller adds up at the end. [N, K]: blocks of output rows.
+struct Job {
+  const float* x;  // [M, K] float32
+  int64_t M, K, N;
+  const void* w;
+  ffi::DataType w_type;
+  bool transposed;
+  int64_t tasks;
+  int64_t row_blocks, tile;  // [K, N]
+  std::vector<float> partial;  // [K, N]: [row_blocks, M, N]
+  // [N, K]: outputs go straight to y. int8 weights there use x quantized per row.
+  bool q8 = false;
+  std::vector<int8_t> xq;
+  std::vector<float> xs;
+  const float* scale;  // [N] or null
+  void* y;
+  ffi::DataType y_type;
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+void store(const Job& job, int64_t index, float v) {
+  switch (job.y_type) {
+    case ffi::DataType::F32: static_cast<float*>(job.y)[index] = v; break;
+    case ffi::DataType::BF16: static_cast<uint16_t*>(job.y)[index] = float_to_bf16(v); break;
+    default: static_cast<uint16_t*>(job.y)[index] = float_to_half(v); break;
+  }
+}
+
+template <typename W>
+void run_task_typed(Job& job, int64_t t, std::vector<float>& scratch) {
+  const auto* w = static_cast<const typename W::T*>(job.w);
+  if (!job.transposed) {
+    const int64_t block = t % job.row_blocks, tile = t / job.row_blocks;
+    // Row blocks in multiples of 4 rows (the unrolled step).
+    const int64_t per_block = ((job.K + job.row_blocks - 1) / job.row_blocks + 3) / 4 * 4;
+    const int64_t k0 = std::min(job.K, block * per_block);
+    const int64_t k1 = std::min(job.K, k0 + per_block);
+    const int64_t n0 = tile * job.tile, n1 = std::min(job.N, n0 + job.tile);
+    float* acc = job.partial.data() + block * job.M * job.N + n0;
+    for (int64_t m0 = 0; m0 < job.M; m0 += kMaxRowsPerPass) {
+      const int64_t rows = std::min(kMaxRowsPerPass, job.M - m0);
+      columns_kn<W>(job.x + m0 * job.K, rows, job.K, w, job.N, k0, k1, n0, n1,
+                    acc + m0 * job.N, job.N);
+    }
+    return;
+  }
+  const int64_t n0 = t * kChunkRows, n1 = std::min(job.N, n0 + kChunkRows), width = n1 - n0;
+  if (static_cast<int64_t>(scratch.size()) < kMaxRowsPerPass * width) {
+    scratch.resize(kMaxRowsPerPass * width);
+  }
+  for (int64_t m0 = 0; m0 < job.M; m0 += kMaxRowsPerPass) {
+    const int64_t rows = std::min(kMaxRowsPerPass, job.M - m0);
+    if constexpr (std::is_same_v<W, I8>) {
+      if (job.q8) {
+        rows_nk_q8(job.xq.data() + m0 * job.K, job.xs.data() + m0, rows, job.K, w, n0, n1,
+                   scratch.data());
+      } else {
+        rows_nk<W>(job.x + m0 * job.K, rows, job.K, w, n0, n1, scratch.data());
+      }
+    } else {
+      rows_nk<W>(job.x + m0 * job.K, rows, job.K, w, n0, n1, scratch.data());
+    }
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t j = 0; j < width; ++j) {
+        const float v = scratch[m * width + j];
+        store(job, (m0 + m) * job.N + n0 + j, job.scale ? v * job.scale[n0 + j] : v);
+      }
+    }
+  }
+}
+
+void run_task(Job& job, int64_t t, std::vector<float>& scratch) {
+  switch (job.w_type) {
+    case ffi::DataType::F32: run_task_typed<F32>(job, t, scratch); break;
+    case ffi::DataType::F16: run_task_typed<F16>(job, t, scratch); break;
+    case ffi::DataType::BF16: run_task_typed<BF16>(job, t, scratch); break;
+    default: run_task_typed<I8>(job, t, scratch); break;
+  }
+}
+
+// Claims tasks until none are left. A helper that starts late finds none and returns without
+// touching the buffers (the job outlives it through the shared pointer).
+void work(const std::shared_ptr<Job>& job) {
+  thread_local std::vector<float> scratch;
+  for (int64_t t = job->next.fetch_add(1); t < job->tasks; t = job->next.fetch_add(1)) {
+    run_task(*job, t, scratch);
+    job->done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+bool is_float(ffi::DataType t) {
+  return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
+}
+
+ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale,
+                  ffi::Result<ffi::AnyBuffer> y, int64_t transposed) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2) {
+    return ffi::Error::InvalidArgument("matvec: x, w and y must be 2-D");
+  }
+  const int64_t M = xd[0], K = xd[1];
+  const int64_t N = transposed ? wd[0] : wd[1];
+  if ((transposed ? wd[1] : wd[0]) != K || yd[0] != M || yd[1] != N) {
+    return ffi::Error::InvalidArgument("matvec: shapes of x, w and y do not agree");
+  }
+  const auto wt = w.element_type(), xt = x.element_type(), yt = y->element_type();
+  if (!(is_float(wt) || wt == ffi::DataType::S8) || !is_float(xt) || !is_float(yt)) {
+    return ffi::Error::InvalidArgument("matvec: unsupported element type");
+  }
+  const int64_t scale_count = static_cast<int64_t>(scale.element_count());
+  if (scale_count != 0 && (scale_count != N || scale.element_type() != ffi::DataType::F32)) {
+    return ffi::Error::InvalidArgument("matvec: scale must be float32 [N] or empty");
+  }
+  if (M == 0 || N == 0) return ffi::Error::Success();
+
+  // x widened to float32 once (it is small: M * K).
+  thread_local std::vector<float> x32;
+  const float* xf;
+  if (xt == ffi::DataType::F32) {
+    xf = static_cast<const float*>(x.untyped_data());
+  } else {
+    x32.resize(M * K);
+    const auto* src = static_cast<const uint16_t*>(x.untyped_data());
+    for (int64_t i = 0; i < M * K; ++i) {
+      x32[i] = xt == ffi::DataType::BF16 ? bf16_to_float(src[i]) : half_to_float(src[i]);
+    }
+    xf = x32.data();
+  }
+
+  auto job = std::make_shared<Job>();
+  job->x = xf;
+  job->M = M;
+  job->K = K;
+  job->N = N;
+  job->w = w.untyped_data();
+  job->w_type = wt;
+  job->transposed = transposed != 0;
+  job->scale = scale_count ? static_cast<const float*>(scale.untyped_data()) : nullptr;
+  job->y = y->untyped_data();
+  job->y_type = yt;
+
+  if (job->transposed && wt == ffi::DataType::S8) {
+    job->q8 = true;
+    job->xq.resize(M * K);
+    job->xs.resize(M);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* row = xf + m * K;
+      float most = 0.0f;
+      for (int64_t k = 0; k < K; ++k) most = std::max(most, std::fabs(row[k]));
+      const float step = most / 127.0f, inverse = most > 0.0f ? 127.0f / most : 0.0f;
+      job->xs[m] = step;
+      for (int64_t k = 0; k < K; ++k) {
+        job->xq[m * K + k] = static_cast<int8_t>(std::nearbyint(row[k] * inverse));
+      }
+    }
+  }
+
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (job->transposed) {
+    job->tasks = (N + kChunkRows - 1) / kChunkRows;
+  } else {
+    job->row_blocks = std::max<int64_t>(1, std::min(threads, K / 64));
+    const int64_t rows_per_pass = std::min(M, kMaxRowsPerPass);
+    job->tile = std::min(N, std::max<int64_t>(64, kMaxTileFloats / rows_per_pass / 8 * 8));
+    job->tasks = job->row_blocks * ((N + job->tile - 1) / job->tile);
+    job->partial.resize(job->row_blocks * M * N);
+  }
+
+  const int64_t helpers = std::min(threads, job->tasks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { work(job); });
+  work(job);
+  while (job->done.load(std::memory_order_acquire) < job->tasks) {
+#ifdef KLW_AVX2
+    _mm_pause();
+#endif
+  }
+  if (!job->transposed) {  // add up the row blocks' partial sums
+    const float* p = job->partial.data();
+    for (int64_t i = 0; i < M * N; ++i) {
+      float v = p[i];
+      for (int64_t b = 1; b < job->row_blocks; ++b) v += p[b * M * N + i];
+      store(*job, i, job->scale ? v * job->scale[i % N] : v);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMMatVec, MatVec,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transposed"));

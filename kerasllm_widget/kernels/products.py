@@ -1,0 +1,100 @@
+"""Which matrix product a decode step uses: the CPU kernel for a few rows, XLA's dot otherwise.
+
+The engine turns the kernel on for its compiled programs (`enabled`); the model's layers then
+route their products through `product` / `dense_product`, which pick the kernel only for the
+small row counts it is made for (a decode step: one token per sequence) and fall back to the
+layer's own call for everything else (a prompt, LoRA, biases, other quantization modes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import keras
+from keras import ops
+
+from kerasllm_widget.kernels import cpu
+
+__all__ = [
+    "MAX_KERNEL_ROWS",
+    "QuantizedKernel",
+    "dense_product",
+    "enabled",
+    "for_rows",
+    "product",
+]
+
+# Above this many rows (batch x tokens) a product is a matrix-matrix product: XLA's GEMM is
+# faster there, and the kernel would read the weights once per eight rows.
+MAX_KERNEL_ROWS = 8
+
+
+class QuantizedKernel(NamedTuple):
+    """int8 weights stored ``[out, in]`` and a float32 multiplier per output: the layout the CPU
+    kernel multiplies in integers (see `kerasllm_widget.kernels.cpu`)."""
+
+    kernel: Any
+    scale: Any
+
+
+def enabled() -> bool:
+    """Whether the engine's programs should use the CPU kernel: JAX runs on the CPU, the model is
+    not laid out by a `keras.distribution` (the kernel has no sharding rule), and the kernel
+    builds here (see `kerasllm_widget.kernels.cpu`)."""
+    return (
+        jax.default_backend() == "cpu"
+        and keras.distribution.distribution() is None
+        and cpu.available()
+    )
+
+
+def _rows(x) -> int:
+    return math.prod(x.shape[:-1])
+
+
+def product(x, w, *, scale=None, transposed: bool = False, kernels: bool = False):
+    """``x @ w`` (``x @ w.T`` when ``transposed``) times ``scale`` per output, through the
+    kernel when ``kernels`` is on and ``x`` has at most `MAX_KERNEL_ROWS` rows. ``w`` may be a
+    `QuantizedKernel`."""
+    if isinstance(w, QuantizedKernel):
+        w, scale, transposed = w.kernel, w.scale, True
+    w = ops.convert_to_tensor(w)
+    if kernels and _rows(x) <= MAX_KERNEL_ROWS:
+        return cpu.matvec(x, w, scale, transposed=transposed)
+    w = ops.cast(w, x.dtype)
+    y = ops.einsum("...k,nk->...n", x, w) if transposed else ops.matmul(x, w)
+    return y if scale is None else ops.cast(y * scale, x.dtype)
+
+
+def for_rows(fused: dict, x, kernels: bool) -> dict:
+    """The engine's derived kernels that suit ``x``: int8 `QuantizedKernel` copies exist only for
+    the CPU kernel's decode steps; a prompt (more rows) uses the layers' own int8 path."""
+    if kernels and _rows(x) <= MAX_KERNEL_ROWS:
+        return fused
+
+    def quantized(value) -> bool:
+        leaves = jax.tree_util.tree_leaves(value, is_leaf=lambda n: isinstance(n, QuantizedKernel))
+        return any(isinstance(leaf, QuantizedKernel) for leaf in leaves)
+
+    return {name: value for name, value in fused.items() if not quantized(value)}
+
+
+def dense_product(dense, x, *, kernels: bool = False):
+    """``dense(x)`` for a Keras `Dense` layer, through the kernel for a plain float kernel or an
+    int8-quantized one (``kernel / kernel_scale``) when ``kernels`` allows it. A bias, LoRA or
+    another quantization mode keeps the layer's own call."""
+    mode = getattr(dense, "quantization_mode", None)
+    if (
+        not kernels
+        or _rows(x) > MAX_KERNEL_ROWS
+        or dense.bias is not None
+        or getattr(dense, "lora_enabled", False)
+        or mode not in (None, "int8")
+    ):
+        return dense(x)
+    if mode == "int8":
+        scale = 1.0 / ops.cast(dense.kernel_scale, "float32")
+        return cpu.matvec(x, ops.convert_to_tensor(dense._kernel), scale)
+    return cpu.matvec(x, ops.convert_to_tensor(dense.kernel))

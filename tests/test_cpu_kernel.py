@@ -1,0 +1,146 @@
+"""The CPU decode kernel (`kerasllm_widget/kernels/matvec.cc`): built on first use, its products
+equal numpy's for every weight type and both layouts, the engine's programs call it only for
+decode-sized products, and a machine without it says why and keeps XLA's dot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from kerasllm_widget.kernels import cpu, products
+
+needs_kernel = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None,
+    reason="the CPU kernel is compiled on first use and this machine has no C++ compiler",
+)
+
+SHAPES = [(576, 960), (100, 37), (1536, 576), (8, 3)]  # tails: K and N not multiples of 8
+
+
+def matvec(x, w, scale=None, transposed=False):
+    return np.asarray(
+        jax.jit(lambda a, b, s: cpu.matvec(a, b, s, transposed=transposed))(x, w, scale)
+    )
+
+
+@needs_kernel
+def test_the_kernel_builds_here():
+    assert cpu.available(), cpu.reason_unavailable()
+    assert cpu.reason_unavailable() == ""
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 9])
+@pytest.mark.parametrize("weight_type", [np.float32, ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_float_weights_match_numpy(rows, weight_type, transposed):
+    rng = np.random.default_rng(rows)
+    for k, n in SHAPES:
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(weight_type)
+        expected = x @ w.astype(np.float32)
+        stored = np.ascontiguousarray(w.T) if transposed else w
+        got = matvec(x, stored, transposed=transposed)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+@needs_kernel
+def test_int8_weights_stored_in_out_are_widened_and_scaled():
+    rng = np.random.default_rng(0)
+    for k, n in SHAPES:
+        x = rng.standard_normal((2, k)).astype(np.float32)
+        q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        scale = rng.random(n).astype(np.float32)
+        expected = (x @ q.astype(np.float32)) * scale
+        np.testing.assert_allclose(matvec(x, q, scale), expected, rtol=1e-4, atol=1e-2)
+
+
+@needs_kernel
+def test_int8_weights_stored_out_in_multiply_int8_inputs():
+    # x is quantized per row (absolute maximum to 127), as Keras' int8 Dense does.
+    rng = np.random.default_rng(1)
+    for k, n in SHAPES:
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        q = rng.integers(-128, 128, (n, k)).astype(np.int8)
+        scale = rng.random(n).astype(np.float32)
+        step = np.abs(x).max(axis=1, keepdims=True) / 127
+        expected = (np.round(x / step) @ q.T.astype(np.float64)) * step * scale
+        got = matvec(x, q, scale, transposed=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3 * np.abs(expected).max())
+        # and within int8 rounding of the exact product
+        exact = (x @ q.T.astype(np.float32)) * scale
+        assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
+
+
+@needs_kernel
+def test_bfloat16_inputs_give_bfloat16_outputs():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 64)).astype(ml_dtypes.bfloat16)
+    w = rng.standard_normal((64, 16)).astype(ml_dtypes.bfloat16)
+    got = matvec(x, w)
+    assert got.dtype == ml_dtypes.bfloat16
+    expected = x.astype(np.float32) @ w.astype(np.float32)
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-2, atol=0.05)
+
+
+@needs_kernel
+def test_shape_mismatch_is_refused_with_the_shapes():
+    with pytest.raises(ValueError, match=r"x has 8 features but w is \(9, 4\)"):
+        cpu.matvec(jnp.ones((1, 8)), jnp.ones((9, 4)))
+
+
+@needs_kernel
+def test_only_decode_sized_products_call_the_kernel():
+    w = jnp.asarray(np.random.default_rng(3).standard_normal((64, 32)), jnp.float32)
+
+    def hlo(rows):
+        x = jnp.ones((rows, 64), jnp.float32)
+        return jax.jit(lambda a, b: products.product(a, b, kernels=True)).lower(x, w).as_text()
+
+    assert cpu.TARGET in hlo(1)
+    assert cpu.TARGET in hlo(products.MAX_KERNEL_ROWS)
+    assert cpu.TARGET not in hlo(products.MAX_KERNEL_ROWS + 1)  # a prompt: XLA's GEMM
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 64)), jnp.float32)
+    np.testing.assert_allclose(
+        np.asarray(products.product(x, w, kernels=True)),
+        np.asarray(products.product(x, w, kernels=False)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def _in_fresh_python(code: str, **env) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+REPORT = (
+    "import kerasllm_widget\n"
+    "from kerasllm_widget.kernels import cpu, products\n"
+    "print(cpu.available(), products.enabled(), '|', cpu.reason_unavailable())\n"
+)
+
+
+def test_turned_off_by_the_environment_says_so():
+    out = _in_fresh_python(REPORT, KERASLLM_CPU_KERNELS="0")
+    assert out == "False False | turned off with KERASLLM_CPU_KERNELS=0"
+
+
+def test_without_a_compiler_the_reason_names_the_fix(tmp_path):
+    out = _in_fresh_python(REPORT, PATH=str(tmp_path), CXX="")
+    assert out == "False False | no C++ compiler found (install g++ or set CXX)"
