@@ -493,6 +493,21 @@ def main() -> None:
                     )
                 )
     if not args.no_int8:
+        # The int8 path's target is llama.cpp on the F16 GGUF: run it if no 16-bit row did.
+        if (
+            not args.no_llama_cpp
+            and llama_cpp_available()
+            and "llama.cpp F16" not in {name for name, _, _ in rows}
+        ):
+            rows.append(
+                (
+                    "llama.cpp F16",
+                    "float16",
+                    spawn(
+                        ["--worker", "llama.cpp", "--dtype", "F16", "--repeats", str(args.repeats)]
+                    ),
+                )
+            )
         rows.append(
             (
                 "ours int8 (keras quantize)",
@@ -503,7 +518,7 @@ def main() -> None:
 
     print(
         f"\n{'engine':<28} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}  "
-        "decode vs transformers / llama.cpp (same dtype)"
+        "decode vs transformers / llama.cpp (same dtype; int8 vs float32 / F16)"
     )
     by_name = {name: result for name, _, result in rows}
     for name, dtype, result in rows:
@@ -514,7 +529,7 @@ def main() -> None:
         if name.startswith("ours"):
             parts = []
             for other in (
-                f"transformers {dtype}",
+                f"transformers {'float32' if dtype == 'int8' else dtype}",
                 f"llama.cpp {'F32' if dtype == 'float32' else 'F16'}",
             ):
                 ref = by_name.get(other)

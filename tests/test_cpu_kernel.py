@@ -1,4 +1,4 @@
-"""The CPU decode kernel (`kerasllm_widget/kernels/matvec.cc`): built on first use, its products
+"""The CPU decode kernel (`kerasllm_widget/kernels/decode.cc`): built on first use, its products
 equal numpy's for every weight type and both layouts, the engine's programs call it only for
 decode-sized products, and a machine without it says why and keeps XLA's dot."""
 
@@ -144,3 +144,43 @@ def test_turned_off_by_the_environment_says_so():
 def test_without_a_compiler_the_reason_names_the_fix(tmp_path):
     out = _in_fresh_python(REPORT, PATH=str(tmp_path), CXX="")
     assert out == "False False | no C++ compiler found (install g++ or set CXX)"
+
+
+def reference_attention(q, k, v, valid, scale):
+    batch, heads, _ = q.shape
+    group = heads // k.shape[2]
+    out = np.zeros(q.shape, np.float64)
+    for b in range(batch):
+        for h in range(heads):
+            if not valid[b].any():
+                continue
+            scores = (k[b, :, h // group].astype(np.float64) @ q[b, h]) * scale
+            scores = np.where(valid[b], scores, -np.inf)
+            p = np.exp(scores - scores.max())
+            out[b, h] = (p / p.sum()) @ v[b, :, h // group]
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "batch, heads, kv_heads, slots, dim",
+    [(1, 9, 3, 256, 64), (2, 4, 1, 17, 8), (3, 32, 8, 512, 64)],  # SmolLM2, MQA, Llama 3.2 1B
+)
+def test_one_query_attention_matches_the_softmax_over_valid_slots(
+    batch, heads, kv_heads, slots, dim
+):
+    rng = np.random.default_rng(slots)
+    q = rng.standard_normal((batch, heads, dim)).astype(np.float32)
+    k = rng.standard_normal((batch, slots, kv_heads, dim)).astype(np.float32)
+    v = rng.standard_normal((batch, slots, kv_heads, dim)).astype(np.float32)
+    valid = rng.random((batch, slots)) < 0.7
+    valid[-1] = False  # a sequence with no valid slot gets zeros
+    scale = 1 / np.sqrt(dim)
+    expected = reference_attention(q, k, v, valid, scale)
+    attend = jax.jit(lambda *a: cpu.attention(*a, scale))
+    np.testing.assert_allclose(np.asarray(attend(q, k, v, valid)), expected, atol=2e-6)
+    assert not np.asarray(attend(q, k, v, valid))[-1].any()
+    low = [a.astype(ml_dtypes.bfloat16) for a in (q, k, v)]
+    got = np.asarray(attend(*low, valid))
+    assert got.dtype == ml_dtypes.bfloat16
+    np.testing.assert_allclose(got.astype(np.float32), expected, atol=0.02)

@@ -1,4 +1,4 @@
-"""The CPU decode kernel (`matvec.cc`): built on first use, registered with XLA, called from jit.
+"""The CPU decode kernel (`decode.cc`): built on first use, registered with XLA, called from jit.
 
 XLA's CPU dot reads float32 weights at about half this machine class's memory bandwidth when one
 token is multiplied through a matrix, and int8, float16 and bfloat16 weights slower still (it
@@ -36,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "matvec", "reason_unavailable", "TARGET"]
+__all__ = ["ATTENTION_TARGET", "TARGET", "attention", "available", "matvec", "reason_unavailable"]
 
 log = logging.getLogger(__name__)
 
 TARGET = "kerasllm_matvec"
-_SOURCE = Path(__file__).with_name("matvec.cc")
+ATTENTION_TARGET = "kerasllm_decode_attention"
+_SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
 _lock = threading.Lock()
@@ -72,7 +73,7 @@ def _library_path(compiler: str) -> Path:
     for part in (_SOURCE.read_bytes(), jax.lib.__version__.encode(), _cpu_signature().encode()):
         digest.update(part)
     digest.update(" ".join([compiler, *_FLAGS]).encode())
-    return default_cache_dir().parent / "kernels" / f"matvec-{digest.hexdigest()[:16]}.so"
+    return default_cache_dir().parent / "kernels" / f"decode-{digest.hexdigest()[:16]}.so"
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -104,6 +105,9 @@ def _load() -> None:
         library = ctypes.cdll.LoadLibrary(str(path))
         jax.ffi.register_ffi_target(
             TARGET, jax.ffi.pycapsule(library.KerasLLMMatVec), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            ATTENTION_TARGET, jax.ffi.pycapsule(library.KerasLLMAttention), platform="cpu"
         )
     except Exception as error:  # a failed build must not stop generation: XLA's dot remains
         _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
@@ -148,3 +152,15 @@ def matvec(x, w, scale=None, *, transposed: bool = False, out_dtype=None):
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), out_dtype))
     y = call(rows, w, scale, transposed=np.int64(bool(transposed)))
     return y.reshape(*x.shape[:-1], n)
+
+
+def attention(query, keys, values, valid, scale: float):
+    """One query per sequence against a key/value cache: ``query [B, H, D]``, ``keys`` and
+    ``values [B, S, kv_heads, D]`` (query head ``h`` reads kv head ``h // (H // kv_heads)``),
+    ``valid [B, S]`` bool (slots that take part). Softmax of ``scale * q.k`` over the valid
+    slots, in float32; returns ``[B, H, D]`` in the query's dtype (zeros for a sequence with no
+    valid slot)."""
+    if not available():
+        raise RuntimeError(f"the CPU decode kernel is not available: {reason_unavailable()}")
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(query.shape, query.dtype))
+    return call(query, keys, values, valid.astype(bool), scale=np.float32(scale))

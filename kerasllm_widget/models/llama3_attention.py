@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
+from kerasllm_widget.kernels import cpu
 from kerasllm_widget.kernels.products import dense_product, product
 from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_tables
 
@@ -148,6 +149,8 @@ class Llama3Attention(keras.layers.Layer):
 
         if return_probabilities:
             output, probabilities = self._explicit_attention(query, key, value, attention_mask)
+        elif kernels and length == 1:
+            output, probabilities = self._one_query_attention(query, key, value, attention_mask)
         else:
             output = ops.dot_product_attention(
                 query,
@@ -162,6 +165,21 @@ class Llama3Attention(keras.layers.Layer):
             output = product(output, transposed.output, transposed=True, kernels=kernels)
             return output, cache, probabilities
         return dense_product(self.output_dense, output, kernels=kernels), cache, probabilities
+
+    def _one_query_attention(self, query, key, value, attention_mask):
+        """One query per sequence against the cache as it is laid out, in the CPU kernel
+        (`kerasllm_widget.kernels.cpu.attention`). As XLA dot products the decode step
+        transposed every layer's cache and made tiny library calls (about a third of a SmolLM2
+        step); as XLA reductions it was slower still."""
+        batch = ops.shape(query)[0]
+        output = cpu.attention(
+            ops.reshape(query, (batch, self.num_query_heads, self.head_dim)),
+            key,
+            value,
+            attention_mask[:, 0, :],
+            1.0 / math.sqrt(self.head_dim),
+        )
+        return ops.reshape(output, (batch, 1, self.num_query_heads, self.head_dim)), None
 
     def _explicit_attention(self, query, key, value, attention_mask):
         """Softmax written out, in float32, grouped so that K/V heads are never repeated."""

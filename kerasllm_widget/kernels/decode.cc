@@ -480,6 +480,128 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------- attention
+
+// One query per sequence against a key/value cache laid out [B, S, kv_heads, D] (grouped-query:
+// query head h reads kv head h / (H / kv_heads)). Slots where `valid` is false get no weight.
+// XLA on a CPU computes this as tiny matmuls behind per-layer transposes of the cache, or as
+// slow loop fusions; here it is two passes over the valid slots, one task per (sequence, kv head).
+template <typename T>
+void attend_one(const float* q /* [G, D] scaled */, const typename T::T* k,
+                const typename T::T* v, const bool* valid, int64_t S, int64_t row_stride,
+                int64_t G, int64_t D, float* scores /* [S] */, float* out /* [G, D] */) {
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * D;
+    float most = -INFINITY;
+    for (int64_t s = 0; s < S; ++s) {
+      if (!valid[s]) continue;
+      const typename T::T* ks = k + s * row_stride;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += qg[d] * T::one(ks + d);
+      scores[s] = dot;
+      most = std::max(most, dot);
+    }
+    float* og = out + g * D;
+    std::fill(og, og + D, 0.0f);
+    if (most == -INFINITY) continue;  // no valid slot: zeros
+    float total = 0.0f;
+    for (int64_t s = 0; s < S; ++s) {
+      if (!valid[s]) continue;
+      const float p = std::exp(scores[s] - most);
+      total += p;
+      const typename T::T* vs = v + s * row_stride;
+      for (int64_t d = 0; d < D; ++d) og[d] += p * T::one(vs + d);
+    }
+    const float inverse = 1.0f / total;
+    for (int64_t d = 0; d < D; ++d) og[d] *= inverse;
+  }
+}
+
+ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer keys,
+                     ffi::AnyBuffer values, ffi::Buffer<ffi::PRED> valid,
+                     ffi::Result<ffi::AnyBuffer> out, float scale) {
+  const auto qd = query.dimensions(), kd = keys.dimensions(), vd = valid.dimensions();
+  if (qd.size() != 3 || kd.size() != 4 || vd.size() != 2) {
+    return ffi::Error::InvalidArgument("attention: query [B, H, D], cache [B, S, K, D], valid [B, S]");
+  }
+  const int64_t B = qd[0], H = qd[1], D = qd[2], S = kd[1], KV = kd[2];
+  if (kd[0] != B || kd[3] != D || KV == 0 || H % KV != 0 || vd[0] != B || vd[1] != S) {
+    return ffi::Error::InvalidArgument("attention: shapes do not agree");
+  }
+  const auto qt = query.element_type(), ct = keys.element_type();
+  if (!is_float(qt) || !is_float(ct) || values.element_type() != ct ||
+      out->element_type() != qt) {
+    return ffi::Error::InvalidArgument("attention: unsupported element types");
+  }
+  const int64_t G = H / KV;
+  // The query, scaled, in float32: [B, H, D].
+  std::vector<float> q(B * H * D);
+  for (int64_t i = 0; i < B * H * D; ++i) {
+    const void* p = query.untyped_data();
+    const float x = qt == ffi::DataType::F32  ? static_cast<const float*>(p)[i]
+                    : qt == ffi::DataType::BF16 ? bf16_to_float(static_cast<const uint16_t*>(p)[i])
+                                                : half_to_float(static_cast<const uint16_t*>(p)[i]);
+    q[i] = x * scale;
+  }
+  std::vector<float> result(B * H * D);
+  const auto* mask = valid.typed_data();
+  auto task = [&](int64_t t) {
+    const int64_t b = t / KV, kv = t % KV;
+    thread_local std::vector<float> scores;
+    scores.resize(S);
+    const int64_t offset = (b * S * KV + kv) * D;  // element [b, 0, kv, 0]
+    const float* qg = q.data() + (b * H + kv * G) * D;
+    float* og = result.data() + (b * H + kv * G) * D;
+    switch (ct) {
+      case ffi::DataType::F32:
+        attend_one<F32>(qg, static_cast<const float*>(keys.untyped_data()) + offset,
+                        static_cast<const float*>(values.untyped_data()) + offset, mask + b * S,
+                        S, KV * D, G, D, scores.data(), og);
+        break;
+      case ffi::DataType::BF16:
+        attend_one<BF16>(qg, static_cast<const uint16_t*>(keys.untyped_data()) + offset,
+                         static_cast<const uint16_t*>(values.untyped_data()) + offset,
+                         mask + b * S, S, KV * D, G, D, scores.data(), og);
+        break;
+      default:
+        attend_one<F16>(qg, static_cast<const uint16_t*>(keys.untyped_data()) + offset,
+                        static_cast<const uint16_t*>(values.untyped_data()) + offset,
+                        mask + b * S, S, KV * D, G, D, scores.data(), og);
+        break;
+    }
+  };
+  // Small: split across the pool only when there is enough of it to pay for a wake-up.
+  const int64_t tasks = B * KV;
+  if (tasks > 1 && B * S * KV * D >= (1 << 16)) {
+    struct Shared {
+      std::atomic<int64_t> next{0}, done{0};
+    };
+    auto shared = std::make_shared<Shared>();
+    auto run = [shared, &task, tasks] {
+      for (int64_t t = shared->next.fetch_add(1); t < tasks; t = shared->next.fetch_add(1)) {
+        task(t);
+        shared->done.fetch_add(1, std::memory_order_release);
+      }
+    };
+    // The helper holds the shared counters; it touches `task` only for a claimed index, and
+    // every index is claimed before this call returns.
+    pool.Schedule([shared, run] { run(); });
+    run();
+    while (shared->done.load(std::memory_order_acquire) < tasks) {
+#ifdef KLW_AVX2
+      _mm_pause();
+#endif
+    }
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  }
+  Job sink;  // reuse `store` for the output conversion
+  sink.y = out->untyped_data();
+  sink.y_type = qt;
+  for (int64_t i = 0; i < B * H * D; ++i) store(sink, i, result[i]);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMMatVec, MatVec,
@@ -490,3 +612,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMMatVec, MatVec,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("transposed"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMAttention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("scale"));
