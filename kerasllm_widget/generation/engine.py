@@ -211,8 +211,8 @@ def _logits(model, variables, weights, hidden):
     embedding = model.backbone.token_embedding
     if isinstance(fused.lm_head, QuantizedKernel):  # [vocabulary, hidden] int8
         logits = product(hidden.astype(jnp.float32), fused.lm_head, kernels=fused.kernels)
-    elif fused.lm_head is not None:
-        logits = jnp.matmul(hidden.astype(fused.lm_head.dtype), fused.lm_head)
+    elif fused.lm_head is not None:  # [hidden, vocabulary]
+        logits = product(hidden.astype(fused.lm_head.dtype), fused.lm_head, kernels=fused.kernels)
     elif fused.kernels and getattr(embedding, "quantization_mode", None) is None:
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             # The [vocabulary, hidden] table read in place (tied) or [hidden, vocabulary].

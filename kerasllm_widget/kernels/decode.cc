@@ -41,7 +41,10 @@ namespace {
 
 constexpr int64_t kMaxRowsPerPass = 8;  // rows of x per pass over W
 constexpr int64_t kMaxTileFloats = 16384;  // partial sums per task ([K, N] layout): in L2
-constexpr int64_t kChunkRows = 256;  // outputs per task ([N, K] layout)
+constexpr int64_t kMaxChunkRows = 256;  // outputs per task ([N, K] layout)
+// Tasks per thread: a helper thread that wakes late still finds work, and the caller is never
+// left waiting on one large task (decode steps are a few hundred microseconds each).
+constexpr int64_t kTasksPerThread = 4;
 // [N, K] layout streams 4 rows of W at once; the hardware prefetcher alone leaves that at about
 // 60% of the memory bandwidth (Zen 3), a software prefetch this far ahead closes most of the gap.
 constexpr int64_t kPrefetchBytes = 4096;
@@ -302,6 +305,7 @@ struct Job {
   bool transposed;
   int64_t tasks;
   int64_t row_blocks, tile;  // [K, N]
+  int64_t chunk_rows;  // [N, K]
   std::vector<float> partial;  // [K, N]: [row_blocks, M, N]
   // [N, K]: outputs go straight to y. int8 weights there use x quantized per row.
   bool q8 = false;
@@ -339,7 +343,8 @@ void run_task_typed(Job& job, int64_t t, std::vector<float>& scratch) {
     }
     return;
   }
-  const int64_t n0 = t * kChunkRows, n1 = std::min(job.N, n0 + kChunkRows), width = n1 - n0;
+  const int64_t n0 = t * job.chunk_rows, n1 = std::min(job.N, n0 + job.chunk_rows);
+  const int64_t width = n1 - n0;
   if (static_cast<int64_t>(scratch.size()) < kMaxRowsPerPass * width) {
     scratch.resize(kMaxRowsPerPass * width);
   }
@@ -452,9 +457,11 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
 
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   if (job->transposed) {
-    job->tasks = (N + kChunkRows - 1) / kChunkRows;
+    const int64_t wanted = threads * kTasksPerThread;
+    job->chunk_rows = std::clamp<int64_t>((N + wanted - 1) / wanted, 4, kMaxChunkRows);
+    job->tasks = (N + job->chunk_rows - 1) / job->chunk_rows;
   } else {
-    job->row_blocks = std::max<int64_t>(1, std::min(threads, K / 64));
+    job->row_blocks = std::max<int64_t>(1, std::min(threads * kTasksPerThread, K / 16));
     const int64_t rows_per_pass = std::min(M, kMaxRowsPerPass);
     job->tile = std::min(N, std::max<int64_t>(64, kMaxTileFloats / rows_per_pass / 8 * 8));
     job->tasks = job->row_blocks * ((N + job->tile - 1) / job->tile);
