@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 MIN_PROMPT_BUCKET = 16
+FINE_BUCKETS_FROM = 64  # above this, prompt buckets are quarter-octave steps, not powers of two
 MAX_PREFILL_CHUNK = 512
 CONTINUATION_CHUNK = 128  # prefill chunk after a reused prefix (the next turn of a chat)
 MIN_CACHE_BUCKET = 256
@@ -71,13 +72,22 @@ def _next_power_of_two(n: int) -> int:
 
 
 def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
-    """The padded length a prompt of ``length`` tokens is prefilled at.
+    """The padded length a prompt of ``length`` tokens is prefilled at: a power of two up to
+    `FINE_BUCKETS_FROM`, then quarter steps between powers of two (80, 96, 112, 128, 160, ...).
+
+    Prefill time is about proportional to the padded length (on a CPU the products run at a
+    fixed rate per row), so a 100-token prompt at 112 rather than 128 is ~12% faster; the price
+    is at most four programs per doubling instead of one.
 
     Example:
-        >>> [prompt_bucket(n) for n in (1, 16, 17, 100)]
-        [16, 16, 32, 128]
+        >>> [prompt_bucket(n) for n in (1, 16, 17, 64, 65, 100, 129, 300)]
+        [16, 16, 32, 64, 80, 112, 160, 320]
     """
-    return max(minimum, _next_power_of_two(length))
+    bucket = max(minimum, _next_power_of_two(length))
+    if bucket <= FINE_BUCKETS_FROM:
+        return bucket
+    step = bucket // 8  # a quarter of the octave below `bucket`
+    return -(-int(length) // step) * step
 
 
 def default_cache_dir() -> Path:
@@ -264,23 +274,44 @@ def prefill(
     *,
     plan: SamplerPlan,
     num_alternatives: int,
+    fresh: bool = False,
 ):
     """Runs the prompt chunk ``token_ids [B, T]`` into cache slots ``[start, start + T)`` and picks
     the next token. ``valid [B, S]`` marks the slots before ``start`` that already hold keys (an
-    earlier chunk, or an earlier request with the same prefix).
+    earlier chunk, or an earlier request with the same prefix). ``fresh``: the caller promises
+    ``start`` is 0 (the first chunk of a prompt without a reused prefix), so attention skips
+    the rest of the cache.
 
     Returns ``(DecodeState, StepOutputs)`` with one token per row.
     """
     counter[_phase.name + "prefill"] += 1  # runs once per trace: counts compilations
     length = token_ids.shape[1]
     cache_length = cache[0][0].shape[1]
-    slots = jnp.arange(cache_length)
     valid = jax.lax.dynamic_update_slice(valid, token_valid, (0, start))
     query_slots = start + jnp.arange(length)
-    attention_mask = valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
-    hidden, cache = _forward(
-        model, variables, weights, token_ids, positions, attention_mask, cache, start
-    )
+    if fresh:
+        # Nothing before this chunk (``start`` is 0): the queries attend to the chunk's own
+        # ``length`` slots, not the whole cache (a 100-token prompt in a 256-slot cache did
+        # twice the attention work), and the keys go to the front of the cache afterwards.
+        slots = jnp.arange(length)
+        attention_mask = token_valid[:, None, :] & (slots[None, None, :] <= slots[None, :, None])
+        front = [(k[:, :length], v[:, :length]) for k, v in cache]
+        hidden, front = _forward(
+            model, variables, weights, token_ids, positions, attention_mask, front, 0
+        )
+        cache = [
+            (
+                jax.lax.dynamic_update_slice(k, fk, (0, 0, 0, 0)),
+                jax.lax.dynamic_update_slice(v, fv, (0, 0, 0, 0)),
+            )
+            for (k, v), (fk, fv) in zip(cache, front, strict=True)
+        ]
+    else:
+        slots = jnp.arange(cache_length)
+        attention_mask = valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
+        hidden, cache = _forward(
+            model, variables, weights, token_ids, positions, attention_mask, cache, start
+        )
     # Only the last real position's logits are needed: skip the [T, V] projection.
     last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)
     logits = _logits(model, variables, weights, last_hidden)[:, 0]
@@ -446,6 +477,13 @@ def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
     return chunk, -(-length // chunk) * chunk
 
 
+@partial(jax.jit, static_argnames=("layers", "shape", "dtype"))
+def _zero_cache(*, layers: int, shape: tuple, dtype: str):
+    """A zeroed cache in one dispatch (`Llama3Backbone.init_cache` makes its 2 x layers arrays
+    one by one: about 60 eager calls, 10-15 ms on a 2-core CPU, before every fresh prompt)."""
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(layers)]
+
+
 @partial(jax.jit, static_argnums=1)
 def _grow_cache(cache, new_length: int):
     """Pads a cache to ``new_length`` slots, keeping what it holds."""
@@ -513,7 +551,7 @@ class GenerationEngine:
             self._variables = variables
             self._jit_prefill = jax.jit(
                 partial(prefill, self.model, variables, self.trace_counts),
-                static_argnames=("plan", "num_alternatives"),
+                static_argnames=("plan", "num_alternatives", "fresh"),
                 donate_argnames=("cache", "valid"),
             )
             self._jit_decode = jax.jit(
@@ -559,21 +597,25 @@ class GenerationEngine:
         *,
         plan,
         num_alternatives,
+        fresh=False,
     ):
-        """`prefill`, through a program compiled ahead of time by `precompile` when there is one."""
-        compiled = self._executables.get(
-            (
-                "prefill",
-                *self._key(
-                    token_ids.shape[0],
-                    valid.shape[1],
-                    token_ids.shape[1],
-                    plan,
-                    num_alternatives,
-                    stop_ids.shape[0],
-                ),
+        """`prefill`, through a program compiled ahead of time by `precompile` when there is one
+        (those are chat-turn chunks: never ``fresh``)."""
+        compiled = None
+        if not fresh:
+            compiled = self._executables.get(
+                (
+                    "prefill",
+                    *self._key(
+                        token_ids.shape[0],
+                        valid.shape[1],
+                        token_ids.shape[1],
+                        plan,
+                        num_alternatives,
+                        stop_ids.shape[0],
+                    ),
+                )
             )
-        )
         # Under a keras.distribution the batch is laid out as the distribution lays out data, so
         # that the mask and cache are split like the queries and keys (cuDNN requires it).
         token_ids, token_valid, positions, last_index, cache, valid, seen = place_batch(
@@ -595,7 +637,7 @@ class GenerationEngine:
         )
         if compiled is not None:
             return compiled(*args)
-        return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives)
+        return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives, fresh=fresh)
 
     def _decode(self, weights, state, num_steps, stop_ids, params, plan, num_alternatives):
         compiled = self._executables.get(
@@ -786,7 +828,9 @@ class GenerationEngine:
         if kept is not None and kept.length == length:
             return kept.cache, 0  # same shape: reuse the buffers
         del kept  # free the old buffers before the new ones are made
-        return self.model.backbone.init_cache(batch, length, dtype=dtype), 0
+        backbone = self.model.backbone
+        shape = (batch, length, backbone.num_key_value_heads, backbone.head_dim)
+        return _zero_cache(layers=backbone.num_layers, shape=shape, dtype=dtype), 0
 
     def _keep_cache(self, cache, token_ids: list[int], batch: int):
         with self._lock:
@@ -909,6 +953,7 @@ class GenerationEngine:
                 params,
                 plan=plan,
                 num_alternatives=num_alternatives,
+                fresh=start + piece.start == 0,
             )
             cache, valid, key = state.cache, state.valid, state.key
         # For one row: every token id in order, to know what the kept cache will hold.
