@@ -197,7 +197,7 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
     values, fused = weights
     backbone = model.backbone
     with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-        x = backbone.token_embedding(token_ids)
+        x = _embed(backbone.token_embedding, token_ids)
         rope = rotary_tables(positions, backbone.inverse_frequencies)
         new_cache = []
         for i, layer in enumerate(backbone.transformer_layers):
@@ -214,6 +214,21 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
             new_cache.append(layer_cache)
         hidden = backbone.layer_norm(x)
     return hidden, new_cache
+
+
+def _embed(embedding, token_ids):
+    """The token embedding lookup, gathering 16-bit rows as integers: XLA on a CPU widens a
+    bfloat16 gather's operand to float32 and then hoists that out of the decode loop, converting
+    the whole table (113 MB written for SmolLM2) at every decode call. Quantized or LoRA tables
+    keep the layer's call."""
+    if getattr(embedding, "quantization_mode", None) or getattr(embedding, "lora_enabled", False):
+        return embedding(token_ids)
+    table = keras.ops.convert_to_tensor(embedding.embeddings)
+    ids = token_ids.astype(jnp.int32)
+    if table.dtype.itemsize != 2:
+        return jnp.take(table, ids, axis=0).astype(embedding.compute_dtype)
+    rows = jnp.take(jax.lax.bitcast_convert_type(table, jnp.uint16), ids, axis=0)
+    return jax.lax.bitcast_convert_type(rows, table.dtype).astype(embedding.compute_dtype)
 
 
 def _logits(model, variables, weights, hidden):
