@@ -5,7 +5,6 @@ decode-sized products, and a machine without it says why and keeps XLA's dot."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,13 +13,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from kernel_support import needs_cpu_kernel
 
 from kerasllm_widget.kernels import cpu, products
-
-needs_kernel = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "c++")) is None,
-    reason="the CPU kernel is compiled on first use and this machine has no C++ compiler",
-)
 
 SHAPES = [(576, 960), (100, 37), (1536, 576), (8, 3)]  # tails: K and N not multiples of 8
 
@@ -31,13 +26,13 @@ def matvec(x, w, scale=None, transposed=False):
     )
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_the_kernel_builds_here():
     assert cpu.available(), cpu.reason_unavailable()
     assert cpu.reason_unavailable() == ""
 
 
-@needs_kernel
+@needs_cpu_kernel
 @pytest.mark.parametrize("rows", [1, 3, 9])
 @pytest.mark.parametrize("weight_type", [np.float32, ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("transposed", [False, True])
@@ -52,7 +47,7 @@ def test_float_weights_match_numpy(rows, weight_type, transposed):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_int8_weights_stored_in_out_are_widened_and_scaled():
     rng = np.random.default_rng(0)
     for k, n in SHAPES:
@@ -63,7 +58,7 @@ def test_int8_weights_stored_in_out_are_widened_and_scaled():
         np.testing.assert_allclose(matvec(x, q, scale), expected, rtol=1e-4, atol=1e-2)
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_int8_weights_stored_out_in_multiply_int8_inputs():
     # x is quantized per row (absolute maximum to 127), as Keras' int8 Dense does.
     rng = np.random.default_rng(1)
@@ -80,7 +75,7 @@ def test_int8_weights_stored_out_in_multiply_int8_inputs():
         assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_bfloat16_inputs_give_bfloat16_outputs():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 64)).astype(ml_dtypes.bfloat16)
@@ -91,13 +86,13 @@ def test_bfloat16_inputs_give_bfloat16_outputs():
     np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-2, atol=0.05)
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_shape_mismatch_is_refused_with_the_shapes():
     with pytest.raises(ValueError, match=r"x has 8 features but w is \(9, 4\)"):
         cpu.matvec(jnp.ones((1, 8)), jnp.ones((9, 4)))
 
 
-@needs_kernel
+@needs_cpu_kernel
 def test_only_decode_sized_products_call_the_kernel():
     w = jnp.asarray(np.random.default_rng(3).standard_normal((64, 32)), jnp.float32)
 
@@ -161,7 +156,7 @@ def reference_attention(q, k, v, valid, scale):
     return out
 
 
-@needs_kernel
+@needs_cpu_kernel
 @pytest.mark.parametrize(
     "batch, heads, kv_heads, slots, dim",
     [(1, 9, 3, 256, 64), (2, 4, 1, 17, 8), (3, 32, 8, 512, 64)],  # SmolLM2, MQA, Llama 3.2 1B

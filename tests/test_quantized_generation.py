@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_support import needs_cpu_kernel
 
 from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.samplers import Sampler
@@ -64,10 +65,7 @@ def test_int8_greedy_choices_stay_close_to_float32(runs):
     assert int8_tokens[:4] == float_tokens[:4]
 
 
-@pytest.mark.skipif(
-    not __import__("kerasllm_widget.kernels.cpu", fromlist=["cpu"]).available(),
-    reason="the CPU decode kernel needs a C++ compiler on this machine",
-)
+@needs_cpu_kernel
 def test_decode_multiplies_the_int8_kernels_in_integers(runs):
     # Every layer's products and the (tied, float) output projection go to the CPU kernel as
     # [out, in] int8 copies; prompts keep the layers' own int8 path.

@@ -234,10 +234,10 @@ def _embed(embedding, token_ids):
 def _logits(model, variables, weights, hidden):
     values, fused = weights
     embedding = model.backbone.token_embedding
-    if isinstance(fused.lm_head, QuantizedKernel):  # [vocabulary, hidden] int8
-        logits = product(hidden.astype(jnp.float32), fused.lm_head, kernels=fused.kernels)
-    elif fused.lm_head is not None:  # [hidden, vocabulary]
-        logits = product(hidden.astype(fused.lm_head.dtype), fused.lm_head, kernels=fused.kernels)
+    if fused.lm_head is not None:  # [hidden, vocabulary], or an int8 [vocabulary, hidden] copy
+        quantized = isinstance(fused.lm_head, QuantizedKernel)
+        hidden = hidden.astype(jnp.float32 if quantized else fused.lm_head.dtype)
+        logits = product(hidden, fused.lm_head, kernels=fused.kernels)
     elif fused.kernels and getattr(embedding, "quantization_mode", None) is None:
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             # The [vocabulary, hidden] table read in place (tied) or [hidden, vocabulary].

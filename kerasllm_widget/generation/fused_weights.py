@@ -38,7 +38,7 @@ import keras
 from keras import ops
 
 from kerasllm_widget.kernels import products
-from kerasllm_widget.kernels.products import QuantizedKernel
+from kerasllm_widget.kernels.products import QuantizedKernel, plain_dense
 from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
 
 __all__ = [
@@ -60,25 +60,6 @@ class FusedWeights:
     layers: tuple
     lm_head: Any
     kernels: bool = dataclasses.field(default=False, metadata={"static": True})
-
-
-def _int8(dense) -> bool:
-    """An int8-quantized kernel (Keras ``quantize("int8")``) without bias or LoRA: the CPU kernel
-    multiplies it in integers from an ``[out, in]`` copy (a `QuantizedKernel`)."""
-    return (
-        getattr(dense, "quantization_mode", None) == "int8"
-        and not getattr(dense, "lora_enabled", False)
-        and getattr(dense, "bias", None) is None
-    )
-
-
-def _plain(dense) -> bool:
-    """A float kernel without bias or LoRA: its product can be merged with its neighbours'."""
-    return (
-        getattr(dense, "quantization_mode", None) is None
-        and not getattr(dense, "lora_enabled", False)
-        and getattr(dense, "bias", None) is None
-    )
 
 
 def fusion_plan(
@@ -105,19 +86,16 @@ def fusion_plan(
         parts = []
         qkv_dense = (attention.query_dense, attention.key_dense, attention.value_dense)
         gate_up_dense = (layer.feedforward_gate_dense, layer.feedforward_intermediate_dense)
-        if kernels and all(_int8(d) for d in (*qkv_dense, *gate_up_dense)):
-            if _int8(attention.output_dense) and _int8(layer.feedforward_output_dense):
-                layers.append(("q8",))
-                int8_layers += 1
-                continue
-        if all(
-            _plain(d) for d in (attention.query_dense, attention.key_dense, attention.value_dense)
-        ):
-            transposed = not on_cpu and _plain(attention.output_dense)
+        rest = (attention.output_dense, layer.feedforward_output_dense)
+        if kernels and all(plain_dense(d, "int8") for d in (*qkv_dense, *gate_up_dense, *rest)):
+            # int8 [out, in] copies of all seven, multiplied in integers by the CPU kernel.
+            layers.append(("q8",))
+            int8_layers += 1
+            continue
+        if all(plain_dense(d) for d in qkv_dense):
+            transposed = not on_cpu and plain_dense(attention.output_dense)
             parts.append("qkv_t" if transposed else "qkv")
-        if all(
-            _plain(d) for d in (layer.feedforward_gate_dense, layer.feedforward_intermediate_dense)
-        ):
+        if all(plain_dense(d) for d in gate_up_dense):
             parts.append("gate_up")
         layers.append(tuple(parts))
     embedding = backbone.token_embedding

@@ -131,14 +131,18 @@ def reason_unavailable() -> str:
     return _state["why"]
 
 
+def _require() -> None:
+    if not available():
+        raise RuntimeError(f"the CPU decode kernel is not available: {reason_unavailable()}")
+
+
 def matvec(x, w, scale=None, *, transposed: bool = False, out_dtype=None):
     """``x [..., K] @ w`` through the kernel: ``w`` is ``[K, N]`` (``[N, K]`` when
     ``transposed``) in float32, bfloat16, float16 or int8, and ``scale`` an optional float32
     ``[N]`` multiplier per output (int8 weights). Accumulates in float32; returns ``[..., N]`` in
     ``out_dtype`` (default: x's dtype). Meant for a few rows of x (the decode batch).
     """
-    if not available():
-        raise RuntimeError(f"the CPU decode kernel is not available: {reason_unavailable()}")
+    _require()
     k = x.shape[-1]
     n = w.shape[0] if transposed else w.shape[1]
     if (w.shape[1] if transposed else w.shape[0]) != k:
@@ -160,7 +164,6 @@ def attention(query, keys, values, valid, scale: float):
     ``valid [B, S]`` bool (slots that take part). Softmax of ``scale * q.k`` over the valid
     slots, in float32; returns ``[B, H, D]`` in the query's dtype (zeros for a sequence with no
     valid slot)."""
-    if not available():
-        raise RuntimeError(f"the CPU decode kernel is not available: {reason_unavailable()}")
+    _require()
     call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(query.shape, query.dtype))
     return call(query, keys, values, valid.astype(bool), scale=np.float32(scale))

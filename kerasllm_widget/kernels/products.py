@@ -23,6 +23,7 @@ __all__ = [
     "dense_product",
     "enabled",
     "for_rows",
+    "plain_dense",
     "product",
 ]
 
@@ -47,6 +48,17 @@ def enabled() -> bool:
         jax.default_backend() == "cpu"
         and keras.distribution.distribution() is None
         and cpu.available()
+    )
+
+
+def plain_dense(dense, mode: str | None = None) -> bool:
+    """A `Dense` whose product is its kernel alone: no bias, no LoRA, and quantization ``mode``
+    (None: a float kernel; ``"int8"``: Keras ``quantize("int8")``). Such kernels can be merged
+    with their neighbours' or handed to the CPU kernel."""
+    return (
+        getattr(dense, "quantization_mode", None) == mode
+        and not getattr(dense, "lora_enabled", False)
+        and getattr(dense, "bias", None) is None
     )
 
 
@@ -85,16 +97,11 @@ def dense_product(dense, x, *, kernels: bool = False):
     """``dense(x)`` for a Keras `Dense` layer, through the kernel for a plain float kernel or an
     int8-quantized one (``kernel / kernel_scale``) when ``kernels`` allows it. A bias, LoRA or
     another quantization mode keeps the layer's own call."""
-    mode = getattr(dense, "quantization_mode", None)
-    if (
-        not kernels
-        or _rows(x) > MAX_KERNEL_ROWS
-        or dense.bias is not None
-        or getattr(dense, "lora_enabled", False)
-        or mode not in (None, "int8")
-    ):
+    if not kernels or _rows(x) > MAX_KERNEL_ROWS:
         return dense(x)
-    if mode == "int8":
+    if plain_dense(dense, "int8"):
         scale = 1.0 / ops.cast(dense.kernel_scale, "float32")
         return cpu.matvec(x, ops.convert_to_tensor(dense._kernel), scale)
-    return cpu.matvec(x, ops.convert_to_tensor(dense.kernel))
+    if plain_dense(dense):
+        return cpu.matvec(x, ops.convert_to_tensor(dense.kernel))
+    return dense(x)
