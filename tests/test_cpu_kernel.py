@@ -179,3 +179,22 @@ def test_one_query_attention_matches_the_softmax_over_valid_slots(
     got = np.asarray(attend(*low, valid))
     assert got.dtype == ml_dtypes.bfloat16
     np.testing.assert_allclose(got.astype(np.float32), expected, atol=0.02)
+
+
+@needs_cpu_kernel
+def test_attention_over_several_chunks_of_slots_some_with_no_valid_slot():
+    """The cache is read in chunks of 256 slots, each with its own softmax maximum, merged at
+    the end: a sequence whose valid slots all lie in one chunk (a short prompt in a long cache,
+    or only late slots) must get the same result as one softmax over all of them."""
+    batch, heads, kv_heads, slots, dim = 3, 6, 2, 700, 20  # dim: vector and scalar tails
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((batch, heads, dim)).astype(np.float32)
+    k = rng.standard_normal((batch, slots, kv_heads, dim)).astype(np.float32)
+    v = rng.standard_normal((batch, slots, kv_heads, dim)).astype(np.float32)
+    valid = np.zeros((batch, slots), bool)
+    valid[0, :10] = True  # first chunk only
+    valid[1, 600:650] = True  # last chunk only
+    valid[2, 250:520] = True  # across three chunks
+    scale = 1 / np.sqrt(dim)
+    got = np.asarray(jax.jit(lambda *a: cpu.attention(*a, scale))(q, k, v, valid))
+    np.testing.assert_allclose(got, reference_attention(q, k, v, valid, scale), atol=2e-6)

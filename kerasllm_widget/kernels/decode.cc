@@ -479,35 +479,111 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
 // One query per sequence against a key/value cache laid out [B, S, kv_heads, D] (grouped-query:
 // query head h reads kv head h / (H / kv_heads)). Slots where `valid` is false get no weight.
 // XLA on a CPU computes this as tiny matmuls behind per-layer transposes of the cache, or as
-// slow loop fusions; here it is two passes over the valid slots, one task per (sequence, kv head).
+// slow loop fusions. Here the cache is read in memory order (a slot's keys for every kv head
+// are one contiguous row), in chunks of slots that threads claim; each chunk keeps its own
+// softmax maximum and sum, and the chunks are merged at the end (as flash-decoding does).
+
+constexpr int64_t kSlotsPerChunk = 256;
+
+// sum_d a[d] * b[d]: eight lanes and two accumulators (a scalar loop is one dependent add per
+// element: the compiler may not reorder a float sum).
 template <typename T>
-void attend_one(const float* q /* [G, D] scaled */, const typename T::T* k,
-                const typename T::T* v, const bool* valid, int64_t S, int64_t row_stride,
-                int64_t G, int64_t D, float* scores /* [S] */, float* out /* [G, D] */) {
-  for (int64_t g = 0; g < G; ++g) {
-    const float* qg = q + g * D;
-    float most = -INFINITY;
-    for (int64_t s = 0; s < S; ++s) {
-      if (!valid[s]) continue;
-      const typename T::T* ks = k + s * row_stride;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < D; ++d) dot += qg[d] * T::one(ks + d);
-      scores[s] = dot;
-      most = std::max(most, dot);
+inline float dot(const float* a, const typename T::T* b, int64_t D) {
+  int64_t d = 0;
+  float total = 0.0f;
+#ifdef KLW_AVX2
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (; d + 16 <= D; d += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), T::eight(b + d), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), T::eight(b + d + 8), s1);
+  }
+  for (; d + 8 <= D; d += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), T::eight(b + d), s0);
+  total = horizontal_sum(_mm256_add_ps(s0, s1));
+#endif
+  for (; d < D; ++d) total += a[d] * T::one(b + d);
+  return total;
+}
+
+// out[d] += p * b[d]
+template <typename T>
+inline void add_scaled(float* out, float p, const typename T::T* b, int64_t D) {
+  int64_t d = 0;
+#ifdef KLW_AVX2
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; d + 8 <= D; d += 8) {
+    _mm256_storeu_ps(out + d, _mm256_fmadd_ps(pv, T::eight(b + d), _mm256_loadu_ps(out + d)));
+  }
+#endif
+  for (; d < D; ++d) out[d] += p * T::one(b + d);
+}
+
+struct AttentionJob {
+  const float* q;  // [B, H, D], scaled
+  const void* keys;
+  const void* values;
+  ffi::DataType cache_type;
+  const bool* valid;  // [B, S]
+  int64_t B, H, KV, D, S, chunks;
+  std::vector<float> out;  // [B, chunks, H, D]: each chunk's softmax-weighted values
+  std::vector<float> most, total;  // [B, chunks, H]: each chunk's maximum score and weight sum
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+// Chunk `c` of sequence `b`: for slots [s0, s1), scores of every query head, then the values
+// weighted by exp(score - the chunk's maximum).
+template <typename T>
+void attend_chunk(AttentionJob& job, int64_t b, int64_t c) {
+  const int64_t H = job.H, KV = job.KV, D = job.D, S = job.S, G = H / KV;
+  const int64_t s0 = c * kSlotsPerChunk, s1 = std::min(S, s0 + kSlotsPerChunk);
+  const auto* keys = static_cast<const typename T::T*>(job.keys) + b * S * KV * D;
+  const auto* values = static_cast<const typename T::T*>(job.values) + b * S * KV * D;
+  const bool* valid = job.valid + b * S;
+  const float* q = job.q + b * H * D;
+  const int64_t at = b * job.chunks + c;
+  float* most = job.most.data() + at * H;
+  float* total = job.total.data() + at * H;
+  float* out = job.out.data() + at * H * D;
+  thread_local std::vector<float> scores;  // [slots, H]
+  scores.resize(kSlotsPerChunk * H);
+  std::fill(most, most + H, -INFINITY);
+  std::fill(total, total + H, 0.0f);
+  std::fill(out, out + H * D, 0.0f);
+  for (int64_t s = s0; s < s1; ++s) {
+    if (!valid[s]) continue;
+    const typename T::T* row = keys + s * KV * D;
+    float* sc = scores.data() + (s - s0) * H;
+    for (int64_t h = 0; h < H; ++h) {
+      sc[h] = dot<T>(q + h * D, row + (h / G) * D, D);
+      most[h] = std::max(most[h], sc[h]);
     }
-    float* og = out + g * D;
-    std::fill(og, og + D, 0.0f);
-    if (most == -INFINITY) continue;  // no valid slot: zeros
-    float total = 0.0f;
-    for (int64_t s = 0; s < S; ++s) {
-      if (!valid[s]) continue;
-      const float p = std::exp(scores[s] - most);
-      total += p;
-      const typename T::T* vs = v + s * row_stride;
-      for (int64_t d = 0; d < D; ++d) og[d] += p * T::one(vs + d);
+  }
+  if (most[0] == -INFINITY) return;  // no valid slot in this chunk
+  for (int64_t s = s0; s < s1; ++s) {
+    if (!valid[s]) continue;
+    const typename T::T* row = values + s * KV * D;
+    const float* sc = scores.data() + (s - s0) * H;
+    for (int64_t h = 0; h < H; ++h) {
+      const float p = std::exp(sc[h] - most[h]);
+      total[h] += p;
+      add_scaled<T>(out + h * D, p, row + (h / G) * D, D);
     }
-    const float inverse = 1.0f / total;
-    for (int64_t d = 0; d < D; ++d) og[d] *= inverse;
+  }
+}
+
+void attention_task(AttentionJob& job, int64_t t) {
+  const int64_t b = t / job.chunks, c = t % job.chunks;
+  switch (job.cache_type) {
+    case ffi::DataType::F32: attend_chunk<F32>(job, b, c); break;
+    case ffi::DataType::BF16: attend_chunk<BF16>(job, b, c); break;
+    default: attend_chunk<F16>(job, b, c); break;
+  }
+}
+
+void attention_work(const std::shared_ptr<AttentionJob>& job) {
+  const int64_t tasks = job->B * job->chunks;
+  for (int64_t t = job->next.fetch_add(1); t < tasks; t = job->next.fetch_add(1)) {
+    attention_task(*job, t);
+    job->done.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -527,7 +603,7 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
       out->element_type() != qt) {
     return ffi::Error::InvalidArgument("attention: unsupported element types");
   }
-  const int64_t G = H / KV;
+  if (B == 0 || H == 0 || D == 0) return ffi::Error::Success();
   // The query, scaled, in float32: [B, H, D].
   std::vector<float> q(B * H * D);
   for (int64_t i = 0; i < B * H * D; ++i) {
@@ -537,62 +613,59 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
                                                 : half_to_float(static_cast<const uint16_t*>(p)[i]);
     q[i] = x * scale;
   }
-  std::vector<float> result(B * H * D);
-  const auto* mask = valid.typed_data();
-  auto task = [&](int64_t t) {
-    const int64_t b = t / KV, kv = t % KV;
-    thread_local std::vector<float> scores;
-    scores.resize(S);
-    const int64_t offset = (b * S * KV + kv) * D;  // element [b, 0, kv, 0]
-    const float* qg = q.data() + (b * H + kv * G) * D;
-    float* og = result.data() + (b * H + kv * G) * D;
-    switch (ct) {
-      case ffi::DataType::F32:
-        attend_one<F32>(qg, static_cast<const float*>(keys.untyped_data()) + offset,
-                        static_cast<const float*>(values.untyped_data()) + offset, mask + b * S,
-                        S, KV * D, G, D, scores.data(), og);
-        break;
-      case ffi::DataType::BF16:
-        attend_one<BF16>(qg, static_cast<const uint16_t*>(keys.untyped_data()) + offset,
-                         static_cast<const uint16_t*>(values.untyped_data()) + offset,
-                         mask + b * S, S, KV * D, G, D, scores.data(), og);
-        break;
-      default:
-        attend_one<F16>(qg, static_cast<const uint16_t*>(keys.untyped_data()) + offset,
-                        static_cast<const uint16_t*>(values.untyped_data()) + offset,
-                        mask + b * S, S, KV * D, G, D, scores.data(), og);
-        break;
-    }
-  };
-  // Small: split across the pool only when there is enough of it to pay for a wake-up.
-  const int64_t tasks = B * KV;
-  if (tasks > 1 && B * S * KV * D >= (1 << 16)) {
-    struct Shared {
-      std::atomic<int64_t> next{0}, done{0};
-    };
-    auto shared = std::make_shared<Shared>();
-    auto run = [shared, &task, tasks] {
-      for (int64_t t = shared->next.fetch_add(1); t < tasks; t = shared->next.fetch_add(1)) {
-        task(t);
-        shared->done.fetch_add(1, std::memory_order_release);
-      }
-    };
-    // The helper holds the shared counters; it touches `task` only for a claimed index, and
-    // every index is claimed before this call returns.
-    pool.Schedule([shared, run] { run(); });
-    run();
-    while (shared->done.load(std::memory_order_acquire) < tasks) {
+  auto job = std::make_shared<AttentionJob>();
+  job->q = q.data();
+  job->keys = keys.untyped_data();
+  job->values = values.untyped_data();
+  job->cache_type = ct;
+  job->valid = valid.typed_data();
+  job->B = B, job->H = H, job->KV = KV, job->D = D, job->S = S;
+  job->chunks = std::max<int64_t>(1, (S + kSlotsPerChunk - 1) / kSlotsPerChunk);
+  job->out.resize(B * job->chunks * H * D);
+  job->most.resize(B * job->chunks * H);
+  job->total.resize(B * job->chunks * H);
+
+  // Helpers only when there is enough work to pay for a wake-up. A helper that starts after
+  // every chunk is claimed returns without touching the buffers.
+  const int64_t tasks = B * job->chunks;
+  const int64_t helpers = B * S * KV * D >= (1 << 16)
+                              ? std::min<int64_t>(pool.num_threads(), tasks) - 1
+                              : 0;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { attention_work(job); });
+  attention_work(job);
+  while (job->done.load(std::memory_order_acquire) < tasks) {
 #ifdef KLW_AVX2
-      _mm_pause();
+    _mm_pause();
 #endif
-    }
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) task(t);
   }
+
+  // Merge the chunks: weights rescaled to the overall maximum (no valid slot at all: zeros).
   Job sink;  // reuse `store` for the output conversion
   sink.y = out->untyped_data();
   sink.y_type = qt;
-  for (int64_t i = 0; i < B * H * D; ++i) store(sink, i, result[i]);
+  std::vector<float> merged(D);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      float most = -INFINITY;
+      for (int64_t c = 0; c < job->chunks; ++c) {
+        most = std::max(most, job->most[(b * job->chunks + c) * H + h]);
+      }
+      std::fill(merged.begin(), merged.end(), 0.0f);
+      float total = 0.0f;
+      if (most != -INFINITY) {
+        for (int64_t c = 0; c < job->chunks; ++c) {
+          const int64_t at = (b * job->chunks + c) * H + h;
+          if (job->most[at] == -INFINITY) continue;
+          const float weight = std::exp(job->most[at] - most);
+          total += weight * job->total[at];
+          const float* part = job->out.data() + at * D;
+          for (int64_t d = 0; d < D; ++d) merged[d] += weight * part[d];
+        }
+        for (int64_t d = 0; d < D; ++d) merged[d] /= total;
+      }
+      for (int64_t d = 0; d < D; ++d) store(sink, (b * H + h) * D + d, merged[d]);
+    }
+  }
   return ffi::Error::Success();
 }
 
