@@ -198,3 +198,49 @@ def test_attention_over_several_chunks_of_slots_some_with_no_valid_slot():
     scale = 1 / np.sqrt(dim)
     got = np.asarray(jax.jit(lambda *a: cpu.attention(*a, scale))(q, k, v, valid))
     np.testing.assert_allclose(got, reference_attention(q, k, v, valid, scale), atol=2e-6)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16, np.int8])
+def test_take_rows_copies_the_rows_of_any_table(dtype):
+    rng = np.random.default_rng(3)
+    table = (rng.standard_normal((50, 12)) * 20).astype(dtype)
+    ids = np.array([[0, 49, 7], [7, 3, 3]], np.int32)
+    got = np.asarray(jax.jit(cpu.take_rows)(table, ids))
+    assert got.dtype == table.dtype and got.shape == (2, 3, 12)
+    np.testing.assert_array_equal(got, table[ids])
+    # ids outside the table are clamped to it
+    np.testing.assert_array_equal(
+        np.asarray(cpu.take_rows(table, np.array([-1, 50]))), table[[0, 49]]
+    )
+
+
+@needs_cpu_kernel
+def test_a_16_bit_embedding_is_gathered_without_copying_the_table():
+    """XLA on a CPU widens a bfloat16 table to float32 to gather from it, and hoists a bit-cast
+    of it out of a loop as a copy of the whole table: a decode loop must do neither."""
+    import keras
+
+    from kerasllm_widget.generation.engine import _embed
+
+    vocabulary, width = 4096, 96
+    embedding = keras.layers.Embedding(vocabulary, width, dtype="bfloat16")
+    embedding.build((None,))
+    table = jnp.asarray(np.random.default_rng(4).standard_normal((vocabulary, width)), "bfloat16")
+
+    def decode_loop(table, ids):
+        with keras.StatelessScope(state_mapping=[(embedding.embeddings, table)]):
+
+            def step(i, total):
+                return total + _embed(embedding, ids + i, kernels=True).astype("float32").sum()
+
+            return jax.lax.fori_loop(0, 4, step, jnp.float32(0))
+
+    ids = jnp.array([[5]], jnp.int32)
+    hlo = jax.jit(decode_loop).lower(table, ids).compile().as_text()
+    assert cpu.TAKE_ROWS_TARGET in hlo
+    for copy in (f"u16[{vocabulary},{width}]", f"f32[{vocabulary},{width}]"):
+        assert copy not in hlo, copy
+    with keras.StatelessScope(state_mapping=[(embedding.embeddings, table)]):
+        rows = _embed(embedding, ids, kernels=True)
+    np.testing.assert_array_equal(np.asarray(rows), np.asarray(table)[[[5]]])

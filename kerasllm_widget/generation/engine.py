@@ -44,6 +44,7 @@ from kerasllm_widget.generation.samplers import (
     SamplerPlan,
     sample_next_token,
 )
+from kerasllm_widget.kernels import cpu
 from kerasllm_widget.kernels.products import QuantizedKernel, product
 from kerasllm_widget.models.rotary_embedding import rotary_tables
 
@@ -197,7 +198,7 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
     values, fused = weights
     backbone = model.backbone
     with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-        x = _embed(backbone.token_embedding, token_ids)
+        x = _embed(backbone.token_embedding, token_ids, fused.kernels)
         rope = rotary_tables(positions, backbone.inverse_frequencies)
         new_cache = []
         for i, layer in enumerate(backbone.transformer_layers):
@@ -216,15 +217,18 @@ def _forward(model, variables, weights, token_ids, positions, attention_mask, ca
     return hidden, new_cache
 
 
-def _embed(embedding, token_ids):
-    """The token embedding lookup, gathering 16-bit rows as integers: XLA on a CPU widens a
-    bfloat16 gather's operand to float32 and then hoists that out of the decode loop, converting
-    the whole table (113 MB written for SmolLM2) at every decode call. Quantized or LoRA tables
-    keep the layer's call."""
+def _embed(embedding, token_ids, kernels: bool = False):
+    """The token embedding lookup. A 16-bit table is never widened: XLA on a CPU converts a
+    bfloat16 gather's whole operand to float32, and a bit-cast to integers is hoisted out of the
+    decode loop as a copy of the whole table (113 MB / 56 MB for SmolLM2, once per decode call),
+    so with the CPU kernel the rows are copied by it (`cpu.take_rows`) and otherwise gathered as
+    16-bit integers. Quantized or LoRA tables keep the layer's call."""
     if getattr(embedding, "quantization_mode", None) or getattr(embedding, "lora_enabled", False):
         return embedding(token_ids)
     table = keras.ops.convert_to_tensor(embedding.embeddings)
     ids = token_ids.astype(jnp.int32)
+    if kernels:
+        return cpu.take_rows(table, ids).astype(embedding.compute_dtype)
     if table.dtype.itemsize != 2:
         return jnp.take(table, ids, axis=0).astype(embedding.compute_dtype)
     rows = jnp.take(jax.lax.bitcast_convert_type(table, jnp.uint16), ids, axis=0)

@@ -36,12 +36,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ATTENTION_TARGET", "TARGET", "attention", "available", "matvec", "reason_unavailable"]
+__all__ = [
+    "ATTENTION_TARGET",
+    "TAKE_ROWS_TARGET",
+    "TARGET",
+    "attention",
+    "available",
+    "matvec",
+    "reason_unavailable",
+    "take_rows",
+]
 
 log = logging.getLogger(__name__)
 
 TARGET = "kerasllm_matvec"
 ATTENTION_TARGET = "kerasllm_decode_attention"
+TAKE_ROWS_TARGET = "kerasllm_take_rows"
 _SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
@@ -109,6 +119,9 @@ def _load() -> None:
         jax.ffi.register_ffi_target(
             ATTENTION_TARGET, jax.ffi.pycapsule(library.KerasLLMAttention), platform="cpu"
         )
+        jax.ffi.register_ffi_target(
+            TAKE_ROWS_TARGET, jax.ffi.pycapsule(library.KerasLLMTakeRows), platform="cpu"
+        )
     except Exception as error:  # a failed build must not stop generation: XLA's dot remains
         _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
         return
@@ -167,3 +180,16 @@ def attention(query, keys, values, valid, scale: float):
     _require()
     call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(query.shape, query.dtype))
     return call(query, keys, values, valid.astype(bool), scale=np.float32(scale))
+
+
+def take_rows(table, ids):
+    """``table[ids]`` for a ``[V, D]`` table of any dtype and integer ``ids`` of any shape,
+    copied row by row (ids outside the table are clamped to it); returns ``[*ids.shape, D]`` in
+    the table's dtype. XLA on a CPU converts or copies a whole 16-bit table to gather from it."""
+    _require()
+    ids = jnp.asarray(ids)
+    flat = ids.reshape(-1).astype(jnp.int32)
+    call = jax.ffi.ffi_call(
+        TAKE_ROWS_TARGET, jax.ShapeDtypeStruct((flat.shape[0], table.shape[1]), table.dtype)
+    )
+    return call(table, flat).reshape(*ids.shape, table.shape[1])

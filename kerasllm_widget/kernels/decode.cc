@@ -669,6 +669,31 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------- row gather
+
+// rows[i] = table[ids[i]] (an id outside the table is clamped to it), copied as bytes: XLA on a
+// CPU widens a 16-bit table to float32 for a gather, or materialises a bit-cast copy of it, once
+// per decode call (the whole embedding table, for one row per sequence).
+ffi::Error TakeRows(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids,
+                    ffi::Result<ffi::AnyBuffer> rows) {
+  const auto td = table.dimensions(), rd = rows->dimensions();
+  if (td.size() != 2 || rd.size() != 2 || rd[0] != static_cast<int64_t>(ids.element_count()) ||
+      rd[1] != td[1] || rows->element_type() != table.element_type()) {
+    return ffi::Error::InvalidArgument("take_rows: table [V, D], ids [N] and rows [N, D]");
+  }
+  const int64_t V = td[0], N = rd[0];
+  if (N > 0 && V == 0) return ffi::Error::InvalidArgument("take_rows: the table is empty");
+  const size_t row_bytes = table.size_bytes() / std::max<int64_t>(V, 1);
+  const auto* src = static_cast<const char*>(table.untyped_data());
+  auto* dst = static_cast<char*>(rows->untyped_data());
+  const int32_t* index = ids.typed_data();
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t row = std::clamp<int64_t>(index[i], 0, V - 1);
+    std::memcpy(dst + i * row_bytes, src + row * row_bytes, row_bytes);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMMatVec, MatVec,
@@ -689,3 +714,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMAttention, Attention,
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMTakeRows, TakeRows,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>());
