@@ -176,6 +176,14 @@ void columns_kn(const float* x, int64_t rows, int64_t K, const typename W::T* w,
       const __m256 x2 = _mm256_set1_ps(xm[2]), x3 = _mm256_set1_ps(xm[3]);
       float* a = acc + m * stride;
       for (int64_t j = 0; j < vec_width; j += 8) {
+        if (m == 0 && ((j * sizeof(typename W::T)) & 63) == 0) {  // the next four rows
+          const char* next = reinterpret_cast<const char*>(w0 + 4 * N + j);
+          const int64_t row_bytes = N * sizeof(typename W::T);
+          _mm_prefetch(next, _MM_HINT_T0);
+          _mm_prefetch(next + row_bytes, _MM_HINT_T0);
+          _mm_prefetch(next + 2 * row_bytes, _MM_HINT_T0);
+          _mm_prefetch(next + 3 * row_bytes, _MM_HINT_T0);
+        }
         __m256 s = _mm256_loadu_ps(a + j);
         s = _mm256_fmadd_ps(W::eight(w0 + j), x0, s);
         s = _mm256_fmadd_ps(W::eight(w0 + N + j), x1, s);
@@ -293,7 +301,7 @@ struct Job {
   int64_t tasks;
   int64_t row_blocks, tile;  // [K, N]
   int64_t chunk_rows;  // [N, K]
-  std::vector<float> partial;  // [K, N]: [row_blocks, M, N]
+  float* partial = nullptr;  // [K, N]: [row_blocks, M, N], the calling thread's scratch
   // [N, K]: outputs go straight to y. int8 weights there use x quantized per row.
   bool q8 = false;
   std::vector<int8_t> xq;
@@ -322,7 +330,7 @@ void run_task_typed(Job& job, int64_t t, std::vector<float>& scratch) {
     const int64_t k0 = std::min(job.K, block * per_block);
     const int64_t k1 = std::min(job.K, k0 + per_block);
     const int64_t n0 = tile * job.tile, n1 = std::min(job.N, n0 + job.tile);
-    float* acc = job.partial.data() + block * job.M * job.N + n0;
+    float* acc = job.partial + block * job.M * job.N + n0;
     for (int64_t m0 = 0; m0 < job.M; m0 += kMaxRowsPerPass) {
       const int64_t rows = std::min(kMaxRowsPerPass, job.M - m0);
       columns_kn<W>(job.x + m0 * job.K, rows, job.K, w, job.N, k0, k1, n0, n1,
@@ -452,7 +460,15 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
     const int64_t rows_per_pass = std::min(M, kMaxRowsPerPass);
     job->tile = std::min(N, std::max<int64_t>(64, kMaxTileFloats / rows_per_pass / 8 * 8));
     job->tasks = job->row_blocks * ((N + job->tile - 1) / job->tile);
-    job->partial.resize(job->row_blocks * M * N);
+    // Scratch kept by the calling thread between calls (every element is written by a task
+    // before it is read): allocating and zeroing it per call cost as much as a small product.
+    thread_local std::unique_ptr<float[]> scratch;
+    thread_local int64_t scratch_size = 0;
+    if (scratch_size < job->row_blocks * M * N) {
+      scratch_size = job->row_blocks * M * N;
+      scratch.reset(new float[scratch_size]);
+    }
+    job->partial = scratch.get();
   }
 
   const int64_t helpers = std::min(threads, job->tasks) - 1;
@@ -464,7 +480,7 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
 #endif
   }
   if (!job->transposed) {  // add up the row blocks' partial sums
-    const float* p = job->partial.data();
+    const float* p = job->partial;
     for (int64_t i = 0; i < M * N; ++i) {
       float v = p[i];
       for (int64_t b = 1; b < job->row_blocks; ++b) v += p[b * M * N + i];
