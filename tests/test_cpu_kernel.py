@@ -48,6 +48,25 @@ def test_float_weights_match_numpy(rows, weight_type, transposed):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("weight_type", [np.float32, ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("rows", [9, 13, 112])  # blocks of six rows: tails of 3 and 1
+def test_prompt_sized_products_match_numpy(rows, weight_type):
+    # The GEMM path: panels of 16 columns (tails: N = 37 and 3), scale per output, and
+    # bfloat16 inputs and outputs.
+    rng = np.random.default_rng(rows)
+    for k, n in SHAPES:
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(weight_type)
+        scale = rng.random(n).astype(np.float32)
+        expected = (x @ w.astype(np.float32)) * scale
+        np.testing.assert_allclose(matvec(x, w, scale), expected, rtol=1e-4, atol=1e-3)
+        low = np.asarray(jax.jit(lambda a, b: cpu.matvec(a, b))(x.astype(ml_dtypes.bfloat16), w))
+        assert low.dtype == ml_dtypes.bfloat16
+        exact = x.astype(ml_dtypes.bfloat16).astype(np.float32) @ w.astype(np.float32)
+        np.testing.assert_allclose(low.astype(np.float32), exact, rtol=0.02, atol=0.05)
+
+
+@needs_cpu_kernel
 def test_int8_weights_stored_in_out_are_widened_and_scaled():
     rng = np.random.default_rng(0)
     for k, n in SHAPES:
@@ -93,16 +112,24 @@ def test_shape_mismatch_is_refused_with_the_shapes():
 
 
 @needs_cpu_kernel
-def test_only_decode_sized_products_call_the_kernel():
+def test_which_products_call_the_kernel():
+    """A few rows: every layout and type. A prompt (more rows): float weights stored [in, out]
+    (the kernel's GEMM); [out, in] and int8 weights keep XLA's dot."""
     w = jnp.asarray(np.random.default_rng(3).standard_normal((64, 32)), jnp.float32)
 
-    def hlo(rows):
+    def hlo(rows, weights, **options):
         x = jnp.ones((rows, 64), jnp.float32)
-        return jax.jit(lambda a, b: products.product(a, b, kernels=True)).lower(x, w).as_text()
+        program = jax.jit(lambda a, b: products.product(a, b, kernels=True, **options))
+        return program.lower(x, weights).as_text()
 
-    assert cpu.TARGET in hlo(1)
-    assert cpu.TARGET in hlo(products.MAX_KERNEL_ROWS)
-    assert cpu.TARGET not in hlo(products.MAX_KERNEL_ROWS + 1)  # a prompt: XLA's GEMM
+    prompt = products.MAX_KERNEL_ROWS + 1
+    for weights in (w, w.astype(jnp.bfloat16), w.astype(jnp.float16)):
+        assert cpu.TARGET in hlo(1, weights)
+        assert cpu.TARGET in hlo(prompt, weights)
+    assert cpu.TARGET in hlo(products.MAX_KERNEL_ROWS, w.T, transposed=True)
+    assert cpu.TARGET not in hlo(prompt, w.T, transposed=True)
+    assert cpu.TARGET in hlo(1, w.astype(jnp.int8), scale=jnp.ones(32))
+    assert cpu.TARGET not in hlo(prompt, w.astype(jnp.int8), scale=jnp.ones(32))
     x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 64)), jnp.float32)
     np.testing.assert_allclose(
         np.asarray(products.product(x, w, kernels=True)),

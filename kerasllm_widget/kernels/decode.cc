@@ -387,6 +387,161 @@ bool is_float(ffi::DataType t) {
   return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
 }
 
+// ---------------------------------------------------------------------------- prompts (GEMM)
+
+// y[M, N] = x[M, K] @ W[K, N] for many rows (a prompt), W stored [K, N] in any weight type.
+// Each task takes panels of 16 columns: the panel is widened to float32 once into a contiguous
+// [K, 16] buffer, then every block of 6 rows of x is multiplied through it with the 12
+// accumulators in registers (6 x 16: the classic AVX2 float32 micro-kernel, bound by the FMA
+// units rather than by loads). XLA on a CPU widens 16-bit weights to float32 in a separate pass
+// over the whole matrix first, and its float32 GEMM reaches 60-70% of this on prompt shapes.
+constexpr int64_t kPanel = 16, kRowsPerBlock = 6;
+
+struct GemmJob {
+  const float* x;  // [M, K]
+  int64_t M, K, N;
+  const void* w;
+  ffi::DataType w_type;
+  const float* scale;  // [N] or null
+  void* y;
+  ffi::DataType y_type;
+  int64_t panels, panels_per_task, tasks;
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+template <typename W>
+void pack_panel(const typename W::T* w, int64_t K, int64_t N, int64_t n0, float* panel) {
+  const int64_t width = std::min(kPanel, N - n0);
+  for (int64_t k = 0; k < K; ++k) {
+    const typename W::T* row = w + k * N + n0;
+    float* out = panel + k * kPanel;
+#ifdef KLW_AVX2
+    if (width == kPanel) {
+      _mm256_storeu_ps(out, W::eight(row));
+      _mm256_storeu_ps(out + 8, W::eight(row + 8));
+      continue;
+    }
+#endif
+    for (int64_t j = 0; j < width; ++j) out[j] = W::one(row + j);
+    for (int64_t j = width; j < kPanel; ++j) out[j] = 0.0f;
+  }
+}
+
+// out[i, 0:16] = x_i @ panel for six rows of x (`rows[i]`; a short block repeats its last row),
+// the twelve accumulators named one by one so that they stay in registers.
+void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float* panel,
+                  float* out /* [6, 16] */) {
+#ifdef KLW_AVX2
+  const float *x0 = rows[0], *x1 = rows[1], *x2 = rows[2], *x3 = rows[3], *x4 = rows[4],
+              *x5 = rows[5];
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(panel + k * kPanel);
+    const __m256 b1 = _mm256_loadu_ps(panel + k * kPanel + 8);
+    __m256 a = _mm256_broadcast_ss(x0 + k);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(x1 + k);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(x2 + k);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(x3 + k);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(x4 + k);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(x5 + k);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+  }
+  const __m256 c[kRowsPerBlock][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                                      {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < kRowsPerBlock; ++i) {
+    _mm256_storeu_ps(out + i * kPanel, c[i][0]);
+    _mm256_storeu_ps(out + i * kPanel + 8, c[i][1]);
+  }
+#else
+  for (int i = 0; i < kRowsPerBlock; ++i) {
+    for (int64_t j = 0; j < kPanel; ++j) {
+      float total = 0.0f;
+      for (int64_t k = 0; k < K; ++k) total += rows[i][k] * panel[k * kPanel + j];
+      out[i * kPanel + j] = total;
+    }
+  }
+#endif
+}
+
+void store_value(void* y, ffi::DataType type, int64_t index, float v) {
+  switch (type) {
+    case ffi::DataType::F32: static_cast<float*>(y)[index] = v; break;
+    case ffi::DataType::BF16: static_cast<uint16_t*>(y)[index] = float_to_bf16(v); break;
+    default: static_cast<uint16_t*>(y)[index] = float_to_half(v); break;
+  }
+}
+
+template <typename W>
+void gemm_task(GemmJob& job, int64_t t) {
+  thread_local std::vector<float> panel;
+  panel.resize(job.K * kPanel);
+  float block[kRowsPerBlock * kPanel];
+  const int64_t first = t * job.panels_per_task;
+  const int64_t last = std::min(job.panels, first + job.panels_per_task);
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, job.N - n0);
+    pack_panel<W>(static_cast<const typename W::T*>(job.w), job.K, job.N, n0, panel.data());
+    for (int64_t m0 = 0; m0 < job.M; m0 += kRowsPerBlock) {
+      const int64_t rows = std::min(kRowsPerBlock, job.M - m0);
+      const float* x[kRowsPerBlock];
+      for (int64_t i = 0; i < kRowsPerBlock; ++i) {
+        x[i] = job.x + (m0 + std::min(i, rows - 1)) * job.K;
+      }
+      micro_kernel(x, job.K, panel.data(), block);
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < width; ++j) {
+          const float v = block[i * kPanel + j];
+          store_value(job.y, job.y_type, (m0 + i) * job.N + n0 + j,
+                      job.scale ? v * job.scale[n0 + j] : v);
+        }
+      }
+    }
+  }
+}
+
+void gemm_work(const std::shared_ptr<GemmJob>& job) {
+  for (int64_t t = job->next.fetch_add(1); t < job->tasks; t = job->next.fetch_add(1)) {
+    switch (job->w_type) {
+      case ffi::DataType::F32: gemm_task<F32>(*job, t); break;
+      case ffi::DataType::F16: gemm_task<F16>(*job, t); break;
+      case ffi::DataType::BF16: gemm_task<BF16>(*job, t); break;
+      default: gemm_task<I8>(*job, t); break;
+    }
+    job->done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void gemm(ffi::ThreadPool& pool, const float* x, int64_t M, int64_t K, int64_t N, const void* w,
+          ffi::DataType w_type, const float* scale, void* y, ffi::DataType y_type) {
+  auto job = std::make_shared<GemmJob>();
+  job->x = x, job->M = M, job->K = K, job->N = N;
+  job->w = w, job->w_type = w_type, job->scale = scale, job->y = y, job->y_type = y_type;
+  job->panels = (N + kPanel - 1) / kPanel;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  job->panels_per_task = 1;
+  job->tasks = (job->panels + job->panels_per_task - 1) / job->panels_per_task;
+  const int64_t helpers = std::min(threads, job->tasks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { gemm_work(job); });
+  gemm_work(job);
+  while (job->done.load(std::memory_order_acquire) < job->tasks) {
+#ifdef KLW_AVX2
+    _mm_pause();
+#endif
+  }
+}
+
 ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale,
                   ffi::Result<ffi::AnyBuffer> y, int64_t transposed) {
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -422,6 +577,12 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
     xf = x32.data();
   }
 
+  const float* scale_data = scale_count ? static_cast<const float*>(scale.untyped_data()) : nullptr;
+  if (M > kMaxRowsPerPass && !transposed) {  // a prompt: many rows
+    gemm(pool, xf, M, K, N, w.untyped_data(), wt, scale_data, y->untyped_data(), yt);
+    return ffi::Error::Success();
+  }
+
   auto job = std::make_shared<Job>();
   job->x = xf;
   job->M = M;
@@ -430,7 +591,7 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
   job->w = w.untyped_data();
   job->w_type = wt;
   job->transposed = transposed != 0;
-  job->scale = scale_count ? static_cast<const float*>(scale.untyped_data()) : nullptr;
+  job->scale = scale_data;
   job->y = y->untyped_data();
   job->y_type = yt;
 

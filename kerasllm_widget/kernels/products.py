@@ -1,9 +1,15 @@
-"""Which matrix product a decode step uses: the CPU kernel for a few rows, XLA's dot otherwise.
+"""Which matrix product the engine's programs use: the CPU kernel where it is faster, XLA's dot
+otherwise.
 
 The engine turns the kernel on for its compiled programs (`enabled`); the model's layers then
-route their products through `product` / `dense_product`, which pick the kernel only for the
-small row counts it is made for (a decode step: one token per sequence) and fall back to the
-layer's own call for everything else (a prompt, LoRA, biases, other quantization modes).
+route their products through `product` / `dense_product`, which pick the kernel for
+
+- a few rows (a decode step: one token per sequence), every weight layout and type;
+- many rows (a prompt) times float weights stored ``[in, out]``: the kernel's GEMM widens
+  16-bit weights one panel at a time, where XLA converts the whole matrix first;
+
+and fall back to the layer's own call for everything else (LoRA, biases, int8 prompts, which
+keep Keras' own int8 arithmetic).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ __all__ = [
     "product",
 ]
 
-# Above this many rows (batch x tokens) a product is a matrix-matrix product: XLA's GEMM is
-# faster there, and the kernel would read the weights once per eight rows.
+# Above this many rows (batch x tokens) a product is a matrix-matrix product: the kernel's
+# row-at-a-time paths would read the weights once per eight rows, so only its GEMM (float
+# weights stored [in, out]) takes them; other layouts and int8 go to XLA.
 MAX_KERNEL_ROWS = 8
 
 
@@ -66,14 +73,25 @@ def _rows(x) -> int:
     return math.prod(x.shape[:-1])
 
 
+def _kernel_takes(x, w, transposed: bool) -> bool:
+    """Whether the kernel is the faster product for ``x`` rows times ``w``: always for a few
+    rows; for more, only float weights stored ``[in, out]`` (its GEMM)."""
+    if _rows(x) <= MAX_KERNEL_ROWS:
+        return True
+    return not transposed and w.dtype in _GEMM_WEIGHT_TYPES
+
+
+_GEMM_WEIGHT_TYPES = ("float32", "bfloat16", "float16")
+
+
 def product(x, w, *, scale=None, transposed: bool = False, kernels: bool = False):
     """``x @ w`` (``x @ w.T`` when ``transposed``) times ``scale`` per output, through the
-    kernel when ``kernels`` is on and ``x`` has at most `MAX_KERNEL_ROWS` rows. ``w`` may be a
-    `QuantizedKernel`."""
+    kernel when ``kernels`` is on and it suits the shapes (see the module docstring). ``w``
+    may be a `QuantizedKernel`."""
     if isinstance(w, QuantizedKernel):
         w, scale, transposed = w.kernel, w.scale, True
     w = ops.convert_to_tensor(w)
-    if kernels and _rows(x) <= MAX_KERNEL_ROWS:
+    if kernels and _kernel_takes(x, w, transposed):
         return cpu.matvec(x, w, scale, transposed=transposed)
     w = ops.cast(w, x.dtype)
     y = ops.einsum("...k,nk->...n", x, w) if transposed else ops.matmul(x, w)
@@ -97,11 +115,13 @@ def dense_product(dense, x, *, kernels: bool = False):
     """``dense(x)`` for a Keras `Dense` layer, through the kernel for a plain float kernel or an
     int8-quantized one (``kernel / kernel_scale``) when ``kernels`` allows it. A bias, LoRA or
     another quantization mode keeps the layer's own call."""
-    if not kernels or _rows(x) > MAX_KERNEL_ROWS:
+    if not kernels:
         return dense(x)
-    if plain_dense(dense, "int8"):
+    if plain_dense(dense, "int8") and _rows(x) <= MAX_KERNEL_ROWS:
         scale = 1.0 / ops.cast(dense.kernel_scale, "float32")
         return cpu.matvec(x, ops.convert_to_tensor(dense._kernel), scale)
     if plain_dense(dense):
-        return cpu.matvec(x, ops.convert_to_tensor(dense.kernel))
+        kernel = ops.convert_to_tensor(dense.kernel)
+        if _kernel_takes(x, kernel, transposed=False):
+            return cpu.matvec(x, kernel)
     return dense(x)
