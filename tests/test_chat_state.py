@@ -172,12 +172,27 @@ def test_later_turns_compile_nothing_after_warm_up(model):
     assert len(chat.messages) == 14
 
 
+def test_a_long_message_after_short_turns_compiles_nothing(model):
+    # Short turns are prefilled in chunks of 32, a long message in chunks of 128: the program
+    # for the long chunk is compiled in the background after a turn, before anyone needs it.
+    chat = ChatState(model, system_prompt="You are brief.")
+    engine = engine_for(model)
+    options = {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "max_new_tokens": 6}
+    chat.send("Hello!", seed=0, **options)
+    chat.send("How are you?", seed=1, **options)
+    engine.wait_for_precompile()  # the user reads the reply and types
+    warm = foreground(engine.trace_counts)
+    chat.send("Please " + "tell me more about that, " * 12, seed=2, **options)
+    chat.send("Thanks!", seed=3, **options)
+    assert foreground(engine.trace_counts) == warm
+
+
 def test_a_chat_outgrowing_its_cache_uses_programs_compiled_ahead(model):
     chat = ChatState(model, cache_length=256)
     engine = engine_for(model)
     engine.clear_cache()
     # A sampler no other test here uses, so that no program for it exists yet.
-    options = {"temperature": 0.5, "max_new_tokens": 150, "stop_strings": ["."], "seed": 0}
+    options = {"temperature": 0.5, "max_new_tokens": 180, "stop_strings": ["."], "seed": 0}
     chat.send("Say hello.", **options)
     assert engine.kept_cache_length() == 256
     # The next turn may need more than 256 slots: a 512-slot set was compiled in the background.

@@ -271,3 +271,19 @@ def test_a_16_bit_embedding_is_gathered_without_copying_the_table():
     with keras.StatelessScope(state_mapping=[(embedding.embeddings, table)]):
         rows = _embed(embedding, ids, kernels=True)
     np.testing.assert_array_equal(np.asarray(rows), np.asarray(table)[[[5]]])
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("k", [1, 5, 64, 1024])
+def test_top_k_equals_lax_top_k_ties_included(k):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((3, 49152)).astype(np.float32)
+    x[1, 100:200] = 5.0  # a hundred-way tie for the best: the lower ids first
+    x[2, :] = 0.0  # all tied
+    x[0, 7] = -np.inf
+    values, ids = jax.jit(lambda a: cpu.top_k(a, k))(x)
+    expected_values, expected_ids = jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(expected_values))
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(expected_ids))
+    with pytest.raises(ValueError, match="k=49153"):
+        cpu.top_k(x, 49153)

@@ -344,3 +344,13 @@ def test_decode_calls_are_sized_by_the_measured_step_time():
     assert decode_call_tokens(DECODE_CALL_S / 3, 8, 16) == 3
     # Fast steps (an accelerator): the compiled chunk is the limit.
     assert decode_call_tokens(DECODE_CALL_S / 1000, 32, 64) == 64
+
+
+def test_chat_turns_are_prefilled_in_short_or_long_chunks():
+    from kerasllm_widget.generation.engine import _prefill_chunks
+
+    assert _prefill_chunks(21, start=63) == (32, 32)  # a short user turn: one chunk of 32
+    assert _prefill_chunks(32, start=63) == (32, 32)
+    assert _prefill_chunks(33, start=63) == (128, 128)
+    assert _prefill_chunks(300, start=63) == (128, 384)
+    assert _prefill_chunks(100, start=0) == (112, 112)  # a fresh prompt: its own bucket

@@ -142,3 +142,44 @@ def test_bad_knobs_are_refused():
         Sampler(temperature=-1)
     with pytest.raises(ValueError, match="repetition_penalty"):
         Sampler(repetition_penalty=0)
+
+
+# A vocabulary larger than the 1024 best tokens that top-p looks at first: six likely tokens
+# holding half the mass (0.2, 0.125, 0.075, 0.05, 0.03, 0.02) and 2994 sharing the other half.
+WIDE = np.concatenate([np.log(PROBS * 0.5), np.full(2994, np.log(0.5 / 2994))]).astype(np.float32)
+
+
+def expected_wide(keep: list[int]) -> np.ndarray:
+    p = np.exp(WIDE.astype(np.float64))[keep]
+    out = np.zeros(WIDE.shape[0])
+    out[keep] = p / p.sum()
+    return out
+
+
+@pytest.mark.parametrize(
+    "sampler, keep",
+    [
+        # The nucleus lies among the best 1024; the mass before token 1 is 0.2 of the whole
+        # vocabulary (0.3 of the best 1024 alone, which would wrongly stop at token 0).
+        (TopPSampler(p=0.3), [0, 1]),
+        (TopPSampler(p=0.45), [0, 1, 2, 3]),
+        # top-k within the best 1024: top-p applies to the 200 kept (0.53 of the mass), where
+        # token 0 alone is 0.376
+        (Sampler(top_k=200, top_p=0.5), [0, 1]),
+    ],
+    ids=["top_p", "top_p_four", "wide_top_k"],
+)
+def test_top_p_over_a_large_vocabulary_keeps_the_right_tokens(sampler, keep):
+    assert sampler.plan.mode == "sorted"
+    observed = frequencies(sampler, logits=WIDE)
+    assert set(np.flatnonzero(observed)) <= set(keep)
+    assert np.abs(observed - expected_wide(keep)).max() < 0.03
+
+
+def test_top_p_beyond_the_best_1024_tokens_sorts_the_vocabulary():
+    # A flat distribution: the nucleus of p=0.5 is the first 1500 of 3000 tokens (ties go to
+    # the lower id), more than the best 1024 hold, so the whole vocabulary is sorted.
+    flat = np.zeros(3000, np.float32)
+    observed = frequencies(TopPSampler(p=0.5), logits=flat)
+    assert set(np.flatnonzero(observed)) <= set(range(1500))
+    assert observed[:1500].sum() == 1.0 and (observed[1000:1500] > 0).sum() > 300

@@ -247,21 +247,24 @@ class ChatState:
     def _prepare_next_turn(
         self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives
     ) -> None:
-        """When the next turn may not fit the kept cache, compiles the programs for a cache twice
-        as long in the background, so that turn does not wait for the compiler."""
+        """Compiles in the background, while the user reads and types, the programs the next
+        turn may need and no request has compiled yet: the chat-turn prefill chunks (short and
+        long) over the kept cache, and, when the next turn may not fit that cache, the programs
+        for a cache twice as long. So no turn waits for the compiler."""
         engine = engine_for(self.model)
         length = engine.kept_cache_length()
+        if length is None:
+            return
         used = done.prompt_tokens + done.generated_tokens
+        options = {"num_alternatives": top_k_alternatives}
+        engine.precompile(length, sampler, **options)  # a no-op when all are compiled
         # Room for a new user turn (one prefill chunk) and a reply as long as this one could be.
-        if length is None or used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
+        if used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
             return
         if length >= self.context_length:
             return
-        engine.precompile(
-            engine.cache_length_for(used + CONTINUATION_CHUNK + int(max_new_tokens)),
-            sampler,
-            num_alternatives=top_k_alternatives,
-        )
+        needed = used + CONTINUATION_CHUNK + int(max_new_tokens)
+        engine.precompile(engine.cache_length_for(needed), sampler, **options)
 
     def _run(
         self,

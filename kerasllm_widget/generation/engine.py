@@ -43,6 +43,7 @@ from kerasllm_widget.generation.samplers import (
     SamplerParams,
     SamplerPlan,
     sample_next_token,
+    top_k,
 )
 from kerasllm_widget.kernels import cpu
 from kerasllm_widget.kernels.products import QuantizedKernel, product
@@ -62,6 +63,10 @@ MIN_PROMPT_BUCKET = 16
 FINE_BUCKETS_FROM = 64  # above this, prompt buckets are quarter-octave steps, not powers of two
 MAX_PREFILL_CHUNK = 512
 CONTINUATION_CHUNK = 128  # prefill chunk after a reused prefix (the next turn of a chat)
+# A chat turn of at most this many new tokens (most user messages, with the template's tokens
+# and the previous reply's end) is prefilled as one chunk of this size: a quarter of the work.
+SHORT_CONTINUATION_CHUNK = 32
+CONTINUATION_CHUNKS = (SHORT_CONTINUATION_CHUNK, CONTINUATION_CHUNK)
 MIN_CACHE_BUCKET = 256
 # A decode call runs for about this long: Stop waits for the call being read back and the one in
 # flight behind it, so it lands within about twice this.
@@ -262,7 +267,7 @@ def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alter
     token = sample_next_token(logits, key, plan, params, seen)
     logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     if num_alternatives:
-        alt_logprobs, alt_ids = jax.lax.top_k(logprobs, num_alternatives)
+        alt_logprobs, alt_ids = top_k(logprobs, num_alternatives)
     else:
         batch = logits.shape[0]
         alt_logprobs = jnp.zeros((batch, 0), jnp.float32)
@@ -490,9 +495,14 @@ def _prefill_chunks(length: int, start: int) -> tuple[int, int]:
     if start == 0 and length <= MAX_PREFILL_CHUNK:
         bucket = prompt_bucket(length)
         return bucket, bucket
-    # A new chat turn over a kept prefix always goes in chunks of one size, so a chat compiles
-    # one prefill program for all of its turns; long prompts go in chunks too.
-    chunk = MAX_PREFILL_CHUNK if start == 0 else CONTINUATION_CHUNK
+    # A new chat turn over a kept prefix goes in chunks of one of two sizes, so a chat compiles
+    # two prefill programs for all of its turns; long prompts go in chunks too.
+    if start == 0:
+        chunk = MAX_PREFILL_CHUNK
+    elif length <= SHORT_CONTINUATION_CHUNK:
+        chunk = SHORT_CONTINUATION_CHUNK
+    else:
+        chunk = CONTINUATION_CHUNK
     return chunk, -(-length // chunk) * chunk
 
 
@@ -556,6 +566,7 @@ class GenerationEngine:
         self._jit_decode = None
         self._executables: dict = {}  # ahead-of-time compiled programs (see `precompile`)
         self._compiling: set = set()
+        self._ran: set = set()  # keys of programs requests have run (compiled by jit)
         self._threads: list[threading.Thread] = []
 
     # -- compiled functions ------------------------------------------------------------------
@@ -586,6 +597,7 @@ class GenerationEngine:
             self._fused = None
             self._kept = None
             self._executables = {}
+            self._ran = set()
         return self._jit_prefill, self._jit_decode
 
     def _key(self, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
@@ -622,19 +634,19 @@ class GenerationEngine:
         (those are chat-turn chunks: never ``fresh``)."""
         compiled = None
         if not fresh:
-            compiled = self._executables.get(
-                (
-                    "prefill",
-                    *self._key(
-                        token_ids.shape[0],
-                        valid.shape[1],
-                        token_ids.shape[1],
-                        plan,
-                        num_alternatives,
-                        stop_ids.shape[0],
-                    ),
-                )
+            program_key = (
+                "prefill",
+                *self._key(
+                    token_ids.shape[0],
+                    valid.shape[1],
+                    token_ids.shape[1],
+                    plan,
+                    num_alternatives,
+                    stop_ids.shape[0],
+                ),
             )
+            compiled = self._executables.get(program_key)
+            self._ran.add(program_key)
         # Under a keras.distribution the batch is laid out as the distribution lays out data, so
         # that the mask and cache are split like the queries and keys (cuDNN requires it).
         token_ids, token_valid, positions, last_index, cache, valid, seen = place_batch(
@@ -659,19 +671,19 @@ class GenerationEngine:
         return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives, fresh=fresh)
 
     def _decode(self, weights, state, num_steps, stop_ids, params, plan, num_alternatives):
-        compiled = self._executables.get(
-            (
-                "decode",
-                *self._key(
-                    state.token.shape[0],
-                    state.valid.shape[1],
-                    1,
-                    plan,
-                    num_alternatives,
-                    stop_ids.shape[0],
-                ),
-            )
+        program_key = (
+            "decode",
+            *self._key(
+                state.token.shape[0],
+                state.valid.shape[1],
+                1,
+                plan,
+                num_alternatives,
+                stop_ids.shape[0],
+            ),
         )
+        compiled = self._executables.get(program_key)
+        self._ran.add(program_key)
         args = (weights, state, np.int32(num_steps), stop_ids, params)
         if compiled is not None:
             return compiled(*args)
@@ -700,9 +712,23 @@ class GenerationEngine:
         self._compiled()
         cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
         decode_key = ("decode", *self._key(batch, cache_length, 1, plan, num_alternatives, 8))
-        if decode_key in self._executables or decode_key in self._compiling:
-            return None
-        self._compiling.add(decode_key)
+        prefill_keys = {
+            chunk: ("prefill", *self._key(batch, cache_length, chunk, plan, num_alternatives, 8))
+            for chunk in CONTINUATION_CHUNKS
+            if chunk <= cache_length
+        }
+        # Programs already compiled ahead, being compiled, or compiled by a request: skipped.
+        with self._lock:
+            todo = [
+                key
+                for key in (decode_key, *prefill_keys.values())
+                if key not in self._executables
+                and key not in self._compiling
+                and key not in self._ran
+            ]
+            if not todo:
+                return None
+            self._compiling.update(todo)
 
         def shaped(x):
             return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
@@ -726,51 +752,51 @@ class GenerationEngine:
                 seen = sds((batch, vocab), jnp.bool_)
                 stop_ids = sds((8,), jnp.int32)
                 abstract_params = SamplerParams(*(shaped(p) for p in params))
-                state = DecodeState(
-                    cache=cache,
-                    valid=valid,
-                    seen=seen,
-                    token=sds((batch,), jnp.int32),
-                    position=sds((batch,), jnp.int32),
-                    index=sds((), jnp.int32),
-                    done=sds((batch,), jnp.bool_),
-                    key=sds(key.shape, key.dtype),
-                )
-                decode = self._jit_decode.lower(
-                    weights,
-                    state,
-                    sds((), jnp.int32),
-                    stop_ids,
-                    abstract_params,
-                    plan=plan,
-                    num_alternatives=num_alternatives,
-                    chunk=self.chunk_size,
-                ).compile()
-                self._executables[decode_key] = decode
-                chunk = CONTINUATION_CHUNK
-                ints = sds((batch, chunk), jnp.int32)
-                prefill_compiled = self._jit_prefill.lower(
-                    weights,
-                    ints,
-                    sds((batch, chunk), jnp.bool_),
-                    ints,
-                    sds((batch,), jnp.int32),
-                    sds((), jnp.int32),
-                    cache,
-                    valid,
-                    seen,
-                    sds(key.shape, key.dtype),
-                    stop_ids,
-                    abstract_params,
-                    plan=plan,
-                    num_alternatives=num_alternatives,
-                ).compile()
-                self._executables[
-                    ("prefill", *self._key(batch, cache_length, chunk, plan, num_alternatives, 8))
-                ] = prefill_compiled
+                if decode_key in todo:
+                    state = DecodeState(
+                        cache=cache,
+                        valid=valid,
+                        seen=seen,
+                        token=sds((batch,), jnp.int32),
+                        position=sds((batch,), jnp.int32),
+                        index=sds((), jnp.int32),
+                        done=sds((batch,), jnp.bool_),
+                        key=sds(key.shape, key.dtype),
+                    )
+                    self._executables[decode_key] = self._jit_decode.lower(
+                        weights,
+                        state,
+                        sds((), jnp.int32),
+                        stop_ids,
+                        abstract_params,
+                        plan=plan,
+                        num_alternatives=num_alternatives,
+                        chunk=self.chunk_size,
+                    ).compile()
+                for chunk, program_key in prefill_keys.items():
+                    if program_key not in todo:
+                        continue
+                    ints = sds((batch, chunk), jnp.int32)
+                    self._executables[program_key] = self._jit_prefill.lower(
+                        weights,
+                        ints,
+                        sds((batch, chunk), jnp.bool_),
+                        ints,
+                        sds((batch,), jnp.int32),
+                        sds((), jnp.int32),
+                        cache,
+                        valid,
+                        seen,
+                        sds(key.shape, key.dtype),
+                        stop_ids,
+                        abstract_params,
+                        plan=plan,
+                        num_alternatives=num_alternatives,
+                    ).compile()
             finally:
                 _phase.name = ""
-                self._compiling.discard(decode_key)
+                with self._lock:
+                    self._compiling.difference_update(todo)
 
         if not background:
             work()

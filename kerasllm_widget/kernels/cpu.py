@@ -40,11 +40,13 @@ __all__ = [
     "ATTENTION_TARGET",
     "TAKE_ROWS_TARGET",
     "TARGET",
+    "TOP_K_TARGET",
     "attention",
     "available",
     "matvec",
     "reason_unavailable",
     "take_rows",
+    "top_k",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 TARGET = "kerasllm_matvec"
 ATTENTION_TARGET = "kerasllm_decode_attention"
 TAKE_ROWS_TARGET = "kerasllm_take_rows"
+TOP_K_TARGET = "kerasllm_top_k"
 _SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
@@ -121,6 +124,9 @@ def _load() -> None:
         )
         jax.ffi.register_ffi_target(
             TAKE_ROWS_TARGET, jax.ffi.pycapsule(library.KerasLLMTakeRows), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            TOP_K_TARGET, jax.ffi.pycapsule(library.KerasLLMTopK), platform="cpu"
         )
     except Exception as error:  # a failed build must not stop generation: XLA's dot remains
         _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
@@ -193,3 +199,23 @@ def take_rows(table, ids):
         TAKE_ROWS_TARGET, jax.ShapeDtypeStruct((flat.shape[0], table.shape[1]), table.dtype)
     )
     return call(table, flat).reshape(*ids.shape, table.shape[1])
+
+
+def top_k(x, k: int):
+    """`jax.lax.top_k` of float32 ``x [..., V]`` along its last axis: the ``k`` largest values,
+    best first (ties: the lower index first) and their int32 indices, in one pass over each row.
+    XLA on a CPU sorts the row for a top-k of more than a few elements."""
+    _require()
+    x = jnp.asarray(x, jnp.float32)
+    if not 0 <= k <= x.shape[-1]:
+        raise ValueError(f"top_k: k={k} is not between 0 and the row length {x.shape[-1]}")
+    rows = x.reshape(-1, x.shape[-1])
+    call = jax.ffi.ffi_call(
+        TOP_K_TARGET,
+        (
+            jax.ShapeDtypeStruct((rows.shape[0], k), jnp.float32),
+            jax.ShapeDtypeStruct((rows.shape[0], k), jnp.int32),
+        ),
+    )
+    values, ids = call(rows)
+    return values.reshape(*x.shape[:-1], k), ids.reshape(*x.shape[:-1], k)

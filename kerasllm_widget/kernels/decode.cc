@@ -871,6 +871,72 @@ ffi::Error TakeRows(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids,
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------- top-k
+
+// The k largest values of each row of x [B, V] (float32) and their ids, best first, ties to the
+// lower id (as lax.top_k orders them). XLA on a CPU sorts for a top-k of more than a few
+// elements (about 12 ms for k = 64 over a 49,152-token vocabulary); here one pass keeps a heap
+// of the k best, and eight values at a time are compared with the heap's worst first, so most
+// of the row costs one vector comparison.
+struct Candidate {
+  float value;
+  int32_t id;
+};
+
+// a is worse than b: a lower value, or an equal value at a higher id.
+inline bool worse(const Candidate& a, const Candidate& b) {
+  return a.value < b.value || (a.value == b.value && a.id > b.id);
+}
+
+void top_k_row(const float* x, int64_t V, int64_t k, float* values, int32_t* ids,
+               std::vector<Candidate>& heap) {
+  // A min-heap on `worse`: heap.front() is the worst of the k kept so far.
+  auto better_first = [](const Candidate& a, const Candidate& b) { return worse(b, a); };
+  heap.clear();
+  for (int64_t i = 0; i < k; ++i) heap.push_back({x[i], static_cast<int32_t>(i)});
+  std::make_heap(heap.begin(), heap.end(), better_first);
+  auto offer = [&](int64_t i) {
+    // Later ids lose ties, so only a strictly larger value can enter.
+    if (x[i] > heap.front().value) {
+      std::pop_heap(heap.begin(), heap.end(), better_first);
+      heap.back() = {x[i], static_cast<int32_t>(i)};
+      std::push_heap(heap.begin(), heap.end(), better_first);
+    }
+  };
+  int64_t i = k;
+#ifdef KLW_AVX2
+  for (; i + 8 <= V; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 worst = _mm256_set1_ps(heap.front().value);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, worst, _CMP_GT_OQ)) == 0) continue;
+    for (int64_t j = i; j < i + 8; ++j) offer(j);
+  }
+#endif
+  for (; i < V; ++i) offer(i);
+  std::sort(heap.begin(), heap.end(), better_first);
+  for (int64_t j = 0; j < k; ++j) {
+    values[j] = heap[j].value;
+    ids[j] = heap[j].id;
+  }
+}
+
+ffi::Error TopK(ffi::Buffer<ffi::F32> x, ffi::Result<ffi::Buffer<ffi::F32>> values,
+                ffi::Result<ffi::Buffer<ffi::S32>> ids) {
+  const auto xd = x.dimensions(), vd = values->dimensions(), id = ids->dimensions();
+  if (xd.size() != 2 || vd.size() != 2 || id.size() != 2 || vd[0] != xd[0] || id[0] != xd[0] ||
+      vd[1] != id[1] || vd[1] > xd[1]) {
+    return ffi::Error::InvalidArgument("top_k: x [B, V], values and ids [B, k] with k <= V");
+  }
+  const int64_t B = xd[0], V = xd[1], k = vd[1];
+  if (k == 0) return ffi::Error::Success();
+  thread_local std::vector<Candidate> heap;
+  for (int64_t b = 0; b < B; ++b) {
+    top_k_row(x.typed_data() + b * V, V, k, values->typed_data() + b * k,
+              ids->typed_data() + b * k, heap);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMMatVec, MatVec,
@@ -897,3 +963,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMTakeRows, TakeRows,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KerasLLMTopK, TopK,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
