@@ -274,16 +274,18 @@ def _sample_fully_sorted(logits, key, params: SamplerParams):
 
 
 def _sample_sorted(logits, key, params: SamplerParams):
-    """top-p (or a top-k above 64), exactly, mostly without sorting the vocabulary.
+    """top-p (or a top-k above 64), exactly, on a CPU mostly without sorting the vocabulary.
 
     The best `_NUCLEUS_WIDTH` tokens decide the draw whenever every token outside them is
     excluded anyway: when top-k keeps at most that many, or (no top-k) when the tokens they
     keep already hold top_p of the kept probability mass, so that everything after them has
     at least top_p before it. Otherwise (a very flat distribution) the vocabulary is sorted, as
     it always was (`lax.cond`: only the branch taken runs)."""
+    from kerasllm_widget.kernels import products
+
     vocabulary = logits.shape[-1]
     width = min(_NUCLEUS_WIDTH, vocabulary)
-    if width == vocabulary:
+    if width == vocabulary or not products.enabled():  # an accelerator sorts quickly
         return _sample_fully_sorted(logits, key, params)
     values, ids = top_k(logits, width)
     floor = values[..., :1] + jnp.log(jnp.maximum(params.min_p, 1e-30))  # min-p

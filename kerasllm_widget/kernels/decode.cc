@@ -483,23 +483,58 @@ void store_value(void* y, ffi::DataType type, int64_t index, float v) {
   }
 }
 
+// Panels [n0, n0 + count * 16) of W, each widened into its own [K, 16] block of `panels`: one
+// pass down the rows, each row's segment read start to end (a column panel alone would read
+// 64 bytes per row, which memory serves slowly), with the rows ahead prefetched.
+template <typename W>
+void pack_panels(const typename W::T* w, int64_t K, int64_t N, int64_t n0, int64_t count,
+                 float* panels) {
+  constexpr int64_t kRowsAhead = 4;
+  for (int64_t k = 0; k < K; ++k) {
+    const typename W::T* row = w + k * N + n0;
+#ifdef KLW_AVX2
+    if (k + kRowsAhead < K) {
+      const char* ahead = reinterpret_cast<const char*>(row + kRowsAhead * N);
+      const int64_t bytes = count * kPanel * static_cast<int64_t>(sizeof(typename W::T));
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+    }
+    for (int64_t c = 0; c < count; ++c) {
+      float* out = panels + c * K * kPanel + k * kPanel;
+      _mm256_storeu_ps(out, W::eight(row + c * kPanel));
+      _mm256_storeu_ps(out + 8, W::eight(row + c * kPanel + 8));
+    }
+#else
+    for (int64_t c = 0; c < count; ++c) {
+      float* out = panels + c * K * kPanel + k * kPanel;
+      for (int64_t j = 0; j < kPanel; ++j) out[j] = W::one(row + c * kPanel + j);
+    }
+#endif
+  }
+}
+
 template <typename W>
 void gemm_task(GemmJob& job, int64_t t) {
-  thread_local std::vector<float> panel;
-  panel.resize(job.K * kPanel);
-  float block[kRowsPerBlock * kPanel];
+  thread_local std::vector<float> panels;
   const int64_t first = t * job.panels_per_task;
   const int64_t last = std::min(job.panels, first + job.panels_per_task);
+  panels.resize((last - first) * job.K * kPanel);
+  const auto* w = static_cast<const typename W::T*>(job.w);
+  const int64_t whole = std::min(last, job.N / kPanel);  // panels with all 16 columns
+  if (whole > first) pack_panels<W>(w, job.K, job.N, first * kPanel, whole - first, panels.data());
+  if (whole < last) {  // the matrix's last, narrower panel: padded with zeros
+    pack_panel<W>(w, job.K, job.N, whole * kPanel, panels.data() + (whole - first) * job.K * kPanel);
+  }
+  float block[kRowsPerBlock * kPanel];
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel, width = std::min(kPanel, job.N - n0);
-    pack_panel<W>(static_cast<const typename W::T*>(job.w), job.K, job.N, n0, panel.data());
+    const float* panel = panels.data() + (p - first) * job.K * kPanel;
     for (int64_t m0 = 0; m0 < job.M; m0 += kRowsPerBlock) {
       const int64_t rows = std::min(kRowsPerBlock, job.M - m0);
       const float* x[kRowsPerBlock];
       for (int64_t i = 0; i < kRowsPerBlock; ++i) {
         x[i] = job.x + (m0 + std::min(i, rows - 1)) * job.K;
       }
-      micro_kernel(x, job.K, panel.data(), block);
+      micro_kernel(x, job.K, panel, block);
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t j = 0; j < width; ++j) {
           const float v = block[i * kPanel + j];
@@ -530,7 +565,11 @@ void gemm(ffi::ThreadPool& pool, const float* x, int64_t M, int64_t K, int64_t N
   job->w = w, job->w_type = w_type, job->scale = scale, job->y = y, job->y_type = y_type;
   job->panels = (N + kPanel - 1) / kPanel;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  job->panels_per_task = 1;
+  // Several panels per task (packed in one pass), as many as keep the packed block within
+  // about 256 KB (L2), while leaving about four tasks per thread.
+  const int64_t fit = std::max<int64_t>(1, 65536 / (K * kPanel));
+  job->panels_per_task =
+      std::clamp<int64_t>(job->panels / (threads * kTasksPerThread), 1, fit);
   job->tasks = (job->panels + job->panels_per_task - 1) / job->panels_per_task;
   const int64_t helpers = std::min(threads, job->tasks) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { gemm_work(job); });
