@@ -231,7 +231,7 @@ def worker_chat(turns: int) -> dict:
     model = Llama3CausalLM.from_preset(str(smollm2_gguf()))
     chat = ChatState(model, system_prompt="You are a friendly assistant. Answer briefly.")
     engine = engine_for(model)
-    ttfts, warm = [], None
+    ttfts, rates, warm = [], [], None
     for turn in range(turns):
         for event in chat.stream(
             f"Tell me one fact about the number {turn + 1}.",
@@ -243,6 +243,7 @@ def worker_chat(turns: int) -> dict:
         ):
             if isinstance(event, DoneEvent):
                 ttfts.append(event.time_to_first_token_s)
+                rates.append(event.decode_tokens_per_s)
         # A person reads the reply and types the next message: background compiles finish then.
         engine.wait_for_precompile()
         if turn == 1:
@@ -255,6 +256,7 @@ def worker_chat(turns: int) -> dict:
         "compiles_after_warm_up": foreground,
         "background_compiles": sum(after.values()) - foreground,
         "median_ttft_s": sorted(ttfts[2:])[len(ttfts[2:]) // 2],
+        "median_decode_tok_s": sorted(rates[2:])[len(rates[2:]) // 2],
         "peak_mb": peak_rss_mb(),
     }
 
@@ -550,6 +552,8 @@ def main() -> None:
                 f"{chat['compiles_after_warm_up']} compilations on the reply path after the first "
                 f"two turns ({chat['background_compiles']} ahead of time in the background), "
                 f"median time to first token {chat['median_ttft_s'] * 1e3:.0f} ms, "
+                f"median decode {chat['median_decode_tok_s']:.1f} tok/s (temperature 0.7, "
+                f"top-k 50, top-p 0.9), "
                 f"{chat['context_tokens']} tokens of context at the end"
             )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
