@@ -183,3 +183,20 @@ def test_top_p_beyond_the_best_1024_tokens_sorts_the_vocabulary():
     observed = frequencies(TopPSampler(p=0.5), logits=flat)
     assert set(np.flatnonzero(observed)) <= set(range(1500))
     assert observed[:1500].sum() == 1.0 and (observed[1000:1500] > 0).sum() > 300
+
+
+@pytest.mark.parametrize(
+    "sampler, keep",
+    [
+        (RandomSampler(), list(range(3000))),  # half the draws come from outside the best 64
+        (MinPSampler(p=0.3), [0, 1, 2]),  # p >= 0.06: nothing outside the best 64 is left
+    ],
+    ids=["random", "min_p"],
+)
+def test_sampling_the_whole_distribution_of_a_large_vocabulary(sampler, keep):
+    assert sampler.plan.mode == "full"
+    observed = frequencies(sampler, logits=WIDE)
+    assert set(np.flatnonzero(observed)) <= set(keep)
+    wanted = expected_wide(keep)
+    assert np.abs(observed[:6] - wanted[:6]).max() < 0.03
+    assert abs(observed[6:].sum() - wanted[6:].sum()) < 0.03
