@@ -147,6 +147,23 @@ struct I8 {
 #endif
 };
 
+// Element `index` of a float32, bfloat16 or float16 buffer, read or written as float32.
+inline float load(const void* data, ffi::DataType type, int64_t index) {
+  switch (type) {
+    case ffi::DataType::F32: return static_cast<const float*>(data)[index];
+    case ffi::DataType::BF16: return bf16_to_float(static_cast<const uint16_t*>(data)[index]);
+    default: return half_to_float(static_cast<const uint16_t*>(data)[index]);
+  }
+}
+
+inline void store(void* data, ffi::DataType type, int64_t index, float v) {
+  switch (type) {
+    case ffi::DataType::F32: static_cast<float*>(data)[index] = v; break;
+    case ffi::DataType::BF16: static_cast<uint16_t*>(data)[index] = float_to_bf16(v); break;
+    default: static_cast<uint16_t*>(data)[index] = float_to_half(v); break;
+  }
+}
+
 #ifdef KLW_AVX2
 inline float horizontal_sum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -312,14 +329,6 @@ struct Job {
   std::atomic<int64_t> next{0}, done{0};
 };
 
-void store(const Job& job, int64_t index, float v) {
-  switch (job.y_type) {
-    case ffi::DataType::F32: static_cast<float*>(job.y)[index] = v; break;
-    case ffi::DataType::BF16: static_cast<uint16_t*>(job.y)[index] = float_to_bf16(v); break;
-    default: static_cast<uint16_t*>(job.y)[index] = float_to_half(v); break;
-  }
-}
-
 template <typename W>
 void run_task_typed(Job& job, int64_t t, std::vector<float>& scratch) {
   const auto* w = static_cast<const typename W::T*>(job.w);
@@ -358,7 +367,8 @@ void run_task_typed(Job& job, int64_t t, std::vector<float>& scratch) {
     for (int64_t m = 0; m < rows; ++m) {
       for (int64_t j = 0; j < width; ++j) {
         const float v = scratch[m * width + j];
-        store(job, (m0 + m) * job.N + n0 + j, job.scale ? v * job.scale[n0 + j] : v);
+        store(job.y, job.y_type, (m0 + m) * job.N + n0 + j,
+              job.scale ? v * job.scale[n0 + j] : v);
       }
     }
   }
@@ -373,13 +383,30 @@ void run_task(Job& job, int64_t t, std::vector<float>& scratch) {
   }
 }
 
-// Claims tasks until none are left. A helper that starts late finds none and returns without
-// touching the buffers (the job outlives it through the shared pointer).
-void work(const std::shared_ptr<Job>& job) {
+void run(Job& job, int64_t t) {
   thread_local std::vector<float> scratch;
-  for (int64_t t = job->next.fetch_add(1); t < job->tasks; t = job->next.fetch_add(1)) {
-    run_task(*job, t, scratch);
-    job->done.fetch_add(1, std::memory_order_release);
+  run_task(job, t, scratch);
+}
+
+// Tasks [0, tasks) of `job` (`run(*job, t)` each), claimed in turn by the calling thread and
+// `helpers` threads of XLA's pool; returns when all are done. A helper that starts late finds
+// none left and returns without touching the buffers (the job outlives it through the shared
+// pointer).
+template <typename J>
+void run_tasks(ffi::ThreadPool& pool, const std::shared_ptr<J>& job, int64_t tasks,
+               int64_t helpers) {
+  auto work = [job, tasks] {
+    for (int64_t t = job->next.fetch_add(1); t < tasks; t = job->next.fetch_add(1)) {
+      run(*job, t);
+      job->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
+  work();
+  while (job->done.load(std::memory_order_acquire) < tasks) {
+#ifdef KLW_AVX2
+    _mm_pause();
+#endif
   }
 }
 
@@ -475,14 +502,6 @@ void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float
 #endif
 }
 
-void store_value(void* y, ffi::DataType type, int64_t index, float v) {
-  switch (type) {
-    case ffi::DataType::F32: static_cast<float*>(y)[index] = v; break;
-    case ffi::DataType::BF16: static_cast<uint16_t*>(y)[index] = float_to_bf16(v); break;
-    default: static_cast<uint16_t*>(y)[index] = float_to_half(v); break;
-  }
-}
-
 // Panels [n0, n0 + count * 16) of W, each widened into its own [K, 16] block of `panels`: one
 // pass down the rows, each row's segment read start to end (a column panel alone would read
 // 64 bytes per row, which memory serves slowly), with the rows ahead prefetched.
@@ -538,7 +557,7 @@ void gemm_task(GemmJob& job, int64_t t) {
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t j = 0; j < width; ++j) {
           const float v = block[i * kPanel + j];
-          store_value(job.y, job.y_type, (m0 + i) * job.N + n0 + j,
+          store(job.y, job.y_type, (m0 + i) * job.N + n0 + j,
                       job.scale ? v * job.scale[n0 + j] : v);
         }
       }
@@ -546,15 +565,12 @@ void gemm_task(GemmJob& job, int64_t t) {
   }
 }
 
-void gemm_work(const std::shared_ptr<GemmJob>& job) {
-  for (int64_t t = job->next.fetch_add(1); t < job->tasks; t = job->next.fetch_add(1)) {
-    switch (job->w_type) {
-      case ffi::DataType::F32: gemm_task<F32>(*job, t); break;
-      case ffi::DataType::F16: gemm_task<F16>(*job, t); break;
-      case ffi::DataType::BF16: gemm_task<BF16>(*job, t); break;
-      default: gemm_task<I8>(*job, t); break;
-    }
-    job->done.fetch_add(1, std::memory_order_release);
+void run(GemmJob& job, int64_t t) {
+  switch (job.w_type) {
+    case ffi::DataType::F32: gemm_task<F32>(job, t); break;
+    case ffi::DataType::F16: gemm_task<F16>(job, t); break;
+    case ffi::DataType::BF16: gemm_task<BF16>(job, t); break;
+    default: gemm_task<I8>(job, t); break;
   }
 }
 
@@ -571,14 +587,7 @@ void gemm(ffi::ThreadPool& pool, const float* x, int64_t M, int64_t K, int64_t N
   job->panels_per_task =
       std::clamp<int64_t>(job->panels / (threads * kTasksPerThread), 1, fit);
   job->tasks = (job->panels + job->panels_per_task - 1) / job->panels_per_task;
-  const int64_t helpers = std::min(threads, job->tasks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { gemm_work(job); });
-  gemm_work(job);
-  while (job->done.load(std::memory_order_acquire) < job->tasks) {
-#ifdef KLW_AVX2
-    _mm_pause();
-#endif
-  }
+  run_tasks(pool, job, job->tasks, std::min(threads, job->tasks) - 1);
 }
 
 ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale,
@@ -609,10 +618,7 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
     xf = static_cast<const float*>(x.untyped_data());
   } else {
     x32.resize(M * K);
-    const auto* src = static_cast<const uint16_t*>(x.untyped_data());
-    for (int64_t i = 0; i < M * K; ++i) {
-      x32[i] = xt == ffi::DataType::BF16 ? bf16_to_float(src[i]) : half_to_float(src[i]);
-    }
+    for (int64_t i = 0; i < M * K; ++i) x32[i] = load(x.untyped_data(), xt, i);
     xf = x32.data();
   }
 
@@ -671,20 +677,13 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
     job->partial = scratch.get();
   }
 
-  const int64_t helpers = std::min(threads, job->tasks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { work(job); });
-  work(job);
-  while (job->done.load(std::memory_order_acquire) < job->tasks) {
-#ifdef KLW_AVX2
-    _mm_pause();
-#endif
-  }
+  run_tasks(pool, job, job->tasks, std::min(threads, job->tasks) - 1);
   if (!job->transposed) {  // add up the row blocks' partial sums
     const float* p = job->partial;
     for (int64_t i = 0; i < M * N; ++i) {
       float v = p[i];
       for (int64_t b = 1; b < job->row_blocks; ++b) v += p[b * M * N + i];
-      store(*job, i, job->scale ? v * job->scale[i % N] : v);
+      store(job->y, job->y_type, i, job->scale ? v * job->scale[i % N] : v);
     }
   }
   return ffi::Error::Success();
@@ -786,20 +785,12 @@ void attend_chunk(AttentionJob& job, int64_t b, int64_t c) {
   }
 }
 
-void attention_task(AttentionJob& job, int64_t t) {
+void run(AttentionJob& job, int64_t t) {
   const int64_t b = t / job.chunks, c = t % job.chunks;
   switch (job.cache_type) {
     case ffi::DataType::F32: attend_chunk<F32>(job, b, c); break;
     case ffi::DataType::BF16: attend_chunk<BF16>(job, b, c); break;
     default: attend_chunk<F16>(job, b, c); break;
-  }
-}
-
-void attention_work(const std::shared_ptr<AttentionJob>& job) {
-  const int64_t tasks = job->B * job->chunks;
-  for (int64_t t = job->next.fetch_add(1); t < tasks; t = job->next.fetch_add(1)) {
-    attention_task(*job, t);
-    job->done.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -822,13 +813,7 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
   if (B == 0 || H == 0 || D == 0) return ffi::Error::Success();
   // The query, scaled, in float32: [B, H, D].
   std::vector<float> q(B * H * D);
-  for (int64_t i = 0; i < B * H * D; ++i) {
-    const void* p = query.untyped_data();
-    const float x = qt == ffi::DataType::F32  ? static_cast<const float*>(p)[i]
-                    : qt == ffi::DataType::BF16 ? bf16_to_float(static_cast<const uint16_t*>(p)[i])
-                                                : half_to_float(static_cast<const uint16_t*>(p)[i]);
-    q[i] = x * scale;
-  }
+  for (int64_t i = 0; i < B * H * D; ++i) q[i] = load(query.untyped_data(), qt, i) * scale;
   auto job = std::make_shared<AttentionJob>();
   job->q = q.data();
   job->keys = keys.untyped_data();
@@ -841,24 +826,14 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
   job->most.resize(B * job->chunks * H);
   job->total.resize(B * job->chunks * H);
 
-  // Helpers only when there is enough work to pay for a wake-up. A helper that starts after
-  // every chunk is claimed returns without touching the buffers.
+  // Helpers only when there is enough work to pay for a wake-up.
   const int64_t tasks = B * job->chunks;
   const int64_t helpers = B * S * KV * D >= (1 << 16)
                               ? std::min<int64_t>(pool.num_threads(), tasks) - 1
                               : 0;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { attention_work(job); });
-  attention_work(job);
-  while (job->done.load(std::memory_order_acquire) < tasks) {
-#ifdef KLW_AVX2
-    _mm_pause();
-#endif
-  }
+  run_tasks(pool, job, tasks, helpers);
 
   // Merge the chunks: weights rescaled to the overall maximum (no valid slot at all: zeros).
-  Job sink;  // reuse `store` for the output conversion
-  sink.y = out->untyped_data();
-  sink.y_type = qt;
   std::vector<float> merged(D);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
@@ -879,7 +854,9 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer 
         }
         for (int64_t d = 0; d < D; ++d) merged[d] /= total;
       }
-      for (int64_t d = 0; d < D; ++d) store(sink, (b * H + h) * D + d, merged[d]);
+      for (int64_t d = 0; d < D; ++d) {
+        store(out->untyped_data(), qt, (b * H + h) * D + d, merged[d]);
+      }
     }
   }
   return ffi::Error::Success();
