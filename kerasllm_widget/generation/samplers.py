@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kerasllm_widget.kernels import cpu, products
+
 __all__ = [
     "Sampler",
     "GreedySampler",
@@ -44,8 +46,6 @@ def top_k(x, k: int):
     """`jax.lax.top_k` along the last axis; through the CPU kernel where the engine's programs
     use it (XLA on a CPU sorts the vocabulary: about 12 ms per token for k = 64 over 49,152
     logits, against well under a millisecond)."""
-    from kerasllm_widget.kernels import cpu, products
-
     if products.enabled():
         return cpu.top_k(x, k)
     return jax.lax.top_k(x, k)
@@ -281,8 +281,6 @@ def _sample_sorted(logits, key, params: SamplerParams):
     keep already hold top_p of the kept probability mass, so that everything after them has
     at least top_p before it. Otherwise (a very flat distribution) the vocabulary is sorted, as
     it always was (`lax.cond`: only the branch taken runs)."""
-    from kerasllm_widget.kernels import products
-
     vocabulary = logits.shape[-1]
     width = min(_NUCLEUS_WIDTH, vocabulary)
     if width == vocabulary or not products.enabled():  # an accelerator sorts quickly
@@ -322,8 +320,6 @@ def _sample_full(logits, key, params: SamplerParams):
     probability, whether the token is one of the 64 most likely (almost always, for a language
     model) and then picks among them; otherwise it draws from the rest. The odds of every token
     are exactly those of one draw over the vocabulary."""
-    from kerasllm_widget.kernels import products
-
     best = jnp.max(logits, axis=-1, keepdims=True)
     keep = logits >= best + jnp.log(jnp.maximum(params.min_p, 1e-30))
     masked = jnp.where(keep, logits, -jnp.inf)
