@@ -600,8 +600,10 @@ class GenerationEngine:
             self._ran = set()
         return self._jit_prefill, self._jit_decode
 
-    def _key(self, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
+    def _key(self, kind, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
+        """Which compiled program (``kind``: "prefill" or "decode") serves these shapes."""
         return (
+            kind,
             batch,
             cache_length,
             chunk_length,
@@ -634,16 +636,14 @@ class GenerationEngine:
         (those are chat-turn chunks: never ``fresh``)."""
         compiled = None
         if not fresh:
-            program_key = (
+            program_key = self._key(
                 "prefill",
-                *self._key(
-                    token_ids.shape[0],
-                    valid.shape[1],
-                    token_ids.shape[1],
-                    plan,
-                    num_alternatives,
-                    stop_ids.shape[0],
-                ),
+                token_ids.shape[0],
+                valid.shape[1],
+                token_ids.shape[1],
+                plan,
+                num_alternatives,
+                stop_ids.shape[0],
             )
             compiled = self._executables.get(program_key)
             self._ran.add(program_key)
@@ -671,16 +671,14 @@ class GenerationEngine:
         return self._jit_prefill(*args, plan=plan, num_alternatives=num_alternatives, fresh=fresh)
 
     def _decode(self, weights, state, num_steps, stop_ids, params, plan, num_alternatives):
-        program_key = (
+        program_key = self._key(
             "decode",
-            *self._key(
-                state.token.shape[0],
-                state.valid.shape[1],
-                1,
-                plan,
-                num_alternatives,
-                stop_ids.shape[0],
-            ),
+            state.token.shape[0],
+            state.valid.shape[1],
+            1,
+            plan,
+            num_alternatives,
+            stop_ids.shape[0],
         )
         compiled = self._executables.get(program_key)
         self._ran.add(program_key)
@@ -711,9 +709,9 @@ class GenerationEngine:
         plan, params = sampler.plan, sampler.params()
         self._compiled()
         cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
-        decode_key = ("decode", *self._key(batch, cache_length, 1, plan, num_alternatives, 8))
+        decode_key = self._key("decode", batch, cache_length, 1, plan, num_alternatives, 8)
         prefill_keys = {
-            chunk: ("prefill", *self._key(batch, cache_length, chunk, plan, num_alternatives, 8))
+            chunk: self._key("prefill", batch, cache_length, chunk, plan, num_alternatives, 8)
             for chunk in CONTINUATION_CHUNKS
             if chunk <= cache_length
         }
