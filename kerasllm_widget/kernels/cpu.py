@@ -55,6 +55,13 @@ TARGET = "kerasllm_matvec"
 ATTENTION_TARGET = "kerasllm_decode_attention"
 TAKE_ROWS_TARGET = "kerasllm_take_rows"
 TOP_K_TARGET = "kerasllm_top_k"
+# XLA target name -> the handler symbol `decode.cc` exports for it.
+_SYMBOLS = {
+    TARGET: "KerasLLMMatVec",
+    ATTENTION_TARGET: "KerasLLMAttention",
+    TAKE_ROWS_TARGET: "KerasLLMTakeRows",
+    TOP_K_TARGET: "KerasLLMTopK",
+}
 _SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
@@ -116,18 +123,9 @@ def _load() -> None:
         if not path.exists():
             _build(compiler, path)
         library = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(
-            TARGET, jax.ffi.pycapsule(library.KerasLLMMatVec), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            ATTENTION_TARGET, jax.ffi.pycapsule(library.KerasLLMAttention), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            TAKE_ROWS_TARGET, jax.ffi.pycapsule(library.KerasLLMTakeRows), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            TOP_K_TARGET, jax.ffi.pycapsule(library.KerasLLMTopK), platform="cpu"
-        )
+        for target, symbol in _SYMBOLS.items():
+            handler = jax.ffi.pycapsule(getattr(library, symbol))
+            jax.ffi.register_ffi_target(target, handler, platform="cpu")
     except Exception as error:  # a failed build must not stop generation: XLA's dot remains
         _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
         return
