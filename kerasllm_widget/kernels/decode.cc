@@ -436,24 +436,6 @@ struct GemmJob {
   std::atomic<int64_t> next{0}, done{0};
 };
 
-template <typename W>
-void pack_panel(const typename W::T* w, int64_t K, int64_t N, int64_t n0, float* panel) {
-  const int64_t width = std::min(kPanel, N - n0);
-  for (int64_t k = 0; k < K; ++k) {
-    const typename W::T* row = w + k * N + n0;
-    float* out = panel + k * kPanel;
-#ifdef KLW_AVX2
-    if (width == kPanel) {
-      _mm256_storeu_ps(out, W::eight(row));
-      _mm256_storeu_ps(out + 8, W::eight(row + 8));
-      continue;
-    }
-#endif
-    for (int64_t j = 0; j < width; ++j) out[j] = W::one(row + j);
-    for (int64_t j = width; j < kPanel; ++j) out[j] = 0.0f;
-  }
-}
-
 // out[i, 0:16] = x_i @ panel for six rows of x (`rows[i]`; a short block repeats its last row),
 // the twelve accumulators named one by one so that they stay in registers.
 void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float* panel,
@@ -502,32 +484,40 @@ void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float
 #endif
 }
 
-// Panels [n0, n0 + count * 16) of W, each widened into its own [K, 16] block of `panels`: one
-// pass down the rows, each row's segment read start to end (a column panel alone would read
-// 64 bytes per row, which memory serves slowly), with the rows ahead prefetched.
+// Panels [n0, n0 + count * 16) of W, each widened into its own [K, 16] block of `panels` (the
+// matrix's last panel may be narrower: padded with zeros): one pass down the rows, each row's
+// segment read start to end (a column panel alone would read 64 bytes per row, which memory
+// serves slowly), with the rows ahead prefetched.
 template <typename W>
 void pack_panels(const typename W::T* w, int64_t K, int64_t N, int64_t n0, int64_t count,
                  float* panels) {
   constexpr int64_t kRowsAhead = 4;
+  const int64_t columns = std::min(count * kPanel, N - n0);
   for (int64_t k = 0; k < K; ++k) {
     const typename W::T* row = w + k * N + n0;
 #ifdef KLW_AVX2
     if (k + kRowsAhead < K) {
       const char* ahead = reinterpret_cast<const char*>(row + kRowsAhead * N);
-      const int64_t bytes = count * kPanel * static_cast<int64_t>(sizeof(typename W::T));
+      const int64_t bytes = columns * static_cast<int64_t>(sizeof(typename W::T));
       for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
     }
-    for (int64_t c = 0; c < count; ++c) {
+#endif
+    const int64_t whole = columns / kPanel;
+    for (int64_t c = 0; c < whole; ++c) {
       float* out = panels + c * K * kPanel + k * kPanel;
+#ifdef KLW_AVX2
       _mm256_storeu_ps(out, W::eight(row + c * kPanel));
       _mm256_storeu_ps(out + 8, W::eight(row + c * kPanel + 8));
-    }
 #else
-    for (int64_t c = 0; c < count; ++c) {
-      float* out = panels + c * K * kPanel + k * kPanel;
       for (int64_t j = 0; j < kPanel; ++j) out[j] = W::one(row + c * kPanel + j);
-    }
 #endif
+    }
+    if (whole < count) {  // the narrower last panel
+      float* out = panels + whole * K * kPanel + k * kPanel;
+      const int64_t width = columns - whole * kPanel;
+      for (int64_t j = 0; j < width; ++j) out[j] = W::one(row + whole * kPanel + j);
+      for (int64_t j = width; j < kPanel; ++j) out[j] = 0.0f;
+    }
   }
 }
 
@@ -538,11 +528,7 @@ void gemm_task(GemmJob& job, int64_t t) {
   const int64_t last = std::min(job.panels, first + job.panels_per_task);
   panels.resize((last - first) * job.K * kPanel);
   const auto* w = static_cast<const typename W::T*>(job.w);
-  const int64_t whole = std::min(last, job.N / kPanel);  // panels with all 16 columns
-  if (whole > first) pack_panels<W>(w, job.K, job.N, first * kPanel, whole - first, panels.data());
-  if (whole < last) {  // the matrix's last, narrower panel: padded with zeros
-    pack_panel<W>(w, job.K, job.N, whole * kPanel, panels.data() + (whole - first) * job.K * kPanel);
-  }
+  pack_panels<W>(w, job.K, job.N, first * kPanel, last - first, panels.data());
   float block[kRowsPerBlock * kPanel];
   for (int64_t p = first; p < last; ++p) {
     const int64_t n0 = p * kPanel, width = std::min(kPanel, job.N - n0);
