@@ -257,20 +257,27 @@ def _nucleus_mask(sorted_logits, params: SamplerParams):
     return keep & (mass_before < params.top_p)
 
 
+def _draw_among(key, values, ids, keep=None):
+    """One draw per row among candidate ``values`` (logits, those outside ``keep`` excluded),
+    returned as the candidates' ``ids``."""
+    if keep is not None:
+        values = jnp.where(keep, values, -jnp.inf)
+    choice = jax.random.categorical(key, values)
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
 def _sample_narrow(logits, key, params: SamplerParams):
     """top-k <= 64: the 64 best logits (a top-k, no sort of the vocabulary) are enough for
     top-k, min-p and top-p alike, exactly."""
     width = min(_TOP_K_WIDTH, logits.shape[-1])
     values, ids = top_k(logits, width)
-    choice = jax.random.categorical(key, jnp.where(_nucleus_mask(values, params), values, -jnp.inf))
-    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+    return _draw_among(key, values, ids, _nucleus_mask(values, params))
 
 
 def _sample_fully_sorted(logits, key, params: SamplerParams):
     order = jnp.argsort(-logits, axis=-1)
     values = jnp.take_along_axis(logits, order, -1)
-    choice = jax.random.categorical(key, jnp.where(_nucleus_mask(values, params), values, -jnp.inf))
-    return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+    return _draw_among(key, values, order, _nucleus_mask(values, params))
 
 
 def _sample_sorted(logits, key, params: SamplerParams):
@@ -300,13 +307,9 @@ def _sample_sorted(logits, key, params: SamplerParams):
     nucleus = keep & (mass_before < params.top_p)
     decided = within | ((params.top_k == 0) & (probs.sum(-1) >= params.top_p))
 
-    def from_candidates(_):
-        choice = jax.random.categorical(key, jnp.where(nucleus, values, -jnp.inf))
-        return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
-
     return jax.lax.cond(
         jnp.all(decided),
-        from_candidates,
+        lambda _: _draw_among(key, values, ids, nucleus),
         lambda _: _sample_fully_sorted(logits, key, params),
         None,
     )
@@ -330,7 +333,7 @@ def _sample_full(logits, key, params: SamplerParams):
     head_mass = jnp.exp(jax.nn.logsumexp(values, -1) - jax.nn.logsumexp(masked, -1))
     pick_key, head_key, tail_key = jax.random.split(key, 3)
     in_head = jax.random.uniform(pick_key, head_mass.shape) < head_mass
-    head = jnp.take_along_axis(ids, jax.random.categorical(head_key, values)[:, None], -1)[:, 0]
+    head = _draw_among(head_key, values, ids)
 
     def from_the_rest(_):
         rows = jnp.arange(logits.shape[0])[:, None]
