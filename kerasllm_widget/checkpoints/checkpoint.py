@@ -9,15 +9,98 @@ so that conversion to Keras is written once (`checkpoints/convert.py`).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from kerasllm_widget.checkpoints.errors import CheckpointFormatError
+
 # How much of one tensor is read at a time (as float32) when it is copied into a model weight.
 ROW_BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def refuse_non_finite(
+    rows: np.ndarray, tensor_name: str, file: str | os.PathLike, first_row: int = 0
+) -> np.ndarray:
+    """Returns ``rows`` (a block of one tensor from ``first_row`` on, as read), or raises if it
+    holds NaN or infinity.
+
+    Both loaders call it on every block they read, so the check costs one pass over bytes that
+    are being converted anyway (about 1-5 ms per 16 MiB block in float32, bfloat16 or float16),
+    not a second read of the model. A non-finite weight would otherwise load silently and turn
+    every logit into NaN.
+
+    Example:
+        >>> refuse_non_finite(np.array([1.0, np.nan]), "model.norm.weight", "model.safetensors")
+        Traceback (most recent call last):
+        ...
+        kerasllm_widget.checkpoints.errors.CheckpointFormatError: model.safetensors: tensor 'model.norm.weight' holds NaN or infinite values (NaN at [1]). ...
+    """
+    finite = np.isfinite(rows)
+    if finite.all():
+        return rows
+    flat = int(np.argmin(finite.reshape(-1)))
+    kind = "NaN" if np.isnan(rows.reshape(-1)[flat]) else "infinity"
+    where = [int(i) for i in np.unravel_index(flat, rows.shape)]
+    if where:
+        where[0] += first_row
+    raise CheckpointFormatError(
+        f"{file}: tensor {tensor_name!r} holds NaN or infinite values ({kind} at {where}). A "
+        "model with such a weight gives NaN for every logit. The file "
+        "is corrupt, or was saved from a model whose training diverged: re-download the "
+        "checkpoint, or re-export it from a model whose weights are finite."
+    )
+
+
+def symlink_loop_error(path: str | os.PathLike) -> CheckpointFormatError:
+    """The error for a path whose symbolic links lead back to themselves."""
+    return CheckpointFormatError(
+        f"{path}: is a symlink loop (following its symbolic links leads back to a link already "
+        "followed), so there is no file behind it to read. Replace the link with the file itself, "
+        "or point it at the real file (`ls -l` shows where each link points)."
+    )
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A checkpoint's text file (JSON, Jinja), which Hugging Face writes as UTF-8; other bytes
+    raise an error naming the file and the first bad byte instead of a bare UnicodeDecodeError.
+
+    Example:
+        >>> read_text_file("my-model/tokenizer.json")[:1]  # doctest: +SKIP
+        '{'
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointFormatError(
+            f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}: "
+            f"{error.reason}). Hugging Face writes {os.path.basename(path)} as UTF-8; this copy is "
+            "corrupt or was re-saved in another encoding. Re-download it (or re-save it as UTF-8)."
+        ) from None
+
+
+def path_exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists, following links; a symlink loop raises instead of reading as
+    "missing" (``os.path.exists`` says False, which turned loops into "not found"/"truncated").
+
+    Example:
+        >>> path_exists("/nonexistent/config.json")
+        False
+    """
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise symlink_loop_error(path) from None
+        return False
+    return True
 
 
 @dataclass

@@ -5,7 +5,7 @@ Every message names the file or field at fault and says what to do about it.
 
 
 class PresetError(ValueError):
-    """A preset could not be resolved or loaded (bad path, bad file, unsupported model)."""
+    """A preset could not be resolved, loaded or saved (bad path, bad file, unsupported model)."""
 
 
 class UnsupportedModelError(PresetError):
@@ -13,4 +13,5 @@ class UnsupportedModelError(PresetError):
 
 
 class CheckpointFormatError(PresetError):
-    """A checkpoint file is truncated, corrupt, or does not match its config."""
+    """A checkpoint file is truncated, corrupt (non-finite weights, text that is not UTF-8, a
+    symlink loop), or does not match its config."""

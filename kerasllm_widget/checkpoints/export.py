@@ -6,19 +6,31 @@
 template. Weights are streamed to disk one tensor at a time, so exporting needs about one tensor of
 extra memory, not a second copy of the model. LoRA adapters are merged into the exported kernels
 (Keras' ``Dense.kernel`` already returns ``kernel + alpha / rank * A @ B`` when LoRA is on).
+
+A save is all or nothing: every file is written into a hidden staging folder and moved into place
+only once all of them are on disk (`_staged_folder`), so a full disk or an exception half-way
+leaves an earlier checkpoint in the folder exactly as it was. Files the save does not
+write (a user's ``model_v1_finetuned.safetensors``, notes) are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kerasllm_widget.checkpoints.checkpoint import path_exists
 from kerasllm_widget.checkpoints.convert import ml_dtypes_name, resolve_dtype, weight_map
+from kerasllm_widget.checkpoints.errors import PresetError
 from kerasllm_widget.checkpoints.safetensors_checkpoint import INDEX_FILE, SINGLE_FILE
 
 # safetensors' dtype codes for the dtypes a Llama checkpoint is written in.
@@ -184,24 +196,138 @@ def _to_host(value) -> np.ndarray:
     return keras.ops.convert_to_numpy(value)
 
 
-def export_weights(
-    backbone,
-    folder: str | os.PathLike,
-    dtype: str | None = None,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-) -> list[str]:
-    """Writes the backbone's weights under their Hugging Face names and layouts.
+# --- Saving atomically -----------------------------------------------------------------------------
 
-    One ``model.safetensors`` when everything fits in ``max_shard_size``, else
-    ``model-0000i-of-0000n.safetensors`` shards and ``model.safetensors.index.json``. Returns the
-    file names written.
+
+def _folder_to_save_into(folder: Path) -> Path:
+    """The real folder a save goes to (links followed), after refusing paths that cannot be one."""
+    path_exists(folder)  # a symlink loop is named as one
+    target = folder.resolve()
+    blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "is a file" if blocker == target else f"is inside {blocker}, which is a file"
+        raise PresetError(
+            f"Cannot save to {folder}: it {where}, not a folder. A preset is a folder of files "
+            "(config.json, model.safetensors, tokenizer.json, ...); pick a folder path (a new one "
+            "or an existing folder), e.g. model.save_to_preset('my-model')."
+        )
+    return target
+
+
+def _previous_weight_files(folder: Path) -> set[str]:
+    """The weight files an earlier save left in ``folder``: ``model.safetensors``, the index and
+    the shards its ``weight_map`` names. A new save replaces them; nothing else is removed."""
+    names = {name for name in (SINGLE_FILE, INDEX_FILE) if os.path.lexists(folder / name)}
+    if INDEX_FILE not in names:
+        return names
+    try:
+        weight_map = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+        shards = set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return names  # an unreadable index: its shards cannot be told from the user's files
+    return names | {
+        shard
+        for shard in shards
+        if isinstance(shard, str)
+        and shard == Path(shard).name  # a plain name in this folder, never a path out of it
+        and shard.endswith(".safetensors")
+        and os.path.lexists(folder / shard)
+        and not (folder / shard).is_dir()
+    }
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file (or a folder's entries) to disk. A full disk often shows only here: the
+    file system allocates blocks at writeback, so ``write`` itself succeeded."""
+    flags = os.O_RDONLY
+    if path.is_dir():
+        if not hasattr(os, "O_DIRECTORY"):
+            return  # Windows cannot open a folder to flush it
+        flags |= os.O_DIRECTORY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EBADF, errno.EINVAL):  # platforms that cannot fsync this fd
+            raise
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Moves every file of ``staging`` into ``target`` and removes the earlier save's weight files.
+
+    Each move is an atomic rename that needs no space, so nothing here fails for a full disk.
+    The order narrows what a crash between two moves could leave: data files first and the index
+    (which says where every tensor is) last, so loaders follow the old index until the new one is
+    in; then the old index goes before the old shards it names.
+    """
+    if not os.path.lexists(target):
+        try:
+            os.rename(staging, target)  # one rename: the folder appears complete or not at all
+        except OSError:
+            if not os.path.lexists(target):
+                raise
+            # Created by someone else meanwhile: merge into it below.
+        else:
+            _fsync(target.parent)
+            return
+    written = sorted(p.name for p in staging.iterdir())
+    stale = _previous_weight_files(target) - set(written)
+    data = [n for n in written if n.endswith(".safetensors")]
+    last = [n for n in written if n == INDEX_FILE]
+    for name in data + [n for n in written if n not in data and n not in last] + last:
+        os.replace(staging / name, target / name)
+    for name in sorted(stale, key=lambda n: n != INDEX_FILE):  # the index before its shards
+        (target / name).unlink(missing_ok=True)
+    staging.rmdir()
+    _fsync(target)
+
+
+@contextlib.contextmanager
+def _staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yields an empty hidden folder to write a save into; on success its files replace those in
+    ``folder``, on any failure it is removed and ``folder`` is left untouched.
+
+    Not in /tmp: a rename is atomic (and needs no space) only within one file system. A new
+    ``folder`` is staged beside itself and renamed into place whole; an existing one is staged
+    inside itself, which is its own file system even when it is a mount point, and needs no
+    write access to its parent.
 
     Example:
-        >>> export_weights(model.backbone, "my-model", max_shard_size="2GB")  # doctest: +SKIP
-        ['model.safetensors']
+        >>> with _staged_folder("my-model") as staging:  # doctest: +SKIP
+        ...     (staging / "config.json").write_text("{}")
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    target = _folder_to_save_into(Path(folder))
+    if target.is_dir():
+        home, prefix = target, ".saving-"
+    else:
+        home, prefix = target.parent, f".{target.name}.saving-"
+        home.mkdir(parents=True, exist_ok=True)
+    while True:
+        # os.mkdir, not tempfile.mkdtemp: the folder may become the target itself, and should
+        # get the usual permissions rather than mkdtemp's owner-only 0o700.
+        staging = home / f"{prefix}{secrets.token_hex(4)}"
+        with contextlib.suppress(FileExistsError):
+            staging.mkdir()
+            break
+    try:
+        yield staging
+        for path in staging.iterdir():
+            _fsync(path)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# --- Weights and presets ---------------------------------------------------------------------------
+
+
+def _write_weights(
+    backbone, folder: Path, dtype: str | None, max_shard_size: int | str
+) -> list[str]:
+    """The weight files of `export_weights`, written into an empty (staging) folder."""
     dtype = resolve_dtype(dtype or _variable_dtype(backbone))
     numpy_dtype = np.dtype(ml_dtypes_name(dtype))
     mapping = weight_map(backbone)
@@ -216,8 +342,6 @@ def export_weights(
         value, transform = mapping[name]
         return transform(_to_host(value)).astype(numpy_dtype, copy=False)
 
-    for stale in list(folder.glob("model*.safetensors")) + [folder / INDEX_FILE]:
-        stale.unlink(missing_ok=True)  # leftovers of an earlier export would confuse loaders
     shards = _shard_plan(list(shapes.items()), numpy_dtype.itemsize, parse_size(max_shard_size))
     if len(shards) == 1:
         _write_safetensors(folder / SINGLE_FILE, shards[0], shapes, dtype, read)
@@ -235,6 +359,28 @@ def export_weights(
     return files
 
 
+def export_weights(
+    backbone,
+    folder: str | os.PathLike,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> list[str]:
+    """Writes the backbone's weights under their Hugging Face names and layouts.
+
+    One ``model.safetensors`` when everything fits in ``max_shard_size``, else
+    ``model-0000i-of-0000n.safetensors`` shards and ``model.safetensors.index.json``. Returns the
+    file names written. All or nothing: an earlier save's weight files in ``folder`` are replaced
+    only once the new ones are complete; other files there are left alone.
+
+    Example:
+        >>> export_weights(model.backbone, "my-model", max_shard_size="2GB")  # doctest: +SKIP
+        ['model.safetensors']
+    """
+    with _staged_folder(folder) as staging:
+        files = _write_weights(backbone, staging, dtype, max_shard_size)
+    return files
+
+
 def export_preset(
     backbone,
     folder: str | os.PathLike,
@@ -246,7 +392,9 @@ def export_preset(
 
     Args:
         backbone: a `Llama3Backbone` (LoRA, if enabled, is merged into the written kernels).
-        folder: where to write; created if needed.
+        folder: the folder to write; created if needed. All or nothing: the files are written
+            beside it and moved in once complete, replacing an earlier save's files (its
+            weights, config, tokenizer files); files the save does not write are left alone.
         tokenizer: a `Llama3Tokenizer`; its ``tokenizer.json``, ``tokenizer_config.json`` (with the
             chat template) and the special ids in ``config.json``/``generation_config.json``.
         dtype: "float32", "bfloat16" or "float16"; default: the variables' dtype.
@@ -255,17 +403,16 @@ def export_preset(
     Example:
         >>> export_preset(model.backbone, "my-model", tokenizer=model.tokenizer)  # doctest: +SKIP
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     dtype = resolve_dtype(dtype or _variable_dtype(backbone))
     config = hf_config_from_backbone(backbone, tokenizer, dtype=dtype)
-    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    export_weights(backbone, folder, dtype=dtype, max_shard_size=max_shard_size)
-    if tokenizer is not None:
-        tokenizer.save_to_preset(folder)
-        _write_effective_chat_template(folder, tokenizer)
-        generation = {**generation_config_from_tokenizer(tokenizer)}
-        (folder / "generation_config.json").write_text(
-            json.dumps(generation, indent=2), encoding="utf-8"
-        )
-    return folder
+    with _staged_folder(folder) as staging:
+        (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        _write_weights(backbone, staging, dtype=dtype, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_to_preset(staging)
+            _write_effective_chat_template(staging, tokenizer)
+            generation = {**generation_config_from_tokenizer(tokenizer)}
+            (staging / "generation_config.json").write_text(
+                json.dumps(generation, indent=2), encoding="utf-8"
+            )
+    return Path(folder)

@@ -39,7 +39,7 @@ import gguf
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from .checkpoint import Checkpoint, TensorInfo
+from .checkpoint import Checkpoint, TensorInfo, path_exists, refuse_non_finite
 from .errors import CheckpointFormatError, PresetError, UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -737,6 +737,7 @@ def _format_error(path: Path, detail: str) -> CheckpointFormatError:
 def _open(path: Path) -> tuple[mmap.mmap, int]:
     """A read-only map of the file, after checking that it exists and can hold a header."""
     if not path.is_file():
+        path_exists(path)  # a symlink loop is named as one, not as "not found"
         raise PresetError(
             f"GGUF file not found: {path}. Check the path, or download the file again."
         )
@@ -895,9 +896,8 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
                 array = unpermute_rows(read_raw(gguf_name), heads)[start:stop]
             except CheckpointFormatError as error:
                 raise CheckpointFormatError(f"{where}: tensor {gguf_name}: {error}") from None
-        if not np.isfinite(array).all():
-            raise _format_error(path, f"tensor {gguf_name} holds NaN or infinite values")
-        return array
+        # Checked per block, as the loader converts it.
+        return refuse_non_finite(array, gguf_name, path, first_row=start)
 
     def read_tensor(hf_name: str) -> np.ndarray:
         gguf_name = by_hf_name.get(hf_name)

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from kerasllm_widget.checkpoints.checkpoint import Checkpoint
+from kerasllm_widget.checkpoints.checkpoint import Checkpoint, path_exists
 from kerasllm_widget.checkpoints.errors import PresetError
 
 HF_SCHEME = "hf://"
@@ -137,7 +137,7 @@ def load_checkpoint(preset: str | os.PathLike) -> Checkpoint:
     name = str(preset)
     if (
         not name.startswith(HF_SCHEME)
-        and not os.path.exists(name)
+        and not os.path.lexists(name)  # a link is a path, even a dangling one
         and os.sep not in name
         and not name.endswith(".gguf")
     ):
@@ -149,13 +149,14 @@ def load_checkpoint(preset: str | os.PathLike) -> Checkpoint:
     path = Path(location).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
+            path_exists(path)  # a symlink loop is named as one, not as "no such file"
             raise PresetError(f"{path}: no such GGUF file.")
         from kerasllm_widget.checkpoints.gguf_checkpoint import load_gguf_checkpoint
 
         return load_gguf_checkpoint(path, name=name)
     if path.is_dir():
         return load_folder_checkpoint(path, name=name)
-    if path.exists():
+    if path_exists(path):  # raises for a symlink loop
         raise PresetError(
             f"{path}: not a checkpoint. Pass a Hugging Face model folder (with config.json), a "
             ".gguf file, 'hf://org/name', or a built-in name."

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from kerasllm_widget.checkpoints.checkpoint import Checkpoint, TensorInfo
+from kerasllm_widget.checkpoints.checkpoint import (
+    Checkpoint,
+    TensorInfo,
+    path_exists,
+    read_text_file,
+    refuse_non_finite,
+)
 from kerasllm_widget.checkpoints.errors import CheckpointFormatError, PresetError
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -18,7 +24,7 @@ SINGLE_FILE = "model.safetensors"
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any]:
-    if not path.exists():
+    if not path_exists(path):
         if required:
             raise PresetError(
                 f"{path.parent}: no {path.name} found. A Hugging Face checkpoint folder needs "
@@ -26,7 +32,7 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
             )
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as error:
         raise CheckpointFormatError(
             f"{path}: not valid JSON ({error}); re-download the file."
@@ -36,13 +42,13 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
 def _shard_files(folder: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file that holds it."""
     index_path = folder / INDEX_FILE
-    if index_path.exists():
+    if path_exists(index_path):
         weight_map = _read_json(index_path, required=True).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointFormatError(f"{index_path}: has no 'weight_map'; re-download it.")
         files = {}
         for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).exists():
+            if not path_exists(folder / shard):
                 raise CheckpointFormatError(
                     f"{index_path} names shard {shard!r}, which is not in {folder}. The download is "
                     "incomplete; fetch the missing shard (or the whole repo) again."
@@ -51,7 +57,7 @@ def _shard_files(folder: Path) -> dict[str, Path]:
             files[name] = folder / shard
         return files
     single = folder / SINGLE_FILE
-    candidates = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
+    candidates = [single] if path_exists(single) else sorted(folder.glob("*.safetensors"))
     if not candidates:
         raise PresetError(
             f"{folder}: no model.safetensors or {INDEX_FILE} found. Only safetensors weights are "
@@ -73,6 +79,7 @@ def _tensor_headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
                 headers[name] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
             return headers
     except (SafetensorError, OSError) as error:
+        path_exists(path)  # a symlink loop is named as one (safetensors says "no such file")
         raise CheckpointFormatError(
             f"{path}: cannot be read as safetensors ({error}). The file looks truncated or corrupt; "
             "re-download it."
@@ -89,6 +96,8 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
     """
     folder = Path(folder)
     if not folder.is_dir():
+        if path_exists(folder):  # raises for a symlink loop
+            raise PresetError(f"{folder}: not a folder; pass the checkpoint's folder.")
         raise PresetError(f"{folder}: no such folder.")
     config = _read_json(folder / "config.json", required=True)
     files = _shard_files(folder)
@@ -111,13 +120,19 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 if rows is None:
-                    return handle.get_tensor(tensor_name)
-                return handle.get_slice(tensor_name)[rows]
+                    array = handle.get_tensor(tensor_name)
+                else:
+                    array = handle.get_slice(tensor_name)[rows]
         except (SafetensorError, OSError) as error:
+            path_exists(path)  # a symlink loop is named as one
             raise CheckpointFormatError(
                 f"{path}: tensor {tensor_name!r} cannot be read ({error}); the file looks truncated "
                 "or corrupt. Re-download it."
             ) from None
+        # Checked block by block as the loader converts it (`Checkpoint.row_blocks`).
+        return refuse_non_finite(
+            array, tensor_name, path, first_row=0 if rows is None else rows.start or 0
+        )
 
     def read_tensor(tensor_name: str) -> np.ndarray:
         return read(tensor_name, None)
@@ -129,17 +144,15 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
     tokenizer_config = _read_json(folder / "tokenizer_config.json", required=False)
     # transformers 5 writes the chat template to its own file instead of tokenizer_config.json.
     template_path = folder / "chat_template.jinja"
-    if not tokenizer_config.get("chat_template") and template_path.exists():
-        tokenizer_config["chat_template"] = template_path.read_text(encoding="utf-8")
+    if not tokenizer_config.get("chat_template") and path_exists(template_path):
+        tokenizer_config["chat_template"] = read_text_file(template_path)
     return Checkpoint(
         name=name or str(folder),
         source=str(folder),
         config=config,
         tensor_infos=infos,
         read_tensor=read_tensor,
-        tokenizer_json=tokenizer_path.read_text(encoding="utf-8")
-        if tokenizer_path.exists()
-        else None,
+        tokenizer_json=read_text_file(tokenizer_path) if path_exists(tokenizer_path) else None,
         tokenizer_config=tokenizer_config,
         generation_config=_read_json(folder / "generation_config.json", required=False),
         read_row_range=read_row_range,

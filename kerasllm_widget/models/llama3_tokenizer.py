@@ -20,6 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from kerasllm_widget.chat.template import render_chat_template, select_chat_template
+from kerasllm_widget.checkpoints.checkpoint import path_exists, read_text_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from kerasllm_widget.checkpoints.checkpoint import Checkpoint
@@ -93,12 +94,14 @@ def _load_backend(tokenizer_json: str | os.PathLike | Tokenizer) -> Tokenizer:
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
+        path_exists(path)  # a symlink loop is named as one, not as a missing file
         raise FileNotFoundError(
             f"no tokenizer file at {path}: pass the text of a tokenizer.json, its path, "
             "or a folder that holds one"
         )
+    text = read_text_file(path)  # bytes that are not UTF-8: an error naming the file and byte
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(text)
     except Exception as error:
         raise ValueError(f"{path} is not a valid tokenizer.json: {error}") from error
 
