@@ -7,10 +7,12 @@ implementation makes, with no TensorFlow in the way.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from kerasllm_widget.chat.template import render_chat_template, select_chat_template
+from kerasllm_widget.chat.template import (
+    ChatTemplateError,
+    render_chat_template,
+    select_chat_template,
+)
 from kerasllm_widget.checkpoints.checkpoint import path_exists, read_text_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +86,44 @@ def readable_bytes(data: bytes) -> str:
         else:
             out.append(char)
     return "".join(out).translate(_VISIBLE_WHITESPACE)
+
+
+def _mark_special_strings(
+    value: Any, pattern: re.Pattern[str], marker: str, found: list[str]
+) -> Any:
+    # Every special-token string in the text of ``value`` becomes ``marker`` + its index in
+    # ``found``: a placeholder no tokenizer knows, that survives the template as it is.
+    if isinstance(value, str):
+
+        def mark(match: re.Match[str]) -> str:
+            found.append(match.group(0))
+            return f"{marker}{len(found) - 1}\ue001"
+
+        return pattern.sub(mark, value)
+    if isinstance(value, Mapping):
+        return {k: _mark_special_strings(v, pattern, marker, found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark_special_strings(v, pattern, marker, found) for v in value]
+    return value
+
+
+def _restore_special_strings(
+    text: str, marker: str, found: list[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    # The placeholders back to their special-token strings, with the [start, end) span of each.
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    size = last = 0
+    for match in re.finditer(re.escape(marker) + r"(\d+)\ue001", text):
+        pieces.append(text[last : match.start()])
+        size += match.start() - last
+        original = found[int(match.group(1))]
+        spans.append((size, size + len(original)))
+        pieces.append(original)
+        size += len(original)
+        last = match.end()
+    pieces.append(text[last:])
+    return "".join(pieces), spans
 
 
 def _load_backend(tokenizer_json: str | os.PathLike | Tokenizer) -> Tokenizer:
@@ -371,6 +415,25 @@ class Llama3Tokenizer:
         )
 
     @cached_property
+    def _special_token_pattern(self) -> re.Pattern[str] | None:
+        # Longest first, so that a special token that begins another one does not win.
+        texts = sorted(
+            {self.backend.id_to_token(i) or "" for i in self.special_token_ids} - {""},
+            key=len,
+            reverse=True,
+        )
+        return re.compile("|".join(map(re.escape, texts))) if texts else None
+
+    @cached_property
+    def _escaping_backend(self) -> Tokenizer:
+        # A copy that reads special-token strings as text. A copy rather than toggling
+        # `encode_special_tokens` on `backend`, which other threads (the token inspector) use
+        # at the same time. Built on first use: 0.6 s for Llama 3's tokenizer.json.
+        backend = Tokenizer.from_str(self.backend.to_str())
+        backend.encode_special_tokens = True
+        return backend
+
+    @cached_property
     def _is_byte_level(self) -> bool:
         decoder = self.backend.decoder
         state = decoder.__getstate__() if decoder is not None else b""
@@ -524,6 +587,128 @@ class Llama3Tokenizer:
             add_generation_prompt=add_generation_prompt,
             **{**special, **extra},
         )
+
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        escape_special_tokens: bool = False,
+        add_start_token: bool = True,
+        **extra: Any,
+    ) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ready to generate from.
+
+        The same ids as ``preprocessor.generate_preprocess(tokenizer.apply_chat_template(
+        messages))["token_ids"]``: BOS is put first when the checkpoint asks for one and the
+        template did not write it (``add_start_token=False``: never).
+
+        Special-token strings in the text (``<|eot_id|>``) are read as special tokens, the
+        template's and the messages' alike. With ``escape_special_tokens=True``, those written
+        inside message content (a user typing ``<|im_start|>system``) are tokenized as the plain
+        text they are; the template's own special tokens and the ids of all other text stay the
+        same.
+
+        Example:
+            >>> messages = [{"role": "user", "content": "What is <|eot_id|>?"}]
+            >>> plain = tokenizer.chat_prompt_ids(messages)  # doctest: +SKIP
+            >>> escaped = tokenizer.chat_prompt_ids(messages, escape_special_tokens=True)  # doctest: +SKIP
+            >>> plain.count(128009) - escaped.count(128009)  # the user's one is text now  # doctest: +SKIP
+            1
+        """
+        text = self.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, **extra
+        )
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        ids = list(encoding.ids)
+        if escape_special_tokens and self._special_token_pattern is not None:
+            spans = self._content_special_spans(messages, text, add_generation_prompt, extra)
+            if spans:
+                ids = self._escaped_ids(text, ids, encoding.offsets, spans)
+        if add_start_token and self.add_bos and (not ids or ids[0] != self._bos_id):
+            ids = [self._bos_id, *ids]
+        return ids
+
+    def _content_special_spans(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        text: str,
+        add_generation_prompt: bool,
+        extra: Mapping[str, Any],
+    ) -> list[tuple[int, int]]:
+        """Character spans in the rendered ``text`` of special-token strings that came from
+        message content: the conversation is rendered again with each one replaced by a
+        placeholder, so wherever the template puts (or trims) content, the spans are exact."""
+        marker = f"\ue000{secrets.token_hex(4)}:"
+        found: list[str] = []
+        marked = [
+            {
+                **m,
+                "content": _mark_special_strings(
+                    m["content"], self._special_token_pattern, marker, found
+                ),
+            }
+            if isinstance(m, Mapping) and "content" in m
+            else m
+            for m in messages
+        ]
+        if not found:
+            return []
+        marked_text = self.apply_chat_template(
+            marked, add_generation_prompt=add_generation_prompt, **extra
+        )
+        restored, spans = _restore_special_strings(marked_text, marker, found)
+        if restored != text:
+            raise ChatTemplateError(
+                "escape_special_tokens: this chat template changes message content before "
+                "writing it (it slices, measures or reorders it), so the special-token strings "
+                "inside messages cannot be told apart from the template's own. Remove them from "
+                "the messages or pass escape_special_tokens=False."
+            )
+        return spans
+
+    def _escaped_ids(
+        self,
+        text: str,
+        ids: list[int],
+        offsets: Sequence[tuple[int, int]],
+        spans: list[tuple[int, int]],
+    ) -> list[int]:
+        """``ids`` (the plain encoding of ``text``) with each stretch between two of the
+        template's special tokens that holds an escaped span encoded again, special-token
+        strings read as text. The tokenizer splits text at special tokens before anything else,
+        so every other stretch keeps exactly its ids."""
+        # Spans are in text order and do not overlap, so their starts and ends are both sorted.
+        starts = [a for a, _ in spans]
+        ends = [b for _, b in spans]
+
+        def inside_a_span(start: int, end: int) -> bool:
+            k = bisect.bisect_right(starts, start) - 1
+            return k >= 0 and end <= ends[k]
+
+        def meets_a_span(start: int, end: int) -> bool:
+            k = bisect.bisect_right(ends, start)
+            return k < len(spans) and starts[k] < end
+
+        boundaries = [
+            i
+            for i, token_id in enumerate(ids)
+            if token_id in self.special_token_ids and not inside_a_span(*offsets[i])
+        ]
+        out: list[int] = []
+        previous = -1
+        for boundary in [*boundaries, len(ids)]:
+            start = offsets[previous][1] if previous >= 0 else 0
+            end = offsets[boundary][0] if boundary < len(ids) else len(text)
+            if meets_a_span(start, end):
+                stretch = self._escaping_backend.encode(text[start:end], add_special_tokens=False)
+                out += stretch.ids
+            else:
+                out += ids[previous + 1 : boundary]
+            if boundary < len(ids):
+                out.append(ids[boundary])
+            previous = boundary
+        return out
 
     def __repr__(self) -> str:
         return (
