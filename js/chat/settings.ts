@@ -38,7 +38,7 @@ export const NUMBER_FIELDS: NumberField[] = [
     name: "top_p",
     label: "Top-p",
     hint: "nucleus: keep tokens up to this mass",
-    min: 0,
+    min: 0.01,
     max: 1,
     step: 0.01,
     integer: false,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
 from kerasllm_widget.generation.engine import CONTINUATION_CHUNK, engine_for
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
@@ -45,6 +46,7 @@ class ChatState:
         sampler=None,
         context_length: int | None = None,
         cache_length: int | None = None,
+        escape_special_tokens: bool = False,
     ):
         if model.tokenizer is None:
             raise ValueError("ChatState needs a model with a tokenizer (load it with from_preset).")
@@ -62,6 +64,9 @@ class ChatState:
         # doubling compiles one decode program, once (and the persistent compilation cache
         # keeps it for later sessions).
         self.cache_length = min(cache_length or DEFAULT_CHAT_CACHE_LENGTH, self.context_length)
+        # Special-token strings typed in a message (``<|im_start|>system``) are read as plain
+        # text instead of as the template's control tokens (the ChatWidget turns this on).
+        self.escape_special_tokens = bool(escape_special_tokens)
         self._lock = threading.Lock()
 
     # ---- formatting --------------------------------------------------------------------------
@@ -88,18 +93,35 @@ class ChatState:
         """The formatted prompt the model reads for its next reply."""
         return self.format()
 
-    def _ids(self, prompt: str) -> list[int]:
-        ids = self.model.preprocessor.generate_preprocess(prompt)["token_ids"]
-        return [int(i) for i in ids]
+    def prompt_ids(
+        self, messages: list[Message] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The token ids the model reads for ``messages`` (by default this chat's), with the
+        system prompt, the start token and, when asked, the assistant's header.
+
+        Example:
+            >>> chat.prompt_ids()[:1]  # doctest: +SKIP
+            [128000]
+        """
+        preprocessor = self.model.preprocessor
+        return self.model.tokenizer.chat_prompt_ids(
+            self._conversation(messages),
+            add_generation_prompt=add_generation_prompt,
+            escape_special_tokens=self.escape_special_tokens,
+            add_start_token=getattr(preprocessor, "add_start_token", True),
+        )
 
     def context_tokens(self) -> int:
-        """How many tokens the conversation takes in the model's context now.
+        """How many tokens the conversation takes in the model's context now (0 before the
+        first message when there is no system prompt: some templates cannot render nothing).
 
         Example:
             >>> chat.context_tokens()  # doctest: +SKIP
             42
         """
-        return len(self._ids(self.format(add_generation_prompt=bool(self.messages))))
+        if not self.messages and not self.system_prompt:
+            return 0
+        return len(self.prompt_ids(add_generation_prompt=bool(self.messages)))
 
     # ---- turns -------------------------------------------------------------------------------
     def send(self, text: str, **sampling: Any) -> str:
@@ -145,6 +167,52 @@ class ChatState:
                 raise ValueError("There is no user message to answer again.")
         return self._reply(None, cancel_event, sampling)
 
+    def edit(
+        self,
+        index: int,
+        text: str,
+        *,
+        cancel_event: threading.Event | None = None,
+        **sampling: Any,
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Replaces the user message at ``messages[index]`` with ``text``, forgets everything
+        after it and streams a new reply (like `stream`). Nothing changes until the stream is
+        iterated, and a stream that fails or is closed early leaves `messages` as they were.
+
+        Example:
+            >>> events = list(chat.edit(0, "Name a colour, briefly."))  # doctest: +SKIP
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The message is empty; type something to send.")
+        with self._lock:
+            count = len(self.messages)
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+                raise IndexError(
+                    f"index={index!r} is not a message of this chat: use 0 to {count - 1}."
+                    if count
+                    else f"index={index!r}: this chat has no messages to edit yet."
+                )
+            if self.messages[index]["role"] != "user":
+                raise ValueError(
+                    f"messages[{index}] is the {self.messages[index]['role']}'s; only user "
+                    "messages can be edited (regenerate() answers the last one again)."
+                )
+        return self._reply({"role": "user", "content": text}, cancel_event, sampling, keep=index)
+
+    def truncate(self, count: int) -> list[Message]:
+        """Keeps the first ``count`` messages and returns the ones removed.
+
+        Example:
+            >>> chat.truncate(2)  # doctest: +SKIP
+            [{'role': 'user', 'content': 'And then?'}]
+        """
+        with self._lock:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(f"count={count!r} is not allowed: use a whole number >= 0.")
+            removed = self.messages[count:]
+            del self.messages[count:]
+            return removed
+
     def undo(self) -> list[Message]:
         """Removes the last exchange (the last user turn and what followed it); returns it.
 
@@ -178,7 +246,7 @@ class ChatState:
         """Drops the oldest turns until the prompt leaves ``reserve`` tokens for the reply."""
         dropped = 0
         while True:
-            ids = self._ids(self.format(messages))
+            ids = self.prompt_ids(messages)
             if len(ids) + reserve <= self.context_length or len(messages) <= 1:
                 break
             # A turn is a user message and the replies after it.
@@ -195,13 +263,26 @@ class ChatState:
         return messages, dropped, ids
 
     def _reply(
-        self, user: Message | None, cancel_event: threading.Event | None, sampling: dict[str, Any]
+        self,
+        user: Message | None,
+        cancel_event: threading.Event | None,
+        sampling: dict[str, Any],
+        keep: int | None = None,
     ) -> Iterator[TokenEvent | DoneEvent]:
-        """Answers ``user`` (None: answers the last user turn again, dropping replies after it).
-        A generator: nothing changes until it is iterated."""
+        """Answers ``user`` after the first ``keep`` messages (None: after all of them); with
+        ``user`` None, answers the last user turn again, dropping replies after it.
+        A generator: nothing changes until it is iterated. Until the reply is done, a failure
+        or an early close puts `messages` back exactly as they were."""
         sampling = dict(sampling)
-        max_new_tokens = sampling.pop("max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
-        top_k_alternatives = int(sampling.pop("top_k_alternatives", None) or 0)
+        max_new_tokens = sampling.pop("max_new_tokens", None)
+        max_new_tokens = (
+            DEFAULT_MAX_NEW_TOKENS
+            if max_new_tokens is None
+            else settings.check_max_new_tokens(max_new_tokens)
+        )
+        top_k_alternatives = settings.check_count(
+            sampling.pop("top_k_alternatives", None) or 0, "top_k_alternatives"
+        )
         seed = sampling.pop("seed", None)
         stop_strings = sampling.pop("stop_strings", None)
         stop_token_ids = sampling.pop("stop_token_ids", None)
@@ -219,19 +300,23 @@ class ChatState:
         sampler = make_sampler(base, **sampling)
 
         with self._lock:
+            before = list(self.messages)
+            base = before if keep is None else before[:keep]
             if user is None:
-                while self.messages and self.messages[-1]["role"] != "user":
-                    self.messages.pop()
-                if not self.messages:
+                base = list(base)
+                while base and base[-1]["role"] != "user":
+                    base.pop()
+                if not base:
                     raise ValueError("There is no user message to answer again.")
-                user = self.messages.pop()
+                user = base.pop()
             # Room for the whole reply, but a huge max_new_tokens must not push every turn out.
             reserve = min(int(max_new_tokens), self.context_length // 2)
-            kept, dropped, prompt_ids = self._fit_context([*self.messages, user], reserve)
-            if dropped:
-                self.messages[:] = kept[:-1]
-            self.messages.append(user)
+            kept, dropped, prompt_ids = self._fit_context([*base, user], reserve)
+            # The transcript shows the turn being answered; `_run` puts `before` back if the
+            # reply never finishes.
+            self.messages[:] = [*kept[:-1], user]
         yield from self._run(
+            before,
             user,
             prompt_ids,
             dropped,
@@ -268,6 +353,7 @@ class ChatState:
 
     def _run(
         self,
+        before,
         user,
         prompt_ids,
         dropped,
@@ -309,8 +395,10 @@ class ChatState:
                 yield event
         finally:
             if not finished:
-                # An error (or a consumer that walked away before the end): the user turn was
-                # never answered, so it is taken back.
+                # An error (or a consumer that walked away before the end): the turn was never
+                # answered, so the transcript goes back to what it was (a regenerated reply, an
+                # edited question and dropped turns included). Unless someone changed it since
+                # (a reset while this reply ran): that change stands.
                 with self._lock:
                     if self.messages and self.messages[-1] is user:
-                        self.messages.pop()
+                        self.messages[:] = before

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.detokenizer import IncrementalDetokenizer
 from kerasllm_widget.generation.engine import RequestTimings, engine_for
 from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
@@ -80,13 +82,16 @@ class _PieceNames:
         return text
 
 
-_piece_names: dict[int, _PieceNames] = {}
+# Weak keys: a reloaded model's tokenizer (and its vocabulary) must not outlive the model.
+_piece_names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _pieces(tokenizer) -> _PieceNames:
-    names = _piece_names.get(id(tokenizer))
-    if names is None or names.tokenizer is not tokenizer:
-        names = _piece_names[id(tokenizer)] = _PieceNames(tokenizer)
+    if tokenizer is None:
+        return _PieceNames(None)
+    names = _piece_names.get(tokenizer)
+    if names is None:
+        names = _piece_names[tokenizer] = _PieceNames(weakref.proxy(tokenizer))
     return names
 
 
@@ -119,22 +124,27 @@ def stream_ids(
     tokenizer = model.tokenizer
     engine = engine or engine_for(model)
     sampler = get_sampler(sampler) if sampler is not None else engine.sampler
-    prompt_ids = [int(i) for i in prompt_ids]
-    stops = (
-        sorted(set(stop_token_ids or ())) if ignore_eos else _stop_ids(tokenizer, stop_token_ids)
+    vocabulary = int(model.backbone.vocabulary_size)
+    prompt_ids = settings.check_token_ids(prompt_ids, vocabulary, "prompt token ids")
+    if not prompt_ids:
+        raise ValueError("The prompt has no tokens; give the model some text or token ids.")
+    max_new_tokens = settings.check_max_new_tokens(max_new_tokens)
+    stop_strings = settings.check_stop_strings(stop_strings)
+    seed = settings.check_seed(seed)
+    extra_stops = settings.check_token_ids(stop_token_ids or [], vocabulary, "stop_token_ids")
+    top_k_alternatives = settings.check_count(
+        top_k_alternatives or 0, "top_k_alternatives", 0, vocabulary
     )
+    stops = sorted(set(extra_stops)) if ignore_eos else _stop_ids(tokenizer, extra_stops)
     stop_set = set(stops)
     timings = RequestTimings(started=started or time.perf_counter())
     detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
-    matcher = StopStringMatcher(stop_strings or ())
+    matcher = StopStringMatcher(stop_strings)
     names = _pieces(tokenizer)
     reply_ids: list[int] = []
     reason = "max_new_tokens"
     index = 0
     context = int(model.backbone.max_sequence_length)
-    max_new_tokens = int(max_new_tokens)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if len(prompt_ids) >= context:
         raise ValueError(
             f"The prompt has {len(prompt_ids)} tokens; the model's context is {context}. Shorten it."
@@ -146,7 +156,7 @@ def stream_ids(
         max_new_tokens=budget,
         sampler=sampler,
         stop_token_ids=stops,
-        num_alternatives=int(top_k_alternatives or 0),
+        num_alternatives=top_k_alternatives,
         cancel_event=cancel_event,
         seed=seed,
         timings=timings,
@@ -230,7 +240,11 @@ class _Utf8Tracker:
     def push(self, token_id: int) -> bool:
         if self._token_bytes is None:
             return False
-        data = self._partial + self._token_bytes(token_id)
+        try:
+            piece = self._token_bytes(token_id)
+        except ValueError:  # an embedding row past the tokenizer's vocabulary: no text
+            piece = b""
+        data = self._partial + piece
         try:
             data.decode("utf-8")
             self._partial = b""
@@ -248,10 +262,13 @@ def _cancelled(event: threading.Event | None) -> bool:
 def _prompt_ids(model, prompt: Any) -> list[int]:
     """Token ids of one prompt: a string or a conversation (through the preprocessor, which adds
     the start token the checkpoint wants) or ids as they are."""
+    vocabulary = int(model.backbone.vocabulary_size)
     if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "iu":
-        prompt = prompt.tolist()
+        return settings.check_token_ids(prompt, vocabulary, "prompt token ids")
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (int, np.integer)):
-        return [int(i) for i in prompt]
+        return settings.check_token_ids(prompt, vocabulary, "prompt token ids")
+    if isinstance(prompt, (list, tuple)) and not prompt:
+        raise ValueError("The prompt is an empty list; give the model text or token ids.")
     if model.preprocessor is None:
         raise ValueError("This model has no preprocessor: pass token ids instead of text.")
     if isinstance(prompt, str) and not prompt:
@@ -296,7 +313,9 @@ def stream(
     yield from stream_ids(
         model,
         _prompt_ids(model, prompt),
-        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS
+        if max_new_tokens is None
+        else settings.check_max_new_tokens(max_new_tokens),
         sampler=chosen,
         stop_token_ids=stop_token_ids,
         stop_strings=stop_strings,
@@ -311,6 +330,12 @@ def stream(
 def _batch_rows(model, inputs: Any) -> tuple[list[list[int]], str]:
     """Prompt rows and the input kind: "string", "strings" or "preprocessed"."""
     if isinstance(inputs, Mapping):
+        if "token_ids" not in inputs:
+            raise ValueError(
+                f"generate() got a dict with keys {sorted(map(str, inputs))}; preprocessed "
+                "inputs need 'token_ids' (and optionally 'padding_mask'), as the preprocessor "
+                "makes them: model.preprocessor.generate_preprocess(text)."
+            )
         token_ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
         mask = inputs.get("padding_mask")
         mask = (
@@ -318,16 +343,18 @@ def _batch_rows(model, inputs: Any) -> tuple[list[list[int]], str]:
             if mask is None
             else np.atleast_2d(np.asarray(mask, bool))
         )
-        return [
-            row[m].astype(np.int64).tolist() for row, m in zip(token_ids, mask, strict=True)
-        ], "preprocessed"
+        return [row[m].tolist() for row, m in zip(token_ids, mask, strict=True)], "preprocessed"
     if isinstance(inputs, str):
         return [_prompt_ids(model, inputs)], "string"
     if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "US":
         inputs = inputs.tolist()
+    if isinstance(inputs, (list, tuple)) and not inputs:
+        raise ValueError("generate() got an empty list: pass a string or a list of strings.")
     if isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs):
         return [_prompt_ids(model, x) for x in inputs], "strings"
-    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Mapping):
+    if isinstance(inputs, (list, tuple)) and isinstance(inputs[0], (int, np.integer)):
+        return [_prompt_ids(model, inputs)], "string"  # one prompt as token ids
+    if isinstance(inputs, (list, tuple)) and isinstance(inputs[0], Mapping):
         return [_prompt_ids(model, inputs)], "string"  # one conversation
     raise TypeError(
         "generate() takes a string, a list of strings, or {'token_ids', 'padding_mask'}; "
@@ -360,6 +387,16 @@ def generate(
         'The capital of France is Paris...'
     """
     rows, kind = _batch_rows(model, inputs)
+    vocabulary = int(model.backbone.vocabulary_size)
+    rows = [settings.check_token_ids(r, vocabulary, "prompt token ids") for r in rows]
+    if any(not r for r in rows):
+        raise ValueError("A prompt has no tokens; give the model some text to continue.")
+    if max_new_tokens is not None:
+        max_new_tokens = settings.check_max_new_tokens(max_new_tokens)
+    if max_length is not None:
+        max_length = settings.check_max_new_tokens(max_length, "max_length")
+    stop_strings = settings.check_stop_strings(stop_strings)
+    seed = settings.check_seed(seed)
     if max_length is not None:
         rows = [r[: max(1, int(max_length) - 1)] for r in rows]
         budgets = [int(max_length) - len(r) for r in rows]

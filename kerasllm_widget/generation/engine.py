@@ -19,6 +19,7 @@ while tracing. The sampler's knobs are traced too: a new temperature does not re
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import os
@@ -546,7 +547,11 @@ class GenerationEngine:
 
     def __init__(self, model, chunk_size: int | None = None, cache_dtype=None):
         enable_compilation_cache()
-        self.model = model
+        # A weak proxy: the registry (`engine_for`) maps the model to its engine, so a strong
+        # reference here (and in the compiled programs' partials) would keep every model that
+        # ever generated alive (~880 MB per SmolLM2 reload). The engine lives as long as the model.
+        self.model = model if isinstance(model, weakref.ProxyTypes) else weakref.proxy(model)
+        self._model_ref = None if isinstance(model, weakref.ProxyTypes) else weakref.ref(model)
         self.trace_counts: Counter = Counter()
         on_accelerator = jax.default_backend() != "cpu"
         # The most tokens per decode call (the compiled chunk): on an accelerator dispatch is the
@@ -568,6 +573,7 @@ class GenerationEngine:
         self._compiling: set = set()
         self._ran: set = set()  # keys of programs requests have run (compiled by jit)
         self._threads: list[threading.Thread] = []
+        _live_engines.add(self)
 
     # -- compiled functions ------------------------------------------------------------------
     def _compiled(self):
@@ -715,6 +721,8 @@ class GenerationEngine:
             for chunk in CONTINUATION_CHUNKS
             if chunk <= cache_length
         }
+        if _shutting_down.is_set():
+            return None
         # Programs already compiled ahead, being compiled, or compiled by a request: skipped.
         with self._lock:
             todo = [
@@ -732,6 +740,12 @@ class GenerationEngine:
             return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
 
         def work():
+            # Held for the compilation: a model deleted meanwhile is freed when it ends.
+            model = self._model_ref() if self._model_ref is not None else self.model
+            if model is None:
+                with self._lock:
+                    self._compiling.difference_update(todo)
+                return
             _phase.name = "background_"
             try:
                 weights = jax.tree.map(
@@ -750,7 +764,7 @@ class GenerationEngine:
                 seen = sds((batch, vocab), jnp.bool_)
                 stop_ids = sds((8,), jnp.int32)
                 abstract_params = SamplerParams(*(shaped(p) for p in params))
-                if decode_key in todo:
+                if decode_key in todo and not _shutting_down.is_set():
                     state = DecodeState(
                         cache=cache,
                         valid=valid,
@@ -772,7 +786,7 @@ class GenerationEngine:
                         chunk=self.chunk_size,
                     ).compile()
                 for chunk, program_key in prefill_keys.items():
-                    if program_key not in todo:
+                    if program_key not in todo or _shutting_down.is_set():
                         continue
                     ints = sds((batch, chunk), jnp.int32)
                     self._executables[program_key] = self._jit_prefill.lower(
@@ -919,6 +933,8 @@ class GenerationEngine:
             raise ValueError("every prompt needs at least one token")
         timings = timings or RequestTimings()
         timings.started = timings.started or time.perf_counter()
+        if _cancelled(cancel_event):
+            return  # stopped before it started: not one token
         jit_prefill, jit_decode = self._compiled()
         weights = self.weights()
         context = int(self.model.backbone.max_sequence_length)
@@ -1080,6 +1096,20 @@ class GenerationEngine:
 
 def _cancelled(event: threading.Event | None) -> bool:
     return event is not None and event.is_set()
+
+
+# Background compilations must end before the interpreter does: a thread still inside XLA's
+# compiler while Python finalizes aborts the process ("terminate called ...", exit status 134).
+# At exit no new program is started and the one being compiled is waited for.
+_live_engines: weakref.WeakSet = weakref.WeakSet()
+_shutting_down = threading.Event()
+
+
+@atexit.register
+def _finish_background_work() -> None:
+    _shutting_down.set()
+    for engine in list(_live_engines):
+        engine.wait_for_precompile()
 
 
 _engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

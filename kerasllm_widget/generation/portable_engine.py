@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -50,7 +51,8 @@ class PortableGenerationEngine:
     """
 
     def __init__(self, model) -> None:
-        self.model = model
+        # Weakly, as `GenerationEngine`: the registry must not keep the model alive.
+        self.model = model if isinstance(model, weakref.ProxyTypes) else weakref.proxy(model)
         self.sampler: Sampler = Sampler(temperature=0.0)
         self.trace_counts: Counter = Counter()  # nothing is compiled: stays empty
         self.chunk_size = 1

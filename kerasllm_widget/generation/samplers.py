@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kerasllm_widget.generation import settings
 from kerasllm_widget.kernels import cpu, products
 
 __all__ = [
@@ -96,16 +97,17 @@ class Sampler:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        # One validation for every entry point (see `settings`): nan or inf never act as 1.0.
+        settings.check_temperature(self.temperature)
+        if self.top_k is not None:
+            settings.check_top_k(self.top_k)
+        if self.top_p is not None:
+            settings.check_probability(self.top_p, "top_p")
+        if self.min_p is not None:
+            settings.check_probability(self.min_p, "min_p", open_below=False)
+        if self.repetition_penalty is not None:
+            settings.check_positive(self.repetition_penalty, "repetition_penalty")
+        settings.check_seed(self.seed)
 
     @property
     def is_greedy(self) -> bool:

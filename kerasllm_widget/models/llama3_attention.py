@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import jax
 import keras
 from keras import ops
 
@@ -23,6 +24,24 @@ from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_
 # A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
 # harmless uniform softmax instead of NaNs that would poison the rest of the batch.
 _MASK_VALUE = -1e9
+
+
+def _fused_attention(query, key, value, attention_mask, head_dim: int):
+    """``keras.ops.dot_product_attention``. XLA on a CPU has no float16 x float16 -> float32 dot
+    (JAX asks for float32 accumulation), so float16 attention runs in float32 there and the
+    output is cast back; bfloat16 and accelerators keep their own dtype."""
+    dtype = query.dtype
+    widen = str(dtype) == "float16" and keras.backend.backend() == "jax" and _on_cpu()
+    if widen:
+        query, key, value = (ops.cast(t, "float32") for t in (query, key, value))
+    output = ops.dot_product_attention(
+        query, key, value, mask=attention_mask[:, None, :, :], scale=1.0 / math.sqrt(head_dim)
+    )
+    return ops.cast(output, dtype) if widen else output
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
 
 
 class TransposedAttentionKernels(NamedTuple):
@@ -152,13 +171,7 @@ class Llama3Attention(keras.layers.Layer):
         elif kernels and length == 1:
             output, probabilities = self._one_query_attention(query, key, value, attention_mask)
         else:
-            output = ops.dot_product_attention(
-                query,
-                key,
-                value,
-                mask=attention_mask[:, None, :, :],
-                scale=1.0 / math.sqrt(self.head_dim),
-            )
+            output = _fused_attention(query, key, value, attention_mask, self.head_dim)
             probabilities = None
         output = ops.reshape(output, (batch, length, self.num_query_heads * self.head_dim))
         if transposed is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import keras
+import numpy as np
 from keras import ops
 
 from kerasllm_widget.models.llama3_decoder import Llama3TransformerDecoder
@@ -10,6 +12,15 @@ from kerasllm_widget.models.placeholder_initializer import PlaceholderInitialize
 from kerasllm_widget.models.reversible_embedding import ReversibleEmbedding
 from kerasllm_widget.models.rms_normalization import RMSNormalization
 from kerasllm_widget.models.rotary_embedding import rope_inverse_frequencies
+
+
+def _is_concrete(x) -> bool:
+    """Whether ``x`` holds values that can be read now (not a tracer or symbolic tensor)."""
+    if isinstance(x, (np.ndarray, list, tuple)):
+        return True
+    if keras.backend.backend() == "jax":
+        return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, keras.KerasTensor)
 
 
 def causal_attention_mask(padding_mask):
@@ -141,8 +152,39 @@ class Llama3Backbone(keras.Model):
         self.built = True
 
     def call(self, inputs):
-        hidden, _, _ = self.forward_stack(inputs["token_ids"], padding_mask=inputs["padding_mask"])
+        token_ids, padding_mask = self.check_inputs(inputs)
+        hidden, _, _ = self.forward_stack(token_ids, padding_mask=padding_mask)
         return hidden
+
+    def check_inputs(self, inputs):
+        """``(token_ids, padding_mask)`` of ``inputs``, refused with the fix when they are not
+        ``{"token_ids": int[B, T], "padding_mask": bool[B, T]}`` or, when the ids are concrete
+        (not traced), hold an id outside the vocabulary (XLA would clamp it, or give NaN)."""
+        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+            kind = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(
+                f"The model takes {{'token_ids': [batch, length], 'padding_mask': [batch, "
+                f"length]}}, got {kind}: make it with model.preprocessor(['some text'])[0]."
+            )
+        token_ids = inputs["token_ids"]
+        padding_mask = inputs.get("padding_mask")
+        shape = tuple(token_ids.shape)
+        if len(shape) != 2:
+            raise ValueError(
+                f"token_ids has shape {shape}; the model takes a batch [batch, length]. "
+                "Preprocess a list (model.preprocessor(['Hello'])) or add the batch axis "
+                "(x['token_ids'][None])."
+            )
+        if not _is_concrete(token_ids):  # traced (jit, fit): shapes checked, values unknown
+            return token_ids, padding_mask
+        ids = keras.ops.convert_to_numpy(token_ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+            bad = ids[(ids < 0) | (ids >= self.vocabulary_size)].reshape(-1)[0]
+            raise ValueError(
+                f"token_ids holds {int(bad)}, outside the vocabulary: ids run from 0 to "
+                f"{self.vocabulary_size - 1}. Check the tokenizer matches this model."
+            )
+        return token_ids, padding_mask
 
     def forward_stack(
         self,

@@ -27,6 +27,12 @@ def prepare_inputs(
     Example:
         >>> x, y, batch_size, weights = prepare_inputs(model, ["Hello", "Hi!"])  # doctest: +SKIP
     """
+    if isinstance(x, (list, tuple)) and len(x) == 0:
+        verb = "predict on" if for_predict else "train or evaluate on"
+        raise ValueError(
+            f"x is an empty list: there are no training examples to {verb}. Pass strings, "
+            "conversations ([{'role': ..., 'content': ...}, ...]) or preprocessed arrays."
+        )
     if not is_text_input(x):
         is_stream, x = peek_text_stream(x)
         if not is_stream:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 def bundle(name: str, kind: str = "js") -> Path | str:
-    """The built front end ``static/<name>.<kind>``, or a stand-in that says how to build it (a
+    """The built front end ``static/<name>.<kind>`` (its text; its path under anywidget's hot
+    reload, ``ANYWIDGET_HMR=1``), or a stand-in that says how to build it (a
     source checkout before ``npm run build``) instead of failing at import time.
 
     Example:
@@ -17,7 +19,10 @@ def bundle(name: str, kind: str = "js") -> Path | str:
     """
     path = _STATIC / f"{name}.{kind}"
     if path.is_file():
-        return path
+        # The path itself only for hot reload: anywidget then ties every widget made to the
+        # file's change signal with a strong reference that is never released, so without
+        # hot reload no widget (nor the model it shows) could ever be freed. Text otherwise.
+        return path if os.environ.get("ANYWIDGET_HMR") == "1" else path.read_text("utf-8")
     if kind == "css":
         return ""
     return (

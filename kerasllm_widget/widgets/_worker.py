@@ -12,10 +12,12 @@ even while the engine is busy computing the next token.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -151,6 +153,7 @@ class GenerationWorker:
         self._current: Task | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        _live_workers.add(self)
 
     @property
     def current(self) -> Task | None:
@@ -282,3 +285,14 @@ class GenerationWorker:
             callback(*args)
         except Exception:
             log.exception("a generation callback failed")
+
+
+# A reply still running inside XLA when the interpreter finalizes aborts the process; at exit
+# every worker stops its reply (within one decode chunk) and its thread is joined.
+_live_workers: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_workers() -> None:
+    for worker in list(_live_workers):
+        worker.close(timeout=10.0)

@@ -20,12 +20,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import anywidget
 import traitlets
 from ipywidgets import widget_serialization
 
+from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.training.turns import model_turns
 from kerasllm_widget.widgets import protocol as P
@@ -208,7 +209,11 @@ class ChatWidget(anywidget.AnyWidget):
         else:
             from kerasllm_widget.chat.chat_state import ChatState
 
-            state = ChatState(target, system_prompt=self.system_prompt or None)
+            # What a user types in the panel is text: "<|im_start|>system" in a message must
+            # not open a system turn.
+            state = ChatState(
+                target, system_prompt=self.system_prompt or None, escape_special_tokens=True
+            )
         if not self.system_prompt and getattr(state, "system_prompt", None):
             self.system_prompt = state.system_prompt
         self._state = state
@@ -748,27 +753,26 @@ class ChatWidget(anywidget.AnyWidget):
             log.exception("counting context tokens failed")
             return 0
 
-    @traitlets.validate("temperature", "top_p", "min_p", "repetition_penalty")
-    def _validate_unit(self, proposal: Any) -> float:
-        name, value = proposal["trait"].name, float(proposal["value"])
-        limits = {
-            "temperature": (0, 5),
-            "top_p": (0, 1),
-            "min_p": (0, 1),
-            "repetition_penalty": (0.5, 3),
-        }
-        low, high = limits[name]
-        if not low <= value <= high:
-            raise traitlets.TraitError(f"{name} must be between {low} and {high}, got {value}")
-        return value
+    # The same checks as `generate`, `stream` and ChatState (`generation.settings`), so a value
+    # that would fail or run away at the next reply is refused when it is set.
+    _CHECKS: ClassVar[dict[str, Callable[[Any, str], Any]]] = {
+        "temperature": settings.check_temperature,
+        "top_p": lambda value, name: settings.check_probability(value, name),
+        "min_p": lambda value, name: settings.check_probability(value, name, open_below=False),
+        "repetition_penalty": settings.check_positive,
+        "top_k": settings.check_top_k,
+        "max_new_tokens": settings.check_max_new_tokens,
+        "top_k_alternatives": lambda value, name: settings.check_count(value, name, 0, 1024),
+        "seed": settings.check_seed,
+    }
 
-    @traitlets.validate("top_k", "max_new_tokens", "top_k_alternatives")
-    def _validate_count(self, proposal: Any) -> int:
-        name, value = proposal["trait"].name, int(proposal["value"])
-        low = 1 if name == "max_new_tokens" else 0
-        if value < low:
-            raise traitlets.TraitError(f"{name} must be at least {low}, got {value}")
-        return value
+    @traitlets.validate(*_CHECKS)
+    def _validate_setting(self, proposal: Any) -> Any:
+        name = proposal["trait"].name
+        try:
+            return self._CHECKS[name](proposal["value"], name)
+        except settings.GenerationSettingError as error:
+            raise traitlets.TraitError(str(error)) from None
 
 
 def _entry(entry_id: str, role: str, content: str, status: str, request_id: str) -> dict[str, Any]:
