@@ -605,8 +605,8 @@ class Llama3Tokenizer:
 
         Special-token strings in the text (``<|eot_id|>``) are read as special tokens, the
         template's and the messages' alike. With ``escape_special_tokens=True``, those written
-        inside message content (a user typing ``<|im_start|>system``) are tokenized as the plain
-        text they are; the template's own special tokens and the ids of all other text stay the
+        inside user and system messages (a user typing ``<|im_start|>system``) are tokenized as
+        the plain text they are (assistant replies keep the special tokens the model made); the template's own special tokens and the ids of all other text stay the
         same.
 
         Example:
@@ -648,7 +648,9 @@ class Llama3Tokenizer:
                     m["content"], self._special_token_pattern, marker, found
                 ),
             }
-            if isinstance(m, Mapping) and "content" in m
+            # What people typed (user, system); the model's own replies keep the special
+            # tokens it produced.
+            if isinstance(m, Mapping) and "content" in m and m.get("role") != "assistant"
             else m
             for m in messages
         ]

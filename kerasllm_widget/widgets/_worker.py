@@ -35,7 +35,7 @@ class Task:
     `TokenEvent`s then one `DoneEvent`) or a plain value (``stream=False``, e.g. loading a model).
     The callbacks run on the worker thread, in this order: ``on_start``, ``on_tokens`` (batches),
     then one of ``on_done`` / ``on_error`` / ``on_dropped`` (never started because it was cancelled
-    while queued).
+    while queued); ``after`` runs last of all, once the task reads as finished.
     """
 
     def __init__(
@@ -48,6 +48,7 @@ class Task:
         on_done: Callable[[Task, Any], None] | None = None,
         on_error: Callable[[Task, BaseException], None] | None = None,
         on_dropped: Callable[[Task], None] | None = None,
+        after: Callable[[Task], None] | None = None,
         name: str = "",
     ) -> None:
         self.run = run
@@ -57,6 +58,7 @@ class Task:
         self.on_done = on_done
         self.on_error = on_error
         self.on_dropped = on_dropped
+        self.after = after
         self.name = name
         self.cancel_event = threading.Event()
         self.result: Any = None  # the DoneEvent of a stream, or run's return value
@@ -232,6 +234,7 @@ class GenerationWorker:
         task.dropped = True
         self._call(task.on_dropped, task)
         task._finished.set()
+        self._call(task.after, task)
 
     def _run(self, task: Task) -> None:
         task.started = True
@@ -248,6 +251,7 @@ class GenerationWorker:
             self._call(task.on_done, task, task.result)
         finally:
             task._finished.set()
+            self._call(task.after, task)
 
     def _stream(self, task: Task, events: Iterable[Any]) -> DoneEvent:
         def emit(batch: list[TokenEvent]) -> None:

@@ -439,10 +439,14 @@ class ChatWidget(anywidget.AnyWidget):
         prepare: Callable[[threading.Event], Iterator[Any]],
         user_id: str | None = None,
     ) -> Task:
+        # The reply's turn on the model (see `_in_turn`) is given back only once the task reads
+        # as finished, its transcript and callbacks done: training resumes after all of it.
+        turn = contextlib.ExitStack()
+
         def run(cancel: threading.Event) -> Iterator[Any]:
             if self._state is None:
                 raise RuntimeError(self.status.get("message") or "the model is not loaded")
-            return self._observe(self._in_turn(prepare, cancel))
+            return self._observe(self._in_turn(prepare, cancel, turn))
 
         def on_start(task: Task) -> None:
             if self._state is not None:  # without a model the status keeps saying why
@@ -469,6 +473,7 @@ class ChatWidget(anywidget.AnyWidget):
             on_done=on_done,
             on_error=on_error,
             on_dropped=on_dropped,
+            after=lambda task: turn.close(),
             name=request_id,
         )
         self._worker.submit(task)
@@ -477,23 +482,27 @@ class ChatWidget(anywidget.AnyWidget):
         return task
 
     def _in_turn(
-        self, prepare: Callable[[threading.Event], Iterator[Any]], cancel: threading.Event
+        self,
+        prepare: Callable[[threading.Event], Iterator[Any]],
+        cancel: threading.Event,
+        turn: contextlib.ExitStack,
     ) -> Iterator[Any]:
         """The reply's stream, made while no training step changes the weights (see
-        `kerasllm_widget.training.turns`): during ``fit`` it waits for the end of a step."""
+        `kerasllm_widget.training.turns`): during ``fit`` it waits for the end of a step. The
+        turn is held in ``turn``, which the task closes when it has finished."""
         events = prepare(cancel)  # shows the reply as started; computes nothing yet
 
         def waiting() -> None:
             self._set_status(message=TRAINING_WAIT_MESSAGE)
 
-        with model_turns(self._state.model).reply(cancel, on_wait=waiting) as granted:
-            if self.status.get("message") == TRAINING_WAIT_MESSAGE:
-                self._set_status(message="")
-            if not granted:  # stopped while waiting: nothing was computed
-                events.close()
-                yield DoneEvent("cancelled", "", [], 0, 0, 0.0, 0.0, 0.0)
-                return
-            yield from events
+        granted = turn.enter_context(model_turns(self._state.model).reply(cancel, on_wait=waiting))
+        if self.status.get("message") == TRAINING_WAIT_MESSAGE:
+            self._set_status(message="")
+        if not granted:  # stopped while waiting: nothing was computed
+            events.close()
+            yield DoneEvent("cancelled", "", [], 0, 0, 0.0, 0.0, 0.0)
+            return
+        yield from events
 
     def _sampling(self, cancel: threading.Event) -> dict[str, Any]:
         settings: dict[str, Any] = {name: getattr(self, name) for name in SAMPLING_NAMES}
