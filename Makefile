@@ -46,6 +46,7 @@ test-deps: $(VENV)/.test-deps
 lint: test-deps
 	$(VENV)/bin/ruff check kerasllm_widget tests bench
 	$(VENV)/bin/ruff format --check kerasllm_widget tests bench
+	$(VENV)/bin/lint-imports
 
 test-js: test-deps
 	test -d node_modules || npm ci

@@ -41,12 +41,12 @@ CHILD = textwrap.dedent(
         import jax, keras
         import kerasllm_widget
         from kerasllm_widget.checkpoints.presets import load_checkpoint
-        from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
+        from kerasllm_widget.models.llama3_backbone import Llama3Backbone
         jax.numpy.zeros(1).block_until_ready()  # start the runtime before the baseline
         base = rss("VmRSS")
         start = time.perf_counter()
         ckpt = load_checkpoint(preset)
-        backbone = backbone_from_checkpoint(ckpt, dtype=dtype, progress=False)
+        backbone = Llama3Backbone.from_checkpoint(ckpt, dtype=dtype, progress=False)
         ckpt.close()
         for w in backbone.weights:
             w.value.block_until_ready()

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from kerasllm_widget.chat.template import (
+from kerasllm_widget.models.chat_template import (
     LLAMA3_CHAT_TEMPLATE,
     ChatTemplateError,
     compile_chat_template,

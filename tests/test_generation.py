@@ -318,11 +318,11 @@ def test_scripted_stop_strings_across_tokens(model, tokenizer):
 
 
 def test_context_full_on_a_short_context(random_llama32_checkpoint):
-    from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
     from kerasllm_widget.checkpoints.presets import load_checkpoint
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
-    backbone = backbone_from_checkpoint(
+    backbone = Llama3Backbone.from_checkpoint(
         load_checkpoint(str(random_llama32_checkpoint)), progress=False
     )
     backbone.max_sequence_length = 64

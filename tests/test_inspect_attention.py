@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from inspect_support import eager_attention, smollm2_model
 
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.inspect import AttentionMaps, attention
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 TOLERANCE = 1e-5
 
@@ -52,7 +52,7 @@ def assert_is_attention(probabilities, padding_mask):
 
 @pytest.fixture(scope="module")
 def tiny(random_llama32_checkpoint):
-    backbone = backbone_from_checkpoint(
+    backbone = Llama3Backbone.from_checkpoint(
         load_checkpoint(str(random_llama32_checkpoint)), progress=False
     )
     return backbone, eager_reference(random_llama32_checkpoint)

@@ -38,13 +38,13 @@ CHILD = textwrap.dedent(
                 return int(line.split()[1]) * 1024
 
     import jax
-    from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.checkpoints.presets import load_checkpoint
 
     jax.numpy.zeros(1).block_until_ready()
     base = rss("VmRSS")
     checkpoint = load_checkpoint(sys.argv[1])
-    backbone = backbone_from_checkpoint(checkpoint, dtype=sys.argv[2], progress=False)
+    backbone = Llama3Backbone.from_checkpoint(checkpoint, dtype=sys.argv[2], progress=False)
     checkpoint.close()
     weights = sum(int(w.value.nbytes) for w in backbone.weights)
     print(json.dumps({"added": rss("VmHWM") - base, "weights": weights}))

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 pytestmark = pytest.mark.reference
 
@@ -37,7 +37,7 @@ def our_logits(backbone, token_ids, padding_mask=None, attention_layers=()):
 @pytest.fixture(scope="module")
 def tiny_backbone(random_llama32_checkpoint):
     ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    return backbone_from_checkpoint(ckpt, progress=False)
+    return Llama3Backbone.from_checkpoint(ckpt, progress=False)
 
 
 def test_random_llama32_logits_match_reference(random_llama32_checkpoint, tiny_backbone):
@@ -103,7 +103,7 @@ def test_architecture_variants_match_reference(tmp_path, overrides):
     from conftest import write_random_llama_checkpoint
 
     folder = write_random_llama_checkpoint(tmp_path / "ckpt", overrides)
-    backbone = backbone_from_checkpoint(load_checkpoint(str(folder)), progress=False)
+    backbone = Llama3Backbone.from_checkpoint(load_checkpoint(str(folder)), progress=False)
     token_ids = np.random.default_rng(3).integers(0, 512, size=(1, 50))
     expected = reference_logits(folder, token_ids)
     assert np.abs(our_logits(backbone, token_ids) - expected).max() < 1e-4

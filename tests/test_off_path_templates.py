@@ -14,8 +14,8 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-import kerasllm_widget.chat.template as template_module
-from kerasllm_widget.chat.template import (
+import kerasllm_widget.models.chat_template as template_module
+from kerasllm_widget.models.chat_template import (
     ChatTemplateBudgetError,
     ChatTemplateError,
     render_chat_template,

@@ -12,13 +12,14 @@ import shutil
 import numpy as np
 import pytest
 
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint, resolve_dtype
+from kerasllm_widget.checkpoints.convert import resolve_dtype
 from kerasllm_widget.checkpoints.errors import (
     CheckpointFormatError,
     PresetError,
     UnsupportedModelError,
 )
 from kerasllm_widget.checkpoints.presets import load_checkpoint, parse_hf_uri
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 pytestmark = pytest.mark.reference  # the checkpoints are written by transformers
 
@@ -31,7 +32,7 @@ def checkpoint_copy(random_llama32_checkpoint, tmp_path):
 
 
 def load(folder):
-    return backbone_from_checkpoint(load_checkpoint(str(folder)), progress=False)
+    return Llama3Backbone.from_checkpoint(load_checkpoint(str(folder)), progress=False)
 
 
 def test_missing_config_json(checkpoint_copy):
@@ -186,7 +187,7 @@ def test_parse_hf_uri_forms():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_16_bit_load_is_the_rounded_float32_load(random_llama32_checkpoint, dtype):
     full = load(random_llama32_checkpoint)
-    half = backbone_from_checkpoint(
+    half = Llama3Backbone.from_checkpoint(
         load_checkpoint(str(random_llama32_checkpoint)), dtype=dtype, progress=False
     )
     assert half.dtype_policy.name == dtype
@@ -203,7 +204,7 @@ def test_weights_filled_a_few_rows_at_a_time_are_the_whole_tensors(
     from kerasllm_widget.checkpoints.convert import ml_dtypes_name, read_converted, weight_map
 
     ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    backbone = backbone_from_checkpoint(ckpt, load_weights=False, progress=False)
+    backbone = Llama3Backbone.from_checkpoint(ckpt, load_weights=False, progress=False)
     numpy_dtype = np.dtype(ml_dtypes_name(dtype))
     for name, (variable, transform) in weight_map(backbone).items():
         # 1000 bytes: one 128-wide row per block, so a kernel is written a column at a time.
@@ -221,7 +222,7 @@ def test_weights_no_tensor_fills_are_refused(random_llama32_checkpoint):
     from kerasllm_widget.checkpoints.convert import load_backbone_weights
 
     ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    backbone = backbone_from_checkpoint(ckpt, load_weights=False, progress=False)
+    backbone = Llama3Backbone.from_checkpoint(ckpt, load_weights=False, progress=False)
     backbone.enable_lora(2)
     with pytest.raises(
         PresetError, match=r"no checkpoint tensor fills.*lora_kernel_a.*before enabling LoRA"

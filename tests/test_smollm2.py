@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 pytestmark = pytest.mark.reference
 
@@ -27,7 +27,7 @@ def reference(smollm2_reference):
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-    return backbone_from_checkpoint(load_checkpoint(str(smollm2_gguf)), progress=False)
+    return Llama3Backbone.from_checkpoint(load_checkpoint(str(smollm2_gguf)), progress=False)
 
 
 def logits_of(backbone, ids):
@@ -93,7 +93,7 @@ def test_hf_uri_resolves_from_offline_cache(reference, ours, tmp_path, monkeypat
     ckpt = load_checkpoint("hf://HuggingFaceTB/SmolLM2-135M-Instruct")
     assert ckpt.source.startswith(str(cache))
     assert ckpt.tokenizer_json is not None and "chat_template" in ckpt.tokenizer_config
-    from_hub = backbone_from_checkpoint(ckpt, progress=False)
+    from_hub = Llama3Backbone.from_checkpoint(ckpt, progress=False)
     ids = tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
     np.testing.assert_allclose(logits_of(from_hub, ids), logits_of(ours, ids), atol=1e-5)
     # A revision that is not cached is refused with the offline message, not a download attempt.

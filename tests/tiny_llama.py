@@ -52,8 +52,9 @@ TINY_BACKBONE = dict(
 VOCABULARY_SIZE = 384
 
 
-def tiny_tokenizer(chat_template: str | None = None):
-    """A `Llama3Tokenizer` over a 300-odd token byte-level BPE (BOS, EOS <|eot_id|>)."""
+def tiny_tokenizer(chat_template: str | None = None, stop_token_ids=()):
+    """A `Llama3Tokenizer` over a 300-odd token byte-level BPE (BOS, EOS <|eot_id|>), with
+    ``stop_token_ids`` besides EOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
@@ -72,12 +73,19 @@ def tiny_tokenizer(chat_template: str | None = None):
         single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
     )
     return Llama3Tokenizer(
-        backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", chat_template=chat_template
+        backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        chat_template=chat_template,
+        stop_token_ids=stop_token_ids,
     )
 
 
-def tiny_causal_lm(seed: int = 0, sequence_length: int = 64, dtype=None, **overrides):
-    """A random `Llama3CausalLM` with `tiny_tokenizer` and a preprocessor."""
+def tiny_causal_lm(
+    seed: int = 0, sequence_length: int = 64, dtype=None, tokenizer=None, **overrides
+):
+    """A random `Llama3CausalLM` with ``tokenizer`` (default `tiny_tokenizer`) and a
+    preprocessor; ``overrides`` change the backbone's arguments."""
     import keras
 
     from kerasllm_widget.models.llama3_backbone import Llama3Backbone
@@ -85,7 +93,7 @@ def tiny_causal_lm(seed: int = 0, sequence_length: int = 64, dtype=None, **overr
     from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
 
     keras.utils.set_random_seed(seed)
-    tokenizer = tiny_tokenizer()
+    tokenizer = tokenizer or tiny_tokenizer()
     backbone = Llama3Backbone(
         vocabulary_size=VOCABULARY_SIZE, **{**TINY_BACKBONE, **overrides}, dtype=dtype
     )

@@ -17,6 +17,7 @@ from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
 from kerasllm_widget.generation.engine import CONTINUATION_CHUNK, engine_for
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.generation.stopping import stop_token_ids_of
 
 __all__ = ["ChatState"]
 
@@ -330,7 +331,7 @@ class ChatState:
         )
 
     def _prepare_next_turn(
-        self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives
+        self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives, stop_token_ids
     ) -> None:
         """Compiles in the background, while the user reads and types, the programs the next
         turn may need and no request has compiled yet: the chat-turn prefill chunks (short and
@@ -341,7 +342,9 @@ class ChatState:
         if length is None:
             return
         used = done.prompt_tokens + done.generated_tokens
-        options = {"num_alternatives": top_k_alternatives}
+        # The programs are sized by the stop ids the turns carry, as the turns' own are.
+        stop_count = len(stop_token_ids_of(self.model.tokenizer, stop_token_ids))
+        options = {"num_alternatives": top_k_alternatives, "stop_count": stop_count}
         engine.precompile(length, sampler, **options)  # a no-op when all are compiled
         # Room for a new user turn (one prefill chunk) and a reply as long as this one could be.
         if used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
@@ -381,7 +384,9 @@ class ChatState:
             ):
                 if isinstance(event, DoneEvent):
                     finished = True
-                    self._prepare_next_turn(event, sampler, max_new_tokens, top_k_alternatives)
+                    self._prepare_next_turn(
+                        event, sampler, max_new_tokens, top_k_alternatives, stop_token_ids
+                    )
                     if event.text:
                         self.messages.append({"role": "assistant", "content": event.text})
                     if dropped:

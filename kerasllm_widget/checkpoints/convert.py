@@ -2,6 +2,11 @@
 
 Two plain functions, as keras_hub's converters are: one maps the config, one maps the weights. Both
 touch only public attributes of the model.
+
+The dependency points from the model to the checkpoint, never back: `Llama3Backbone.from_checkpoint`
+builds itself from `backbone_kwargs_from_hf_config` and fills its weights with
+`load_backbone_weights`, so this module works on the backbone it is handed and imports nothing
+from `kerasllm_widget.models` (the `lint-imports` layers contract holds it to that).
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from kerasllm_widget.checkpoints.checkpoint import ROW_BLOCK_BYTES, Checkpoint
+from kerasllm_widget.checkpoints.checkpoint import ROW_BLOCK_BYTES, Checkpoint, aligned_empty
 from kerasllm_widget.checkpoints.errors import (
     CheckpointFormatError,
     PresetError,
     UnsupportedModelError,
 )
-from kerasllm_widget.models.placeholder_initializer import aligned_empty
+from kerasllm_widget.distribution import place_on_shards
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -214,8 +219,6 @@ def load_backbone_weights(
     """
     from tqdm.auto import tqdm
 
-    from kerasllm_widget.distribution import place_on_shards
-
     mapping = weight_map(backbone)
     mapped = {id(variable) for variable, _ in mapping.values()}
     unmapped = [weight.path for weight in backbone.weights if id(weight) not in mapped]
@@ -242,22 +245,3 @@ def load_backbone_weights(
         del array
         bar.update(1)
     bar.close()
-
-
-def backbone_from_checkpoint(
-    ckpt: Checkpoint, dtype=None, load_weights: bool = True, progress=True
-):
-    """Builds a `Llama3Backbone` from a `Checkpoint` and loads its weights.
-
-    Example:
-        >>> backbone = backbone_from_checkpoint(load_checkpoint("smollm2-135m-instruct"))  # doctest: +SKIP
-    """
-    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
-
-    dtype = resolve_dtype(dtype)
-    kwargs = backbone_kwargs_from_hf_config(ckpt.config, source=f"{ckpt.source}/config.json")
-    # Every weight is overwritten: no random numbers, no zeros, no memory until it is filled.
-    backbone = Llama3Backbone(**kwargs, dtype=dtype, placeholder_weights=load_weights)
-    if load_weights:
-        load_backbone_weights(backbone, ckpt, progress=progress, release_placeholders=True)
-    return backbone

@@ -126,11 +126,9 @@ def _write_effective_chat_template(folder: Path, tokenizer) -> None:
     default out, so that other readers (transformers) render conversations the same way."""
     if tokenizer.chat_template is not None:
         return
-    from kerasllm_widget.chat.template import LLAMA3_CHAT_TEMPLATE
-
     path = folder / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    config["chat_template"] = LLAMA3_CHAT_TEMPLATE
+    config["chat_template"] = tokenizer.effective_chat_template
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.detokenizer import IncrementalDetokenizer
-from kerasllm_widget.generation.engine import RequestTimings, engine_for
+from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.engine_outputs import RequestTimings
 from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
 from kerasllm_widget.generation.samplers import Sampler, get_sampler
-from kerasllm_widget.generation.stopping import StopStringMatcher
+from kerasllm_widget.generation.stopping import StopStringMatcher, stop_token_ids_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "generate", "make_sampler", "stream", "stream_ids"]
 
@@ -53,14 +54,6 @@ def make_sampler(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-
-
-def _stop_ids(tokenizer, extra: Sequence[int] | None) -> list[int]:
-    ids = list(getattr(tokenizer, "stop_token_ids", ()) or ()) if tokenizer is not None else []
-    end = getattr(tokenizer, "end_token_id", None) if tokenizer is not None else None
-    if end is not None:
-        ids.append(end)
-    return sorted({int(i) for i in [*ids, *(extra or ())]})
 
 
 class _PieceNames:
@@ -135,7 +128,7 @@ def stream_ids(
     top_k_alternatives = settings.check_count(
         top_k_alternatives or 0, "top_k_alternatives", 0, vocabulary
     )
-    stops = sorted(set(extra_stops)) if ignore_eos else _stop_ids(tokenizer, extra_stops)
+    stops = sorted(set(extra_stops)) if ignore_eos else stop_token_ids_of(tokenizer, extra_stops)
     stop_set = set(stops)
     timings = RequestTimings(started=started or time.perf_counter())
     detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
@@ -408,7 +401,7 @@ def generate(
     base = sampler if sampler is not None else engine_for(model).sampler
     chosen = make_sampler(base, **sampling)
     tokenizer = model.tokenizer
-    stops = _stop_ids(tokenizer, stop_token_ids)
+    stops = stop_token_ids_of(tokenizer, stop_token_ids)
     replies: list[list[int]] = []
     if len(rows) == 1:
         for event in stream_ids(

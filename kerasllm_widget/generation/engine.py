@@ -37,8 +37,11 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from kerasllm_widget._paths import cache_root
 from kerasllm_widget.distribution import place_batch
+from kerasllm_widget.generation.engine_outputs import RequestTimings, StepOutputs
 from kerasllm_widget.generation.fused_weights import derive_in_scope, fusion_plan
+from kerasllm_widget.generation.portable_engine import PortableGenerationEngine
 from kerasllm_widget.generation.samplers import (
     Sampler,
     SamplerParams,
@@ -46,6 +49,7 @@ from kerasllm_widget.generation.samplers import (
     sample_next_token,
     top_k,
 )
+from kerasllm_widget.generation.stopping import stop_token_ids_of
 from kerasllm_widget.kernels import cpu
 from kerasllm_widget.kernels.products import QuantizedKernel, product
 from kerasllm_widget.models.rotary_embedding import rotary_tables
@@ -58,6 +62,7 @@ __all__ = [
     "enable_compilation_cache",
     "engine_for",
     "prompt_bucket",
+    "stop_slots",
 ]
 
 MIN_PROMPT_BUCKET = 16
@@ -76,6 +81,19 @@ DECODE_CALL_S = 0.1
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def stop_slots(count: int) -> int:
+    """How many stop-id slots (padded with -1) a compiled program has for ``count`` stop ids: at
+    least 8, then powers of two. Requests and `GenerationEngine.precompile` both size them here:
+    a model with more than 8 stop ids once found none of the programs compiled ahead for its
+    chat (they had 8 slots, its turns 16) and compiled every turn in the foreground.
+
+    Example:
+        >>> [stop_slots(n) for n in (0, 1, 8, 9, 17)]
+        [8, 8, 8, 16, 32]
+    """
+    return max(8, _next_power_of_two(count))
 
 
 def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
@@ -99,8 +117,7 @@ def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
 
 def default_cache_dir() -> Path:
     """Where compiled programs are kept between kernels: ``$XDG_CACHE_HOME/kerasllm_widget/jax``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kerasllm_widget" / "jax"
+    return cache_root() / "jax"
 
 
 _compilation_cache_lock = threading.Lock()
@@ -147,41 +164,6 @@ class DecodeState(NamedTuple):
     index: jax.Array  # [] int32: the cache slot it goes to
     done: jax.Array  # [B] bool: the row picked a stop token
     key: jax.Array  # PRNG key
-
-
-class StepOutputs(NamedTuple):
-    """What each generated token comes with ([B, n] or [B, n, K] arrays)."""
-
-    tokens: Any
-    logprobs: Any
-    alternative_ids: Any
-    alternative_logprobs: Any
-
-
-@dataclasses.dataclass
-class RequestTimings:
-    prompt_tokens: int = 0
-    prefilled_tokens: int = (
-        0  # what prefill computed (less than prompt_tokens with a reused prefix)
-    )
-    started: float = 0.0
-    first_token: float = 0.0
-    last_token: float = 0.0
-    generated: int = 0
-
-    @property
-    def time_to_first_token_s(self) -> float:
-        return max(0.0, self.first_token - self.started) if self.first_token else 0.0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        ttft = self.time_to_first_token_s
-        return self.prefilled_tokens / ttft if ttft > 0 else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        span = self.last_token - self.first_token
-        return (self.generated - 1) / span if self.generated > 1 and span > 0 else 0.0
 
 
 class _Phase(threading.local):
@@ -572,18 +554,28 @@ class GenerationEngine:
         self._executables: dict = {}  # ahead-of-time compiled programs (see `precompile`)
         self._compiling: set = set()
         self._ran: set = set()  # keys of programs requests have run (compiled by jit)
+        # Moves on each time the variables change and these three tables start again: a
+        # `precompile` thread files its programs only if it began under the current one.
+        self._generation = 0
         self._threads: list[threading.Thread] = []
         _live_engines.add(self)
 
     # -- compiled functions ------------------------------------------------------------------
     def _compiled(self):
+        with self._lock:
+            return self._compiled_locked()
+
+    def _compiled_locked(self):
         variables = list(self.model.variables)
         if (
             self._variables is None
             or len(variables) != len(self._variables)
             or any(a is not b for a, b in zip(variables, self._variables, strict=True))
         ):
-            # New variables (LoRA enabled, quantized): trace afresh against them.
+            # New variables (LoRA enabled, quantized): trace afresh against them. Under the lock
+            # and with a new generation, so that a `precompile` thread still compiling against
+            # the old variables cannot file its program in the new table.
+            self._generation += 1
             self._variables = variables
             self._jit_prefill = jax.jit(
                 partial(prefill, self.model, variables, self.trace_counts),
@@ -603,8 +595,18 @@ class GenerationEngine:
             self._fused = None
             self._kept = None
             self._executables = {}
+            self._compiling = set()
             self._ran = set()
         return self._jit_prefill, self._jit_decode
+
+    def _keep_program(self, generation: int, key, program) -> bool:
+        """Files a program `precompile` compiled, unless the variables changed since it began
+        (its program would take the old variables: a stale executable)."""
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._executables[key] = program
+            return True
 
     def _key(self, kind, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
         """Which compiled program (``kind``: "prefill" or "decode") serves these shapes."""
@@ -702,22 +704,27 @@ class GenerationEngine:
         num_alternatives: int = 0,
         batch: int = 1,
         background: bool = True,
+        stop_count: int | None = None,
     ) -> threading.Thread | None:
         """Compiles, ahead of need, the programs a longer chat will use: decode and the chat-turn
         prefill over a cache of ``cache_length`` slots. With ``background`` it runs on a daemon
         thread (while the user reads and types), so the turn that crosses into the larger
-        cache does not wait for a compiler.
+        cache does not wait for a compiler. ``stop_count``: how many stop ids the chat's requests
+        carry (None: the model's own, `stop_token_ids_of` its tokenizer), which sizes the
+        programs as those requests will (`stop_slots`).
 
         Example:
             >>> engine.precompile(1024, Sampler(temperature=0.7, top_p=0.9))  # doctest: +SKIP
         """
         sampler = sampler or self.sampler
         plan, params = sampler.plan, sampler.params()
-        self._compiled()
+        if stop_count is None:
+            stop_count = len(stop_token_ids_of(getattr(self.model, "tokenizer", None)))
+        slots = stop_slots(stop_count)
         cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
-        decode_key = self._key("decode", batch, cache_length, 1, plan, num_alternatives, 8)
+        decode_key = self._key("decode", batch, cache_length, 1, plan, num_alternatives, slots)
         prefill_keys = {
-            chunk: self._key("prefill", batch, cache_length, chunk, plan, num_alternatives, 8)
+            chunk: self._key("prefill", batch, cache_length, chunk, plan, num_alternatives, slots)
             for chunk in CONTINUATION_CHUNKS
             if chunk <= cache_length
         }
@@ -725,6 +732,9 @@ class GenerationEngine:
             return None
         # Programs already compiled ahead, being compiled, or compiled by a request: skipped.
         with self._lock:
+            # The programs and the generation they belong to, read together.
+            jit_prefill, jit_decode = self._compiled_locked()
+            generation = self._generation
             todo = [
                 key
                 for key in (decode_key, *prefill_keys.values())
@@ -744,13 +754,16 @@ class GenerationEngine:
             model = self._model_ref() if self._model_ref is not None else self.model
             if model is None:
                 with self._lock:
-                    self._compiling.difference_update(todo)
+                    if generation == self._generation:
+                        self._compiling.difference_update(todo)
                 return
             _phase.name = "background_"
             try:
                 weights = jax.tree.map(
                     lambda w: jax.ShapeDtypeStruct(w.shape, w.dtype), self.weights()
                 )
+                if generation != self._generation:
+                    return  # the variables changed: these would be programs for the old ones
                 backbone = self.model.backbone
                 kv = (batch, cache_length, backbone.num_key_value_heads, backbone.head_dim)
                 cache = [
@@ -762,7 +775,7 @@ class GenerationEngine:
                 sds = jax.ShapeDtypeStruct
                 valid = sds((batch, cache_length), jnp.bool_)
                 seen = sds((batch, vocab), jnp.bool_)
-                stop_ids = sds((8,), jnp.int32)
+                stop_ids = sds((slots,), jnp.int32)
                 abstract_params = SamplerParams(*(shaped(p) for p in params))
                 if decode_key in todo and not _shutting_down.is_set():
                     state = DecodeState(
@@ -775,7 +788,7 @@ class GenerationEngine:
                         done=sds((batch,), jnp.bool_),
                         key=sds(key.shape, key.dtype),
                     )
-                    self._executables[decode_key] = self._jit_decode.lower(
+                    program = jit_decode.lower(
                         weights,
                         state,
                         sds((), jnp.int32),
@@ -785,11 +798,13 @@ class GenerationEngine:
                         num_alternatives=num_alternatives,
                         chunk=self.chunk_size,
                     ).compile()
+                    if not self._keep_program(generation, decode_key, program):
+                        return
                 for chunk, program_key in prefill_keys.items():
                     if program_key not in todo or _shutting_down.is_set():
                         continue
                     ints = sds((batch, chunk), jnp.int32)
-                    self._executables[program_key] = self._jit_prefill.lower(
+                    program = jit_prefill.lower(
                         weights,
                         ints,
                         sds((batch, chunk), jnp.bool_),
@@ -805,10 +820,13 @@ class GenerationEngine:
                         plan=plan,
                         num_alternatives=num_alternatives,
                     ).compile()
+                    if not self._keep_program(generation, program_key, program):
+                        return
             finally:
                 _phase.name = ""
                 with self._lock:
-                    self._compiling.difference_update(todo)
+                    if generation == self._generation:  # else `_compiling` started again
+                        self._compiling.difference_update(todo)
 
         if not background:
             work()
@@ -979,7 +997,7 @@ class GenerationEngine:
         for row, ids in enumerate(prompts):
             seen[row, np.asarray(ids, np.int64) % vocab] = True
         stops = sorted({int(t) for t in stop_token_ids})
-        stop_ids = np.full((max(8, _next_power_of_two(len(stops))),), -1, np.int32)
+        stop_ids = np.full((stop_slots(len(stops)),), -1, np.int32)
         stop_ids[: len(stops)] = stops
         seed = seed if seed is not None else sampler.seed
         if seed is None:
@@ -1130,8 +1148,6 @@ def engine_for(model) -> GenerationEngine:
                 engine = GenerationEngine(model)
             else:
                 # jax.jit cannot take torch weights: same interface, eager steps.
-                from kerasllm_widget.generation.portable_engine import PortableGenerationEngine
-
                 engine = PortableGenerationEngine(model)
             _engines[model] = engine
         return engine

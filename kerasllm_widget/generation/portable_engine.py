@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
-from kerasllm_widget.generation.engine import RequestTimings, StepOutputs
-from kerasllm_widget.generation.samplers import Sampler
+from kerasllm_widget.generation.engine_outputs import RequestTimings, StepOutputs
+from kerasllm_widget.generation.samplers import Sampler, sample_next_token
 
 __all__ = ["PortableGenerationEngine"]
 
@@ -79,8 +79,6 @@ class PortableGenerationEngine:
     ):
         import jax
         import jax.numpy as jnp
-
-        from kerasllm_widget.generation.samplers import sample_next_token
 
         key, subkey = jax.random.split(key)
         token = np.asarray(

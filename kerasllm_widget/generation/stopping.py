@@ -7,9 +7,24 @@ the start of a stop string.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-__all__ = ["StopStringMatcher"]
+__all__ = ["StopStringMatcher", "stop_token_ids_of"]
+
+
+def stop_token_ids_of(tokenizer, extra: Sequence[int] | None = None) -> list[int]:
+    """The stop ids a request carries: the tokenizer's (its stop ids and end token) and
+    ``extra``, sorted, each once. The engine sizes its compiled programs by how many there are.
+
+    Example:
+        >>> stop_token_ids_of(None, [7, 3, 7])
+        [3, 7]
+    """
+    ids = list(getattr(tokenizer, "stop_token_ids", ()) or ()) if tokenizer is not None else []
+    end = getattr(tokenizer, "end_token_id", None) if tokenizer is not None else None
+    if end is not None:
+        ids.append(end)
+    return sorted({int(i) for i in [*ids, *(extra or ())]})
 
 
 class StopStringMatcher:

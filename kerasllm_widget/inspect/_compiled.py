@@ -30,7 +30,17 @@ import weakref
 import keras
 import numpy as np
 
-from kerasllm_widget.inspect.quantization import QuantizedArray
+from kerasllm_widget.inspect.quantization import (
+    QuantizedArray,
+    block_max,
+    downsample_max,
+    quantize,
+)
+from kerasllm_widget.models.llama3_backbone import (
+    causal_attention_mask,
+    positions_from_padding_mask,
+)
+from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
 
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CHUNK = 256  # query rows per chunk of a block (bucket lengths past 256 are multiples of it)
@@ -92,8 +102,6 @@ class LayerRunner:
         """Queries (``[B, T, H, d]``, with ``queries``) or keys and values of the attention's
         input, as the attention layer computes them before it attends."""
         from keras import ops
-
-        from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
 
         attention = self.template.attention
         normed = self.template.attention_norm(x)
@@ -271,8 +279,6 @@ class LayerRunner:
         each ``block x block`` block: ``(codes [n, n] with n = ceil(length / block), the largest
         code of each of the ``length`` query rows, the full codes)``. The full codes are left
         where they were computed (a device array; ``[padded, padded]``) for a later region."""
-        from kerasllm_widget.inspect.quantization import block_max, quantize
-
         mean = head == "mean"
         side = -(-length // block)
         if not self.compiled:
@@ -305,8 +311,6 @@ class LayerRunner:
         block = max(1, -(-length // size))
         side = -(-length // block)
         if not self.compiled:
-            from kerasllm_widget.inspect.quantization import downsample_max
-
             probabilities = self.probabilities(index, x, positions, attention_mask)[
                 0, :, :length, :length
             ]
@@ -341,11 +345,6 @@ class InspectionPass:
     """
 
     def __init__(self, backbone, token_ids: np.ndarray, padding_mask: np.ndarray, previous=None):
-        from kerasllm_widget.models.llama3_backbone import (
-            causal_attention_mask,
-            positions_from_padding_mask,
-        )
-
         self.backbone = backbone
         self.token_ids = np.asarray(token_ids, np.int32)
         self.padding_mask = np.asarray(padding_mask, bool)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kerasllm_widget.inspect._compiled import InspectionPass
-from kerasllm_widget.inspect._sources import backbone_of
+from kerasllm_widget.inspect._sources import backbone_of, tokenizer_of
 from kerasllm_widget.inspect.pieces import pieces as readable_pieces
 
 
@@ -66,8 +66,6 @@ class NextTokenDistribution:
 
 def _as_ids(model, inputs, add_start_token: bool) -> np.ndarray:
     if isinstance(inputs, str):
-        from kerasllm_widget.inspect._sources import tokenizer_of
-
         tokenizer = tokenizer_of(model)
         ids = [int(i) for i in tokenizer(inputs)]
         start = tokenizer.start_token_id
@@ -104,8 +102,6 @@ def next_token(
     logits = run.logits(ids.size - 1, ids.size)[0, 0] / temperature
     probs = _softmax(logits)
     top_ids, top_probs = _top_k(probs, top_k)
-    from kerasllm_widget.inspect._sources import tokenizer_of
-
     try:
         labels = readable_pieces(tokenizer_of(model), top_ids)
     except TypeError:  # a bare backbone has no tokenizer: label with ids
@@ -163,8 +159,6 @@ def score(model, token_ids, top_k: int = 5, chunk: int = 256) -> SequenceScores:
             top_ids[start + 1 : stop + 1, : k_ids.shape[1]] = k_ids
             top_probs[start + 1 : stop + 1, : k_probs.shape[1]] = k_probs
     try:
-        from kerasllm_widget.inspect._sources import tokenizer_of
-
         labels = readable_pieces(tokenizer_of(model), ids)
     except TypeError:
         labels = [str(int(i)) for i in ids]

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kerasllm_widget.generation.api import stream_ids
+from kerasllm_widget.generation.events import TokenEvent
+from kerasllm_widget.generation.samplers import Sampler, sample_next_token
 from kerasllm_widget.inspect._compiled import InspectionPass
 from kerasllm_widget.inspect._sources import backbone_of, tokenizer_of
-from kerasllm_widget.inspect.distributions import _softmax, _top_k, entropy
+from kerasllm_widget.inspect.distributions import NextTokenDistribution, _softmax, _top_k, entropy
 from kerasllm_widget.inspect.pieces import piece
 
 
@@ -110,8 +113,6 @@ class StepSession:
             >>> session.distribution().entropy  # doctest: +SKIP
             2.31
         """
-        from kerasllm_widget.inspect.distributions import NextTokenDistribution
-
         probs = _softmax(self.logits())
         ids, top = _top_k(probs, self.top_k)
         return NextTokenDistribution(
@@ -138,8 +139,6 @@ class StepSession:
             4796
         """
         import jax
-
-        from kerasllm_widget.generation.samplers import sample_next_token
 
         sampler = _sampler(temperature, top_k, top_p, min_p, repetition_penalty)
         logits = self.logits()[None]
@@ -202,9 +201,6 @@ class StepSession:
             >>> session.choose(1917); session.finish(max_new_tokens=20)  # doctest: +SKIP
             20
         """
-        from kerasllm_widget.generation.api import stream_ids
-        from kerasllm_widget.generation.events import TokenEvent
-
         if self.finished or max_new_tokens < 1:
             return 0
         sampler = _sampler(temperature, top_k, top_p, min_p, repetition_penalty)
@@ -251,8 +247,6 @@ class StepSession:
 def _sampler(temperature, top_k, top_p, min_p, repetition_penalty):
     """The generation sampler with these settings (0 or None turns top-k and min-p off); the
     proposals and `StepSession.finish` draw with the same one."""
-    from kerasllm_widget.generation.samplers import Sampler
-
     return Sampler(
         temperature=float(temperature),
         top_k=top_k or None,

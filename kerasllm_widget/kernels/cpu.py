@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kerasllm_widget._paths import cache_root
+
 __all__ = [
     "ATTENTION_TARGET",
     "TAKE_ROWS_TARGET",
@@ -87,13 +89,11 @@ def _compiler() -> str | None:
 
 
 def _library_path(compiler: str) -> Path:
-    from kerasllm_widget.generation.engine import default_cache_dir
-
     digest = hashlib.sha256()
     for part in (_SOURCE.read_bytes(), jax.lib.__version__.encode(), _cpu_signature().encode()):
         digest.update(part)
     digest.update(" ".join([compiler, *_FLAGS]).encode())
-    return default_cache_dir().parent / "kernels" / f"decode-{digest.hexdigest()[:16]}.so"
+    return cache_root() / "kernels" / f"decode-{digest.hexdigest()[:16]}.so"
 
 
 def _build(compiler: str, target: Path) -> None:

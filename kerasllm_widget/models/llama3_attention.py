@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import keras
+import numpy as np
 from keras import ops
 
 from kerasllm_widget.kernels import cpu
@@ -82,8 +83,9 @@ class Llama3Attention(keras.layers.Layer):
         self.num_query_heads = num_query_heads
         self.num_key_value_heads = num_key_value_heads
         self.head_dim = head_dim
-        self.inverse_frequencies = inverse_frequencies
+        self.inverse_frequencies = np.asarray(inverse_frequencies, dtype="float32")
         self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
         def dense(units, name):
             return keras.layers.Dense(
@@ -219,5 +221,8 @@ class Llama3Attention(keras.layers.Layer):
             "num_query_heads": self.num_query_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
+            # float32 -> float -> float32 is exact: `from_config` rebuilds the same RoPE.
+            "inverse_frequencies": [float(f) for f in self.inverse_frequencies],
             "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }

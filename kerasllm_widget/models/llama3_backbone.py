@@ -7,6 +7,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasllm_widget.checkpoints.checkpoint import Checkpoint
+from kerasllm_widget.checkpoints.convert import (
+    backbone_kwargs_from_hf_config,
+    load_backbone_weights,
+    resolve_dtype,
+)
+from kerasllm_widget.checkpoints.export import export_preset
+from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.distribution import llama3_layout_map
+from kerasllm_widget.models import llama3_lora
 from kerasllm_widget.models.llama3_decoder import Llama3TransformerDecoder
 from kerasllm_widget.models.placeholder_initializer import PlaceholderInitializer
 from kerasllm_widget.models.reversible_embedding import ReversibleEmbedding
@@ -256,14 +266,36 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone = Llama3Backbone.from_preset("smollm2-135m-instruct")  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
-        from kerasllm_widget.checkpoints.presets import load_checkpoint
-
         ckpt = load_checkpoint(preset)
         try:
-            return backbone_from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
+            return cls.from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
         finally:
             ckpt.close()
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, dtype=None, load_weights: bool = True, progress: bool = True
+    ) -> Llama3Backbone:
+        """Builds the backbone a `Checkpoint` describes and loads its weights into it.
+
+        The model runs the checkpoint package's two converters (config, then weights) on itself:
+        `kerasllm_widget.checkpoints` never imports a model class, so the dependency points one
+        way, models -> checkpoints (keras_hub's converters are likewise handed what they fill).
+
+        Example:
+            >>> backbone = Llama3Backbone.from_checkpoint(load_checkpoint("smollm2-135m-instruct"))  # doctest: +SKIP
+        """
+        dtype = resolve_dtype(dtype)
+        config = backbone_kwargs_from_hf_config(
+            checkpoint.config, source=f"{checkpoint.source}/config.json"
+        )
+        # Every weight is overwritten: no random numbers, no zeros, no memory until it is filled.
+        backbone = cls(**config, dtype=dtype, placeholder_weights=load_weights)
+        if load_weights:
+            load_backbone_weights(
+                backbone, checkpoint, progress=progress, release_placeholders=True
+            )
+        return backbone
 
     def get_config(self):
         return {
@@ -297,9 +329,7 @@ class Llama3Backbone(keras.Model):
             >>> [w.path for w in backbone.trainable_weights][:1]  # doctest: +SKIP
             ['llama3_backbone/transformer_layer_0/attention/query/lora_kernel_a']
         """
-        from kerasllm_widget.models.llama3_lora import enable_lora
-
-        return enable_lora(self, rank, target_names, lora_alpha=lora_alpha)
+        return llama3_lora.enable_lora(self, rank, target_names, lora_alpha=lora_alpha)
 
     def save_lora_weights(self, directory) -> None:
         """Writes the LoRA adapters as a PEFT folder (``adapter_config.json``,
@@ -308,9 +338,7 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone.save_lora_weights("my-adapter")  # doctest: +SKIP
         """
-        from kerasllm_widget.models.llama3_lora import save_lora_weights
-
-        save_lora_weights(self, directory)
+        llama3_lora.save_lora_weights(self, directory)
 
     def load_lora_weights(self, directory) -> None:
         """Loads adapters saved by `save_lora_weights` (enabling LoRA first if needed).
@@ -318,9 +346,7 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone.load_lora_weights("my-adapter")  # doctest: +SKIP
         """
-        from kerasllm_widget.models.llama3_lora import load_lora_weights
-
-        load_lora_weights(self, directory)
+        llama3_lora.load_lora_weights(self, directory)
 
     def merge_lora_weights(self) -> None:
         """Folds the adapters into the base kernels (same outputs; LoRA restarts from zero).
@@ -328,9 +354,7 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone.merge_lora_weights()  # doctest: +SKIP
         """
-        from kerasllm_widget.models.llama3_lora import merge_lora_weights
-
-        merge_lora_weights(self)
+        llama3_lora.merge_lora_weights(self)
 
     @staticmethod
     def get_layout_map(
@@ -349,8 +373,6 @@ class Llama3Backbone(keras.Model):
             >>> distribution = keras.distribution.ModelParallel(
             ...     layout_map=Llama3Backbone.get_layout_map(mesh), batch_dim_name="batch")  # doctest: +SKIP
         """
-        from kerasllm_widget.distribution import llama3_layout_map
-
         return llama3_layout_map(
             device_mesh, model_parallel_dim_name, data_parallel_dim_name, shard_weights_over_batch
         )
@@ -361,6 +383,4 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone.save_to_preset("my-backbone")  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.export import export_preset
-
         export_preset(self, preset_dir, dtype=dtype, max_shard_size=max_shard_size)

@@ -6,7 +6,24 @@ from typing import Any
 
 import keras
 
+from kerasllm_widget.checkpoints.export import export_preset
+from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.checkpoints.upload import check_upload, upload_preset
+from kerasllm_widget.generation import api as generation_api
+from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.samplers import get_sampler
 from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
+from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
+from kerasllm_widget.training.defaults import compile_arguments
+from kerasllm_widget.training.trainer import prepare_inputs, prepare_validation_data
+from kerasllm_widget.training.turns import forget_generation_cache, model_turns
+
+# This task model is the one module of `models` that calls up, into `generation` and `training`:
+# keras_hub's API puts `generate`, `stream` and `fit` on the model, so the model delegates to the
+# layers that run it. Nothing in those layers (or below) imports this module back, so no cycle
+# goes through it: pyproject.toml's import-linter contracts allow exactly these imports and
+# forbid any import of this module from below.
 
 
 def _device_description() -> str:
@@ -96,16 +113,11 @@ class Llama3CausalLM(keras.Model):
             >>> model = Llama3CausalLM.from_preset("hf://meta-llama/Llama-3.2-1B-Instruct",
             ...                                    dtype="bfloat16")  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
-        from kerasllm_widget.checkpoints.presets import load_checkpoint
-        from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
-        from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
-
         ckpt = load_checkpoint(preset)
         try:
             # The tokenizer first: it is cheap and fails fast on a broken tokenizer file.
             tokenizer = Llama3Tokenizer.from_checkpoint(ckpt)
-            backbone = backbone_from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
+            backbone = Llama3Backbone.from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
         finally:
             ckpt.close()
         preprocessor = Llama3CausalLMPreprocessor(tokenizer, **kwargs)
@@ -131,10 +143,6 @@ class Llama3CausalLM(keras.Model):
         backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
         preprocessor = config.pop("preprocessor", None)
         if preprocessor is not None:
-            from kerasllm_widget.models.llama3_causal_lm_preprocessor import (
-                Llama3CausalLMPreprocessor,
-            )
-
             preprocessor = Llama3CausalLMPreprocessor.from_config(preprocessor)
         config.pop("dtype", None)  # the model takes its dtype policy from the backbone
         return cls(backbone, preprocessor, **config)
@@ -153,8 +161,6 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4))  # doctest: +SKIP
         """
-        from kerasllm_widget.training.defaults import compile_arguments
-
         if sampler is not None:
             self.sampler = sampler
         super().compile(**compile_arguments(optimizer, loss, weighted_metrics), **kwargs)
@@ -191,9 +197,6 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.fit(["The sky is blue.", "Grass is green."], batch_size=2, epochs=3)  # doctest: +SKIP
         """
-        from kerasllm_widget.training.trainer import prepare_inputs, prepare_validation_data
-        from kerasllm_widget.training.turns import forget_generation_cache, model_turns
-
         self._compile_if_needed()
         validation_data = prepare_validation_data(self, validation_data, batch_size)
         x, y, batch_size, sample_weight = prepare_inputs(
@@ -219,8 +222,6 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.evaluate(["The sky is blue."], return_dict=True)["loss"]  # doctest: +SKIP
         """
-        from kerasllm_widget.training.trainer import prepare_inputs
-
         self._compile_if_needed()
         x, y, batch_size, sample_weight = prepare_inputs(self, x, y, batch_size, sample_weight)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
@@ -233,8 +234,6 @@ class Llama3CausalLM(keras.Model):
             >>> model.predict(["Hello", "Hi!"]).shape  # doctest: +SKIP
             (2, 16, 128256)
         """
-        from kerasllm_widget.training.trainer import prepare_inputs
-
         x, _, batch_size, _ = prepare_inputs(self, x, None, batch_size, for_predict=True)
         return super().predict(x, batch_size=batch_size, **kwargs)
 
@@ -248,8 +247,6 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.save_to_preset("my-llama")  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.export import export_preset
-
         export_preset(
             self.backbone,
             preset_dir,
@@ -276,8 +273,6 @@ class Llama3CausalLM(keras.Model):
         """
         import tempfile
 
-        from kerasllm_widget.checkpoints.upload import check_upload, upload_preset
-
         check_upload(uri, token)  # fail before writing gigabytes when the upload cannot happen
         with tempfile.TemporaryDirectory(prefix="kerasllm-upload-") as folder:
             self.save_to_preset(folder, dtype=dtype)
@@ -294,15 +289,10 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.sampler = "top_k"  # doctest: +SKIP
         """
-        from kerasllm_widget.generation.engine import engine_for
-
         return engine_for(self).sampler
 
     @sampler.setter
     def sampler(self, sampler) -> None:
-        from kerasllm_widget.generation.engine import engine_for
-        from kerasllm_widget.generation.samplers import get_sampler
-
         engine_for(self).sampler = get_sampler(sampler)
 
     def stream(self, prompt, **options):
@@ -317,9 +307,7 @@ class Llama3CausalLM(keras.Model):
             >>> for event in model.stream("Hi there!", max_new_tokens=16):  # doctest: +SKIP
             ...     print(getattr(event, "text", ""), end="")
         """
-        from kerasllm_widget.generation.api import stream
-
-        return stream(self, prompt, **options)
+        return generation_api.stream(self, prompt, **options)
 
     def generate(self, inputs, max_new_tokens=None, max_length=None, sampler=None, **options):
         """keras_hub's ``generate``: a string, a list of strings (batched) or preprocessed
@@ -330,9 +318,7 @@ class Llama3CausalLM(keras.Model):
         Example:
             >>> model.generate("Hi there!", max_new_tokens=16)  # doctest: +SKIP
         """
-        from kerasllm_widget.generation.api import generate
-
-        return generate(
+        return generation_api.generate(
             self,
             inputs,
             max_new_tokens=max_new_tokens,

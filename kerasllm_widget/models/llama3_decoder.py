@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from kerasllm_widget.kernels.products import dense_product, for_rows, product
@@ -39,8 +40,14 @@ class Llama3TransformerDecoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.inverse_frequencies = np.asarray(inverse_frequencies, dtype="float32")
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         policy = self.dtype_policy
         self.attention_norm = RMSNormalization(layer_norm_epsilon, dtype=policy, name="attn_norm")
         self.attention = Llama3Attention(
@@ -129,6 +136,12 @@ class Llama3TransformerDecoder(keras.layers.Layer):
             **super().get_config(),
             "hidden_dim": self.hidden_dim,
             "intermediate_dim": self.intermediate_dim,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "inverse_frequencies": [float(f) for f in self.inverse_frequencies],
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "attention_bias": self.attention_bias,
             "mlp_bias": self.mlp_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }

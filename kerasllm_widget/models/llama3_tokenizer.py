@@ -16,20 +16,20 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from kerasllm_widget.chat.template import (
+from kerasllm_widget.checkpoints.checkpoint import Checkpoint, path_exists, read_text_file
+from kerasllm_widget.checkpoints.errors import PresetError
+from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.models.chat_template import (
+    LLAMA3_CHAT_TEMPLATE,
     ChatTemplateError,
     render_chat_template,
     select_chat_template,
 )
-from kerasllm_widget.checkpoints.checkpoint import path_exists, read_text_file
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kerasllm_widget.checkpoints.checkpoint import Checkpoint
 
 __all__ = ["Llama3Tokenizer"]
 
@@ -214,8 +214,6 @@ class Llama3Tokenizer:
         Example:
             >>> tokenizer = Llama3Tokenizer.from_checkpoint(load_checkpoint("smollm2-135m-instruct"))  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.errors import PresetError
-
         if not checkpoint.tokenizer_json:
             raise PresetError(
                 f"{checkpoint.name}: the checkpoint has no tokenizer (tokenizer.json missing in "
@@ -259,8 +257,6 @@ class Llama3Tokenizer:
         Example:
             >>> tokenizer = Llama3Tokenizer.from_preset("smollm2-135m-instruct")  # doctest: +SKIP
         """
-        from kerasllm_widget.checkpoints.presets import load_checkpoint
-
         # The tokenizer needs no weights: ask the loader not to open them where it can.
         options = {}
         if "load_tensors" in inspect.signature(load_checkpoint).parameters:
@@ -561,6 +557,17 @@ class Llama3Tokenizer:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     # ----------------------------------------------------------------- chat
+    @property
+    def effective_chat_template(self) -> str:
+        """The template `apply_chat_template` renders with: the checkpoint's own, or the Llama 3
+        Instruct template when it has none (what `save_to_preset` of a model writes out).
+
+        Example:
+            >>> tokenizer.effective_chat_template.startswith("{%")  # doctest: +SKIP
+            True
+        """
+        return LLAMA3_CHAT_TEMPLATE if self.chat_template is None else self.chat_template
+
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],

@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
-# XLA on CPU adopts a host buffer aligned to 64 bytes instead of copying it.
-HOST_ALIGNMENT = 64
+from kerasllm_widget.checkpoints.checkpoint import aligned_empty
 
 
-def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary.
-
-    On JAX's CPU backend ``jax.device_put`` takes such an array as it is (no copy), so a weight
-    filled in one exists once, not twice, on its way into a model.
-
-    Example:
-        >>> aligned_empty((3, 5), "float32").ctypes.data % 64
-        0
-    """
-    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
-
-    dtype = np.dtype(dtype)
-    shape = tuple(int(dim) for dim in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + HOST_ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % HOST_ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
+@keras.saving.register_keras_serializable(package="kerasllm_widget")
 class PlaceholderInitializer(keras.initializers.Initializer):
     """Initial values for weights that a checkpoint overwrites before the model is used.
 

@@ -43,5 +43,17 @@ class ReversibleEmbedding(keras.layers.Embedding):
             return (*input_shape[:-1], self.input_dim)
         return super().compute_output_shape(input_shape)
 
+    # Keras' Embedding writes and reads only the variables it knows; the untied output projection
+    # goes after them (as in keras_hub), or a .keras file of a Llama 3.1 8B-style model loses it.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built and not self.tie_weights:
+            store[str(len(store))] = self.reverse_embeddings
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and not self.tie_weights:
+            self.reverse_embeddings.assign(store[str(len(store) - 1)])
+
     def get_config(self):
         return {**super().get_config(), "tie_weights": self.tie_weights}

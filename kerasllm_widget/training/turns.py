@@ -26,6 +26,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from kerasllm_widget.generation.engine import engine_for
+
 __all__ = ["ModelTurns", "forget_generation_cache", "model_turns"]
 
 
@@ -158,8 +160,6 @@ def forget_generation_cache(model: Any) -> None:
     Example:
         >>> forget_generation_cache(model)  # doctest: +SKIP
     """
-    from kerasllm_widget.generation.engine import engine_for
-
     clear = getattr(engine_for(model), "clear_cache", None)
     if clear is not None:
         clear()

@@ -13,6 +13,9 @@ the output and on any one string or list the template builds (``*``, ``+``, ``~`
 budget, ``{{ 'x' * 10**10 }}`` ate 22 GB and nested ``range(10**5)`` loops never ended; now both
 raise `ChatTemplateBudgetError` at once or at the deadline. The budgets are the ``RENDER_*``
 constants below (read at each render) or `render_chat_template`'s arguments.
+
+The template belongs to the tokenizer, as in transformers (`Llama3Tokenizer.apply_chat_template`),
+so it lives beside it in `models`; the chat and the preset export reach it through the tokenizer.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ _MAX_JSON_INDENT = 64  # real templates indent tools' JSON by 2 or 4
 _FIX = (
     "Use a simpler template, or give the tokenizer another one (`tokenizer.chat_template = ...` "
     "or `Llama3Tokenizer(..., chat_template=...)`); the budgets are the RENDER_* constants of "
-    "kerasllm_widget.chat.template."
+    "kerasllm_widget.models.chat_template."
 )
 
 
