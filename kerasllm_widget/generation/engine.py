@@ -226,7 +226,7 @@ def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alter
     token = sample_next_token(logits, key, plan, params, seen)
     logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     if num_alternatives:
-        alt_logprobs, alt_ids = top_k(logprobs, num_alternatives)
+        alt_logprobs, alt_ids = top_k(logprobs, num_alternatives, plan.kernels)
     else:
         batch = logits.shape[0]
         alt_logprobs = jnp.zeros((batch, 0), jnp.float32)
@@ -564,6 +564,11 @@ class GenerationEngine:
             self._ran = set()
         return self._jit_prefill, self._jit_decode
 
+    def _plan(self, sampler: Sampler) -> SamplerPlan:
+        """The sampler's static plan on this engine: whether the native kernel runs comes from
+        the inference layout (`fusion_plan`), decided once per model and device."""
+        return sampler.plan._replace(kernels=bool(self._fusion_plan[2]))
+
     def _key(self, kind, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
         """Which compiled program (``kind``: "prefill" or "decode") serves these shapes."""
         return (
@@ -670,8 +675,8 @@ class GenerationEngine:
             >>> engine.precompile(1024, Sampler(temperature=0.7, top_p=0.9))  # doctest: +SKIP
         """
         sampler = sampler or self.sampler
-        plan, params = sampler.plan, sampler.params()
         self._compiled()
+        plan, params = self._plan(sampler), sampler.params()
         cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
         decode_key = self._key("decode", batch, cache_length, 1, plan, num_alternatives, 8)
         prefill_keys = {
@@ -943,7 +948,7 @@ class GenerationEngine:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         key = jax.random.key(seed)
-        plan, params = sampler.plan, sampler.params()
+        plan, params = self._plan(sampler), sampler.params()
         timings.prompt_tokens = longest
         timings.prefilled_tokens = length
 
