@@ -248,7 +248,7 @@ def test_a_16_bit_embedding_is_gathered_without_copying_the_table():
     of it out of a loop as a copy of the whole table: a decode loop must do neither."""
     import keras
 
-    from kerasllm_widget.generation.engine import _embed
+    from kerasllm_widget.models.llama3_forward import embed as _embed
 
     vocabulary, width = 4096, 96
     embedding = keras.layers.Embedding(vocabulary, width, dtype="bfloat16")

@@ -18,6 +18,7 @@ from kerasllm_widget.generation.samplers import (
     get_sampler,
     sample_next_token,
 )
+from kerasllm_widget.kernels import products
 
 # Probabilities 0.4, 0.25, 0.15, 0.1, 0.06, 0.04 over a 6-token vocabulary (plus 200 tokens of ~0).
 PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
@@ -26,12 +27,12 @@ DRAWS = 4000
 
 
 def frequencies(sampler: Sampler, logits=LOGITS, seed=0) -> np.ndarray:
-    """How often each token is drawn over DRAWS rows sampled in one call."""
+    """How often each token is drawn over DRAWS rows sampled in one call, with the native
+    kernel's candidate paths where it builds (as the engine's CPU programs run them)."""
     batch = jnp.broadcast_to(jnp.asarray(logits), (DRAWS, logits.shape[-1]))
     draw = jax.jit(sample_next_token, static_argnames="plan")
-    tokens = np.asarray(
-        draw(batch, jax.random.key(seed), plan=sampler.plan, params=sampler.params())
-    )
+    plan = sampler.plan._replace(kernels=products.enabled())
+    tokens = np.asarray(draw(batch, jax.random.key(seed), plan=plan, params=sampler.params()))
     return np.bincount(tokens, minlength=logits.shape[-1]) / DRAWS
 
 

@@ -50,9 +50,7 @@ from kerasllm_widget.generation.samplers import (
     top_k,
 )
 from kerasllm_widget.generation.stopping import stop_token_ids_of
-from kerasllm_widget.kernels import cpu
-from kerasllm_widget.kernels.products import QuantizedKernel, product
-from kerasllm_widget.models.rotary_embedding import rotary_tables
+from kerasllm_widget.models import llama3_forward
 
 __all__ = [
     "DecodeState",
@@ -177,70 +175,30 @@ _phase = _Phase()
 # These run under `jax.jit`; `model` is bound with functools.partial and static.
 
 
-def _forward(model, variables, weights, token_ids, positions, attention_mask, cache, cache_index):
-    """Hidden states ``[B, T, D]`` and the updated cache, with `weights` (``(values, fused)``)
-    standing in for the model's variables (so they are jit arguments, not constants).
-
-    The backbone's stack, with the inference-only layouts of `fused_weights` and the RoPE
-    tables computed once for every layer."""
-    values, fused = weights
-    backbone = model.backbone
+def _forward(
+    model, variables, weights, token_ids, positions, attention_mask, cache, cache_index, hooks=None
+):
+    """Hidden states ``[B, T, D]`` and the updated cache: the model's one forward
+    (`llama3_forward.forward`) with `weights` (``(values, layout)``) standing in for the model's
+    variables, so they are jit arguments, not constants, and the engine's inference layout."""
+    values, layout = weights
     with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-        x = _embed(backbone.token_embedding, token_ids, fused.kernels)
-        rope = rotary_tables(positions, backbone.inverse_frequencies)
-        new_cache = []
-        for i, layer in enumerate(backbone.transformer_layers):
-            x, layer_cache, _ = layer(
-                x,
-                positions=positions,
-                attention_mask=attention_mask,
-                cache=cache[i],
-                cache_index=cache_index,
-                rope=rope,
-                fused=fused.layers[i],
-                kernels=fused.kernels,
-            )
-            new_cache.append(layer_cache)
-        hidden = backbone.layer_norm(x)
-    return hidden, new_cache
+        return llama3_forward.forward(
+            model.backbone,
+            token_ids,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=cache,
+            cache_index=cache_index,
+            layout=layout,
+            hooks=hooks,
+        )
 
 
-def _embed(embedding, token_ids, kernels: bool = False):
-    """The token embedding lookup. A 16-bit table is never widened: XLA on a CPU converts a
-    bfloat16 gather's whole operand to float32, and a bit-cast to integers is hoisted out of the
-    decode loop as a copy of the whole table (113 MB / 56 MB for SmolLM2, once per decode call),
-    so with the CPU kernel the rows are copied by it (`cpu.take_rows`) and otherwise gathered as
-    16-bit integers. Quantized or LoRA tables keep the layer's call."""
-    if getattr(embedding, "quantization_mode", None) or getattr(embedding, "lora_enabled", False):
-        return embedding(token_ids)
-    table = keras.ops.convert_to_tensor(embedding.embeddings)
-    ids = token_ids.astype(jnp.int32)
-    if kernels:
-        return cpu.take_rows(table, ids).astype(embedding.compute_dtype)
-    if table.dtype.itemsize != 2:
-        return jnp.take(table, ids, axis=0).astype(embedding.compute_dtype)
-    rows = jnp.take(jax.lax.bitcast_convert_type(table, jnp.uint16), ids, axis=0)
-    return jax.lax.bitcast_convert_type(rows, table.dtype).astype(embedding.compute_dtype)
-
-
-def _logits(model, variables, weights, hidden):
-    values, fused = weights
-    embedding = model.backbone.token_embedding
-    if fused.lm_head is not None:  # [hidden, vocabulary], or an int8 [vocabulary, hidden] copy
-        quantized = isinstance(fused.lm_head, QuantizedKernel)
-        hidden = hidden.astype(jnp.float32 if quantized else fused.lm_head.dtype)
-        logits = product(hidden, fused.lm_head, kernels=fused.kernels)
-    elif fused.kernels and getattr(embedding, "quantization_mode", None) is None:
-        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-            # The [vocabulary, hidden] table read in place (tied) or [hidden, vocabulary].
-            tied = embedding.tie_weights
-            table = embedding.embeddings if tied else embedding.reverse_embeddings
-            hidden = hidden.astype(embedding.compute_dtype)
-            logits = product(hidden, table, transposed=tied, kernels=True)
-    else:
-        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-            logits = model.backbone.token_embedding(hidden, reverse=True)
-    return logits.astype(jnp.float32)
+def _logits(model, variables, weights, hidden, hooks=None):
+    values, layout = weights
+    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+        return llama3_forward.logits(model.backbone, hidden, layout, hooks)
 
 
 def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alternatives: int):
@@ -250,7 +208,7 @@ def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alter
     token = sample_next_token(logits, key, plan, params, seen)
     logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     if num_alternatives:
-        alt_logprobs, alt_ids = top_k(logprobs, num_alternatives)
+        alt_logprobs, alt_ids = top_k(logprobs, num_alternatives, plan.kernels)
     else:
         batch = logits.shape[0]
         alt_logprobs = jnp.zeros((batch, 0), jnp.float32)
@@ -608,6 +566,11 @@ class GenerationEngine:
             self._executables[key] = program
             return True
 
+    def _plan(self, sampler: Sampler) -> SamplerPlan:
+        """The sampler's static plan on this engine: whether the native kernel runs comes from
+        the inference layout (`fusion_plan`), decided once per model and device."""
+        return sampler.plan._replace(kernels=bool(self._fusion_plan[2]))
+
     def _key(self, kind, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
         """Which compiled program (``kind``: "prefill" or "decode") serves these shapes."""
         return (
@@ -717,7 +680,8 @@ class GenerationEngine:
             >>> engine.precompile(1024, Sampler(temperature=0.7, top_p=0.9))  # doctest: +SKIP
         """
         sampler = sampler or self.sampler
-        plan, params = sampler.plan, sampler.params()
+        self._compiled()
+        plan, params = self._plan(sampler), sampler.params()
         if stop_count is None:
             stop_count = len(stop_token_ids_of(getattr(self.model, "tokenizer", None)))
         slots = stop_slots(stop_count)
@@ -1003,7 +967,7 @@ class GenerationEngine:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         key = jax.random.key(seed)
-        plan, params = sampler.plan, sampler.params()
+        plan, params = self._plan(sampler), sampler.params()
         timings.prompt_tokens = longest
         timings.prefilled_tokens = length
 

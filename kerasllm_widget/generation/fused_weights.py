@@ -39,7 +39,7 @@ from keras import ops
 
 from kerasllm_widget.kernels import products
 from kerasllm_widget.kernels.products import QuantizedKernel, plain_dense
-from kerasllm_widget.models.llama3_attention import TransposedAttentionKernels
+from kerasllm_widget.models.llama3_forward import TransposedAttentionKernels
 
 __all__ = [
     "FusedWeights",

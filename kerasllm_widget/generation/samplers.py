@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kerasllm_widget.generation import settings
-from kerasllm_widget.kernels import cpu, products
+from kerasllm_widget.kernels import cpu
 
 __all__ = [
     "Sampler",
@@ -43,11 +43,11 @@ _TOP_K_WIDTH = 64
 _NUCLEUS_WIDTH = 1024
 
 
-def top_k(x, k: int):
-    """`jax.lax.top_k` along the last axis; through the CPU kernel where the engine's programs
-    use it (XLA on a CPU sorts the vocabulary: about 12 ms per token for k = 64 over 49,152
-    logits, against well under a millisecond)."""
-    if products.enabled():
+def top_k(x, k: int, kernels: bool = False):
+    """`jax.lax.top_k` along the last axis; through the CPU kernel with ``kernels`` (the
+    engine's programs on a CPU: XLA there sorts the vocabulary, about 12 ms per token for k = 64
+    over 49,152 logits, against well under a millisecond)."""
+    if kernels:
         return cpu.top_k(x, k)
     return jax.lax.top_k(x, k)
 
@@ -57,10 +57,13 @@ class SamplerPlan(NamedTuple):
 
     ``mode`` is "greedy"; "narrow" (top-k of at most 64: everything, top-p included, is done on
     the top 64 logits); "full" (temperature and min-p over the whole vocabulary, no sort); or
-    "sorted" (top-p without a narrow top-k: one sort of the vocabulary).
+    "sorted" (top-p without a narrow top-k: one sort of the vocabulary). ``kernels``: the
+    program runs on a CPU with the native kernel (top-k without a sort); the engine sets it from
+    its inference layout, the one switch for native code.
     """
 
     mode: str
+    kernels: bool = False
 
 
 class SamplerParams(NamedTuple):
@@ -86,7 +89,7 @@ class Sampler:
     Example:
         >>> sampler = Sampler(temperature=0.7, top_p=0.9, seed=0)
         >>> sampler.plan
-        SamplerPlan(mode='sorted')
+        SamplerPlan(mode='sorted', kernels=False)
     """
 
     temperature: float = 1.0
@@ -268,11 +271,11 @@ def _draw_among(key, values, ids, keep=None):
     return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
 
 
-def _sample_narrow(logits, key, params: SamplerParams):
+def _sample_narrow(logits, key, params: SamplerParams, kernels: bool):
     """top-k <= 64: the 64 best logits (a top-k, no sort of the vocabulary) are enough for
     top-k, min-p and top-p alike, exactly."""
     width = min(_TOP_K_WIDTH, logits.shape[-1])
-    values, ids = top_k(logits, width)
+    values, ids = top_k(logits, width, kernels)
     return _draw_among(key, values, ids, _nucleus_mask(values, params))
 
 
@@ -282,7 +285,7 @@ def _sample_fully_sorted(logits, key, params: SamplerParams):
     return _draw_among(key, values, order, _nucleus_mask(values, params))
 
 
-def _sample_sorted(logits, key, params: SamplerParams):
+def _sample_sorted(logits, key, params: SamplerParams, kernels: bool):
     """top-p (or a top-k above 64), exactly, on a CPU mostly without sorting the vocabulary.
 
     The best `_NUCLEUS_WIDTH` tokens decide the draw whenever every token outside them is
@@ -292,9 +295,9 @@ def _sample_sorted(logits, key, params: SamplerParams):
     it always was (`lax.cond`: only the branch taken runs)."""
     vocabulary = logits.shape[-1]
     width = min(_NUCLEUS_WIDTH, vocabulary)
-    if width == vocabulary or not products.enabled():  # an accelerator sorts quickly
+    if width == vocabulary or not kernels:  # an accelerator sorts quickly
         return _sample_fully_sorted(logits, key, params)
-    values, ids = top_k(logits, width)
+    values, ids = top_k(logits, width, kernels)
     floor = values[..., :1] + jnp.log(jnp.maximum(params.min_p, 1e-30))  # min-p
     ranks = jnp.arange(width)
     keep = (values >= floor) & jnp.where(params.top_k > 0, ranks < params.top_k, True)
@@ -317,7 +320,7 @@ def _sample_sorted(logits, key, params: SamplerParams):
     )
 
 
-def _sample_full(logits, key, params: SamplerParams):
+def _sample_full(logits, key, params: SamplerParams, kernels: bool):
     """Temperature and min-p only: over the whole vocabulary, no sort.
 
     On a CPU a draw over the whole vocabulary (a random number per token: about 2 ms for
@@ -329,9 +332,9 @@ def _sample_full(logits, key, params: SamplerParams):
     keep = logits >= best + jnp.log(jnp.maximum(params.min_p, 1e-30))
     masked = jnp.where(keep, logits, -jnp.inf)
     vocabulary = logits.shape[-1]
-    if vocabulary <= _TOP_K_WIDTH or not products.enabled():
+    if vocabulary <= _TOP_K_WIDTH or not kernels:
         return jax.random.categorical(key, masked)
-    values, ids = top_k(masked, _TOP_K_WIDTH)
+    values, ids = top_k(masked, _TOP_K_WIDTH, kernels)
     head_mass = jnp.exp(jax.nn.logsumexp(values, -1) - jax.nn.logsumexp(masked, -1))
     pick_key, head_key, tail_key = jax.random.split(key, 3)
     in_head = jax.random.uniform(pick_key, head_mass.shape) < head_mass
@@ -366,4 +369,4 @@ def sample_next_token(logits, key, plan: SamplerPlan, params: SamplerParams, see
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / params.temperature
     pick = {"narrow": _sample_narrow, "sorted": _sample_sorted, "full": _sample_full}[plan.mode]
-    return pick(logits, key, params).astype(jnp.int32)
+    return pick(logits, key, params, plan.kernels).astype(jnp.int32)

@@ -24,7 +24,6 @@ zooms in and asks for a region of them.
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import keras
@@ -40,11 +39,11 @@ from kerasllm_widget.models.llama3_backbone import (
     causal_attention_mask,
     positions_from_padding_mask,
 )
+from kerasllm_widget.models.llama3_forward import explicit_probabilities
 from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
 
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CHUNK = 256  # query rows per chunk of a block (bucket lengths past 256 are multiples of it)
-_MASK_VALUE = -1e9  # as the model's explicit path: a fully masked row stays finite
 _CODE_LEVELS = 255  # the views' maps: 8-bit square-root codes (see quantization.py)
 # The most cells a side of the map a view is first sent: about the heatmap's pixels (440 CSS px).
 OVERVIEW_CELLS = 512
@@ -162,13 +161,11 @@ class LayerRunner:
     def _head_probabilities(self, query, key, allowed, head):
         """One head's ``[T, T]`` probabilities of batch row 0, as the model's explicit path
         computes them (scores cast to float32, then scaled; masked keys exactly zero)."""
-        import jax.numpy as jnp
+        import jax
 
-        q = jnp.take(query[0], head, axis=1)
-        k = jnp.take(key[0], head // self._groups, axis=1)
-        scores = (q @ k.T).astype(jnp.float32) * (1.0 / math.sqrt(q.shape[-1]))
-        probabilities = _softmax(jnp.where(allowed, scores, _MASK_VALUE))
-        return jnp.where(allowed, probabilities, 0.0)
+        q = jax.lax.dynamic_slice_in_dim(query[:1], head, 1, axis=2)
+        k = jax.lax.dynamic_slice_in_dim(key[:1], head // self._groups, 1, axis=2)
+        return explicit_probabilities(q, k, allowed[None], kv_heads=1)[0, 0]
 
     def _rows_of(self, values, x, positions, attention_mask, length, head_fn):
         """``head_fn(probabilities_of)`` under block ``values``, with rows past ``length`` zeroed."""
@@ -319,13 +316,6 @@ class LayerRunner:
             self._values(index), x, positions, attention_mask, np.int32(length), block=block
         )
         return np.ascontiguousarray(np.asarray(result, dtype=np.float32)[:, :side, :side])
-
-
-def _softmax(scores):
-    import jax.numpy as jnp
-
-    shifted = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 class InspectionPass:

@@ -18,6 +18,7 @@ from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.distribution import llama3_layout_map
 from kerasllm_widget.models import llama3_lora
 from kerasllm_widget.models.llama3_decoder import Llama3TransformerDecoder
+from kerasllm_widget.models.llama3_forward import Hooks, forward
 from kerasllm_widget.models.placeholder_initializer import PlaceholderInitializer
 from kerasllm_widget.models.reversible_embedding import ReversibleEmbedding
 from kerasllm_widget.models.rms_normalization import RMSNormalization
@@ -206,7 +207,8 @@ class Llama3Backbone(keras.Model):
         cache_index=None,
         attention_layers=(),
     ):
-        """The whole stack, with the knobs generation and inspection need.
+        """The whole stack (`llama3_forward.forward` over this backbone's weights), with the
+        knobs generation and inspection need.
 
         Args:
             token_ids: ``[B, T]`` ints.
@@ -227,28 +229,21 @@ class Llama3Backbone(keras.Model):
             positions = positions_from_padding_mask(padding_mask)
         if attention_mask is None:
             attention_mask = causal_attention_mask(padding_mask)
-        x = self.token_embedding(token_ids)
-        new_cache = [] if cache is not None else None
-        probabilities = {}
-        for i, layer in enumerate(self.transformer_layers):
-            x, layer_cache, probs = layer(
-                x,
-                positions=positions,
-                attention_mask=attention_mask,
-                cache=None if cache is None else cache[i],
-                cache_index=cache_index,
-                return_probabilities=i in attention_layers,
-            )
-            if new_cache is not None:
-                new_cache.append(layer_cache)
-            if probs is not None:
-                probabilities[i] = probs
-        return self.layer_norm(x), new_cache, probabilities
-
-    if keras.backend.backend() != "torch":
-        # `forward` is the name the engine and inspectors call. On torch it must stay
-        # torch.nn.Module.forward: Keras' torch backend runs every layer call through it.
-        forward = forward_stack
+        names = [f"layers.{i}.attention.probs" for i in attention_layers]
+        hooks = Hooks(capture=names)
+        hidden, new_cache = forward(
+            self,
+            token_ids,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=cache,
+            cache_index=cache_index,
+            hooks=hooks,
+        )
+        probabilities = {
+            i: hooks.captured[name] for i, name in zip(attention_layers, names, strict=True)
+        }
+        return hidden, new_cache, probabilities
 
     def init_cache(self, batch_size: int, length: int, dtype=None):
         """Zeroed key/value cache: a list of ``(keys, values)`` ``[B, length, kv_heads, head_dim]``."""

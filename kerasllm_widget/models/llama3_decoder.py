@@ -1,14 +1,15 @@
-"""One Llama transformer block: pre-norm attention and a SwiGLU feed-forward network."""
+"""One Llama transformer block: pre-norm attention and a SwiGLU feed-forward network (the
+weights; the arithmetic is `kerasllm_widget.models.llama3_forward.decoder_block`)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import ops
 
-from kerasllm_widget.kernels.products import dense_product, for_rows, product
 from kerasllm_widget.models.llama3_attention import Llama3Attention
+from kerasllm_widget.models.llama3_forward import Hooks, decoder_block
 from kerasllm_widget.models.rms_normalization import RMSNormalization
+from kerasllm_widget.models.rotary_embedding import rotary_tables
 
 
 class Llama3TransformerDecoder(keras.layers.Layer):
@@ -93,43 +94,19 @@ class Llama3TransformerDecoder(keras.layers.Layer):
         cache=None,
         cache_index=None,
         return_probabilities: bool = False,
-        rope=None,
-        fused=None,
-        kernels: bool = False,
     ):
-        """Returns ``(output, new_cache, attention_probabilities_or_None)``.
-
-        ``rope``: shared RoPE tables (see `Llama3Attention.call`). ``fused``: kernels the engine
-        derives for inference, ``{"qkv": ..., "gate_up": ..., "down": ...}`` (any may be absent; see
-        `kerasllm_widget.generation.fused_weights`). ``kernels``: the engine's programs on a CPU
-        send decode-sized products to the CPU kernel (`kerasllm_widget.kernels.products`).
-        """
-        fused = for_rows(fused or {}, x, kernels)
-        attended, cache, probabilities = self.attention(
-            self.attention_norm(x),
-            positions=positions,
+        """Returns ``(output, new_cache, attention_probabilities_or_None)``."""
+        hooks = Hooks(capture=["layers.0.attention.probs"] if return_probabilities else ())
+        output, cache = decoder_block(
+            self,
+            x,
+            rope=rotary_tables(positions, self.attention.inverse_frequencies),
             attention_mask=attention_mask,
             cache=cache,
             cache_index=cache_index,
-            return_probabilities=return_probabilities,
-            rope=rope,
-            fused_qkv=fused.get("qkv"),
-            kernels=kernels,
+            hooks=hooks,
         )
-        x = x + attended
-        h = self.feedforward_norm(x)
-        if "gate_up" in fused:
-            gate_up = product(h, fused["gate_up"], kernels=kernels)
-            gate, up = gate_up[..., : self.intermediate_dim], gate_up[..., self.intermediate_dim :]
-        else:
-            gate = dense_product(self.feedforward_gate_dense, h, kernels=kernels)
-            up = dense_product(self.feedforward_intermediate_dense, h, kernels=kernels)
-        hidden = ops.silu(gate) * up
-        if "down" in fused:
-            down = product(hidden, fused["down"], kernels=kernels)
-        else:
-            down = dense_product(self.feedforward_output_dense, hidden, kernels=kernels)
-        return x + down, cache, probabilities
+        return output, cache, hooks.captured.get("layers.0.attention.probs")
 
     def get_config(self):
         return {

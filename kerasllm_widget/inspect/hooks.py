@@ -1,0 +1,219 @@
+"""Captures and edits at the model's hook points, by name: ``run_with_cache`` returns what the
+forward computed at each point, ``run_with_hooks`` replaces values on the way. Both run the
+model's one forward (`kerasllm_widget.models.llama3_forward`), compiled once per set of names,
+edit functions and input shape; an edit's parameters (``Edit(fn, params)``) are traced, so a new
+strength, vector or mask recompiles nothing.
+
+Example:
+    >>> logits, cache = run_with_cache(model, ids, names=["layers.*.residual_out"])  # doctest: +SKIP
+    >>> cache["layers.3.residual_out"].shape  # doctest: +SKIP
+    (1, 12, 576)
+    >>> zero_mlp = {"layers.2.mlp.out": lambda v: v * 0}
+    >>> patched = run_with_hooks(model, ids, edits=zero_mlp)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import keras
+import numpy as np
+
+from kerasllm_widget.generation import settings
+from kerasllm_widget.models import llama3_forward
+from kerasllm_widget.models.llama3_forward import Hooks, expand_hook_names, hook_point_names
+
+__all__ = ["Edit", "compilations", "hook_points", "run_with_cache", "run_with_hooks"]
+
+
+class Edit(NamedTuple):
+    """An edit whose numbers are traced: ``fn(value, params) -> value`` with ``params`` a pytree
+    of arrays. The same ``fn`` with new ``params`` reuses the compiled program.
+
+    Example:
+        >>> scale = Edit(lambda value, s: value * s, np.float32(0.5))
+        >>> float(scale.fn(np.float32(2.0), scale.params))
+        1.0
+    """
+
+    fn: Callable[[Any, Any], Any]
+    params: Any
+
+
+def hook_points(model) -> list[str]:
+    """Every hook point name of ``model``, in forward order.
+
+    Example:
+        >>> hook_points(model)[:2]  # doctest: +SKIP
+        ['embed', 'layers.0.residual_in']
+    """
+    return hook_point_names(_backbone(model).num_layers)
+
+
+def run_with_cache(model, token_ids, names: Iterable[str] | None = None):
+    """``(logits, cache)``: float32 logits ``[B, T, vocabulary]`` and a dict from each hook point
+    in ``names`` (default: all; ``*`` stands for any layer index) to a numpy array: ``[B, T, D]``
+    for states, ``[B, H, T, T]`` for ``layers.{i}.attention.probs``. ``token_ids`` may be 1-D
+    (one sequence, still returned with B = 1) or 2-D.
+
+    Example:
+        >>> logits, cache = run_with_cache(model, [1, 2, 3], names=["final_norm.out"])  # doctest: +SKIP
+    """
+    backbone = _backbone(model)
+    wanted = hook_point_names(backbone.num_layers) if names is None else names
+    return run_with_hooks(model, token_ids, edits=None, names=wanted)
+
+
+def run_with_hooks(
+    model,
+    token_ids,
+    edits: Mapping[str, Callable | Edit] | None = None,
+    names: Iterable[str] | None = None,
+):
+    """Logits ``[B, T, vocabulary]`` with ``edits`` applied (``{name: fn}``, ``fn(value) ->
+    value``, or ``{name: Edit(fn, params)}``; a name may use ``*`` for every layer), and, when
+    ``names`` are given, ``(logits, cache)`` as `run_with_cache` returns them.
+
+    Example:
+        >>> ablate = {"layers.*.attention.out": lambda v: v * 0}
+        >>> logits = run_with_hooks(model, [1, 2, 3], edits=ablate)  # doctest: +SKIP
+    """
+    backbone = _backbone(model)
+    ids = np.asarray(token_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(
+            f"token_ids has shape {tuple(np.shape(token_ids))}: pass one sequence [T] or a "
+            "batch [B, T] of token ids, at least one token long."
+        )
+    vocabulary = int(backbone.vocabulary_size)
+    flat = settings.check_token_ids(ids.reshape(-1), vocabulary, "token_ids")
+    ids = np.asarray(flat, np.int32).reshape(ids.shape)
+    capture = tuple(expand_hook_names(names, backbone.num_layers)) if names is not None else ()
+    static_edits, params = _split_edits(edits or {}, backbone.num_layers)
+    program = _program(model, capture, static_edits)
+    logits, captured = program(ids, params)
+    cache = {name: np.asarray(captured[name]) for name in capture}
+    logits = np.asarray(logits)
+    return (logits, cache) if names is not None else logits
+
+
+def compilations(model) -> int:
+    """How many programs `run_with_cache`/`run_with_hooks` have compiled for ``model``.
+
+    Example:
+        >>> compilations(model)  # doctest: +SKIP
+        2
+    """
+    table = _programs.get(model)
+    return 0 if table is None else table.traces
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+class _ModelPrograms:
+    def __init__(self):
+        self.programs: dict = {}
+        self.traces = 0
+
+
+_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _backbone(model):
+    return getattr(model, "backbone", model)
+
+
+def _split_edits(edits: Mapping[str, Callable | Edit], num_layers: int):
+    """``((name, fn, takes_params), ...)`` in forward order (static) and the params (traced)."""
+    static, params = [], []
+    for pattern, edit in edits.items():
+        if isinstance(edit, Edit):
+            fn, value, takes = edit.fn, edit.params, True
+        elif callable(edit):
+            fn, value, takes = edit, None, False
+        else:
+            raise TypeError(
+                f"edits[{pattern!r}] is a {type(edit).__name__}: give a function of the value, "
+                "or Edit(fn, params) for an edit whose numbers change between calls."
+            )
+        for name in expand_hook_names([pattern], num_layers):
+            static.append((name, fn, takes))
+            params.append(value)
+    return tuple(static), tuple(params)
+
+
+def _program(model, capture: tuple, edits: tuple):
+    """The forward for these captures and edit functions: jitted on JAX (the weights are
+    arguments, so training or LoRA never leave a stale program), eager elsewhere."""
+    key = (capture, edits)
+    variables = list(model.variables)
+    with _lock:
+        table = _programs.get(model)
+        if table is None:
+            table = _programs[model] = _ModelPrograms()
+        entry = table.programs.get(key)
+        # New variables (LoRA enabled, quantized) need a new program.
+        if entry is not None and len(entry[0]) == len(variables):
+            if all(a is b for a, b in zip(entry[0], variables, strict=True)):
+                return entry[1]
+    backbone = _backbone(model)
+
+    def run(values, ids, params):
+        if values is not None:  # runs once per trace: counts compilations
+            table.traces += 1
+        hooks = Hooks(
+            capture=capture,
+            edits={
+                name: (fn, value) if takes else fn
+                for (name, fn, takes), value in zip(edits, params, strict=True)
+            },
+        )
+        batch, length = ids.shape
+        positions = keras.ops.broadcast_to(keras.ops.arange(length)[None], (batch, length))
+        causal = keras.ops.arange(length)[:, None] >= keras.ops.arange(length)[None, :]
+        mask = keras.ops.broadcast_to(causal[None], (batch, length, length))
+
+        def body():
+            hidden, _ = llama3_forward.forward(
+                backbone, ids, positions=positions, attention_mask=mask, hooks=hooks
+            )
+            return llama3_forward.logits(backbone, hidden, hooks=hooks), dict(hooks.captured)
+
+        if values is None:
+            return body()
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return body()
+
+    if keras.backend.backend() == "jax":
+        jitted = jax.jit(run)
+
+        def program(ids, params):
+            return jitted([v.value for v in variables], ids, params)
+
+    else:
+
+        def program(ids, params):
+            with _no_grad():
+                return run(None, keras.ops.convert_to_tensor(ids), params)
+
+    with _lock:
+        table.programs[key] = (variables, program)
+    return program
+
+
+def _no_grad():
+    """No autograd graph on torch (it would keep every activation alive)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
