@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from kerasllm_widget import inspect
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 pytestmark = pytest.mark.reference
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.reference
 @pytest.fixture(scope="module")
 def ours(random_llama32_checkpoint):
     ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    return backbone_from_checkpoint(ckpt, progress=False)
+    return Llama3Backbone.from_checkpoint(ckpt, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_smollm2_states_match_the_reference(smollm2_gguf, smollm2_reference):
 
     ckpt = load_checkpoint(str(smollm2_gguf))
     try:
-        backbone = backbone_from_checkpoint(ckpt, progress=False)
+        backbone = Llama3Backbone.from_checkpoint(ckpt, progress=False)
     finally:
         ckpt.close()
     model, tokenizer = smollm2_reference
