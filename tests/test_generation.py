@@ -334,7 +334,7 @@ def test_context_full_on_a_short_context(random_llama32_checkpoint):
 
 
 def test_decode_calls_are_sized_by_the_measured_step_time():
-    from kerasllm_widget.generation.engine import DECODE_CALL_S, decode_call_tokens
+    from kerasllm_widget.generation.buckets import DECODE_CALL_S, decode_call_tokens
 
     # Doubling from one token until a step time is known, capped by the compiled chunk.
     assert [decode_call_tokens(None, n, 16) for n in (1, 2, 4, 8, 16)] == [2, 4, 8, 16, 16]
@@ -347,7 +347,7 @@ def test_decode_calls_are_sized_by_the_measured_step_time():
 
 
 def test_chat_turns_are_prefilled_in_short_or_long_chunks():
-    from kerasllm_widget.generation.engine import _prefill_chunks
+    from kerasllm_widget.generation.buckets import prefill_chunks as _prefill_chunks
 
     assert _prefill_chunks(21, start=63) == (32, 32)  # a short user turn: one chunk of 32
     assert _prefill_chunks(32, start=63) == (32, 32)
