@@ -540,6 +540,112 @@ def test_regenerate_and_edit_rewind_the_conversation(chat):
     assert chat.transcript == []
 
 
+def _broken_stream(*args, **kwargs):
+    yield from ()
+    raise RuntimeError("the device went away")
+
+
+def test_a_regenerate_or_edit_that_fails_leaves_the_history_as_it_was(chat, monkeypatch):
+    view = FrontEnd(chat)
+    chat.send("One").result(timeout=180)
+    chat.send("Two").result(timeout=180)
+    history, first = chat.history, chat.transcript[0]["id"]
+    monkeypatch.setattr("kerasllm_widget.chat.chat_state.stream_ids", _broken_stream)
+
+    with pytest.raises(RuntimeError, match="device went away"):
+        chat.regenerate().result(timeout=180)
+    _wait_for(lambda: _idle(chat), what="the failed regenerate")
+    assert chat.transcript[-1]["status"] == "error"  # the panel shows the failure
+    assert chat.history == history
+
+    edit = view.request("chat.edit", message_id=first, text="Uno")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.error", edit), what="the failed edit")
+    assert [(e["content"], e["status"]) for e in chat.transcript] == [
+        ("Uno", "sent"),
+        ("", "error"),
+    ]
+    assert chat.history == history
+
+    # Retried once the model works, the failed edit is answered in place of the turns it
+    # replaces: ChatState ends as the panel shows, not with "Uno" after the old turns.
+    monkeypatch.undo()
+    retry = view.request("chat.regenerate")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", retry), what="the retry")
+    assert chat.history == [
+        {"role": "user", "content": "Uno"},
+        {"role": "assistant", "content": chat.transcript[1]["content"]},
+    ]
+
+
+def test_a_regenerate_or_edit_stopped_before_it_starts_leaves_the_history_as_it_was(chat):
+    from kerasllm_widget.training.turns import model_turns
+    from kerasllm_widget.widgets.chat_widget import TRAINING_WAIT_MESSAGE
+
+    view = FrontEnd(chat)
+    chat.send("One").result(timeout=180)
+    chat.send("Two").result(timeout=180)
+    history, first = chat.history, chat.transcript[0]["id"]
+    turns = model_turns(chat.chat_state.model)
+    training, release = threading.Event(), threading.Event()
+
+    def fit():  # stands for a fit without a TrainingMonitor: replies wait for its end
+        with turns.training():
+            training.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    try:
+        assert training.wait(10)
+
+        def stop_while_waiting(kind: str, **fields) -> dict:
+            request_id = view.request(kind, **fields)
+            _wait_for(lambda: chat.status["message"] == TRAINING_WAIT_MESSAGE, what="the wait")
+            queued = view.request("chat.edit", message_id=first, text="Queued")
+            view.request("chat.cancel")  # stops the waiting one, drops the queued one
+            _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", request_id), what="Stop")
+            assert not view.of_kind("chat.done", queued)
+            return view.of_kind("chat.done", request_id)[0]
+
+        assert stop_while_waiting("chat.regenerate")["stop_reason"] == "cancelled"
+        assert chat.history == history
+        assert stop_while_waiting("chat.edit", message_id=first, text="Uno")["text"] == ""
+        assert chat.history == history
+        assert [e["content"] for e in chat.transcript] == ["Uno", ""]
+    finally:
+        release.set()
+        thread.join()
+
+    # After training, asking again answers the stopped edit in place of the turns it replaces.
+    retry = view.request("chat.regenerate")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", retry), what="the retry")
+    reply = chat.transcript[1]["content"]
+    assert chat.history == [{"role": "user", "content": "Uno"}] + (
+        [{"role": "assistant", "content": reply}] if reply else []
+    )
+
+
+def test_chat_state_index_counts_back_from_the_end_of_the_conversation():
+    from kerasllm_widget.widgets.chat_transcript import chat_state_index, entry
+
+    entries = [
+        entry("u1", "user", "One", "sent", "r1"),
+        entry("a1", "assistant", "Uno.", "done", "r1"),
+        entry("u2", "user", "Two", "sent", "r2"),
+        entry("a2", "assistant", "", "error", "r2"),  # failed: ChatState took no turn
+        entry("u3", "user", "Three", "sent", "r3"),
+        entry("a3", "assistant", "", "cancelled", "r3"),  # stopped at once: the user turn only
+        entry("u4", "user", "Four", "queued", "r4"),  # not answered yet
+    ]
+    # ChatState holds [One, Uno., Three].
+    assert [chat_state_index(entries, i, 3, {}) for i in (0, 2, 4, 6)] == [0, 2, 2, 3]
+    # The oldest turn dropped (the context overflowed), or older turns the panel never showed.
+    assert [chat_state_index(entries, i, 1, {}) for i in (0, 2)] == [0, 0]
+    assert chat_state_index(entries, 0, 7, {}) == 4
+    # A regenerate of "Two" that failed: ChatState kept the old turn (2 messages) in its place.
+    assert chat_state_index(entries, 2, 5, {"a2": 2}) == 2
+
+
 def test_settings_traitlets_reach_the_model(chat):
     chat.temperature, chat.seed = 1.0, 123
     first = chat.send("Hi").result(timeout=180)

@@ -5,6 +5,7 @@
 
 import type { AnyModel } from "@anywidget/types";
 import type { BufferLike } from "./codecs";
+import { envelope } from "./envelope";
 import { type InspectResponse, newInspectId, parseInspectResponse } from "./inspect_protocol";
 
 /** What the client needs of a widget model: anywidget's `send`, `on` and `off`. */
@@ -54,7 +55,7 @@ export class InspectClient {
         },
         reject,
       });
-      this.model.send({ kind, id, ...fields });
+      this.model.send(envelope(kind, id, fields));
     });
   }
 
@@ -70,7 +71,7 @@ export class InspectClient {
     if (onError) {
       this.pending.set(id, { resolve: () => {}, reject: (e) => onError(e as InspectError) });
     }
-    this.model.send({ kind, id, ...fields });
+    this.model.send(envelope(kind, id, fields));
     return id;
   }
 

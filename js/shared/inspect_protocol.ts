@@ -1,11 +1,12 @@
 // The inspectors' message protocol, mirrored from kerasllm_widget/widgets/inspect_protocol.py.
 // tests/test_inspect_widgets.py checks that both files list the same kinds and step actions.
 //
-// Messages use the chat's envelope `{kind, id, ...}`. Arrays travel as binary buffers: the JSON
+// Messages use the envelope the chat's protocol uses too, `{kind, id, ...}` (envelope.ts). Arrays travel as binary buffers: the JSON
 // part names each array's `{dtype, shape, buffer}` (plus `scale` and `gamma` for quantised
 // attention maps) and the message's buffer list holds the bytes (little-endian, C order).
 
 import type { ArrayHeader } from "./codecs";
+import { type Envelope, newId, parseEnvelope } from "./envelope";
 
 export const INSPECT_PROTOCOL_VERSION = 1;
 
@@ -111,23 +112,17 @@ export interface StepRecord {
 
 // ---- messages ----
 
-export interface TokensResult {
-  kind: "tokens.result";
-  id: string;
+export interface TokensResult extends Envelope<"tokens.result"> {
   text: string;
   tables: TokenTable[];
   labels: string[];
 }
 
-export interface PreprocessResult {
-  kind: "preprocess.result";
-  id: string;
+export interface PreprocessResult extends Envelope<"preprocess.result"> {
   table: PreprocessTable;
 }
 
-export interface AttentionSequence {
-  kind: "attention.sequence";
-  id: string;
+export interface AttentionSequence extends Envelope<"attention.sequence"> {
   sequence_id: string;
   pieces: string[];
   roles: string[];
@@ -136,9 +131,7 @@ export interface AttentionSequence {
   num_heads: number;
 }
 
-export interface AttentionResult {
-  kind: "attention.result";
-  id: string;
+export interface AttentionResult extends Envelope<"attention.result"> {
   sequence_id: string;
   layer: number;
   head: number | "mean";
@@ -152,9 +145,7 @@ export interface AttentionResult {
   row_max?: ArrayHeader;
 }
 
-export interface AttentionThumbnails {
-  kind: "attention.thumbnails";
-  id: string;
+export interface AttentionThumbnails extends Envelope<"attention.thumbnails"> {
   sequence_id: string;
   layer: number;
   num_layers: number;
@@ -162,18 +153,14 @@ export interface AttentionThumbnails {
 }
 
 /** How far the kernel's forward pass over a sequence has come (id ""; not an answer). */
-export interface AttentionProgress {
-  kind: "attention.progress";
-  id: string;
+export interface AttentionProgress extends Envelope<"attention.progress"> {
   sequence_id: string;
   ready_layers: number;
   num_layers: number;
   reused_tokens: number;
 }
 
-export interface ProbabilitiesResult {
-  kind: "probabilities.result";
-  id: string;
+export interface ProbabilitiesResult extends Envelope<"probabilities.result"> {
   sequence_id: string;
   pieces: string[];
   roles: string[];
@@ -187,9 +174,7 @@ export interface ProbabilitiesResult {
   };
 }
 
-export interface StepState {
-  kind: "step.state";
-  id: string;
+export interface StepState extends Envelope<"step.state"> {
   prompt_tail: string[];
   prompt_length: number;
   steps: StepRecord[];
@@ -199,9 +184,7 @@ export interface StepState {
   text: string;
 }
 
-export interface InspectError {
-  kind: "inspect.error";
-  id: string;
+export interface InspectError extends Envelope<"inspect.error"> {
   request_kind: string;
   code: ErrorCode;
   message: string;
@@ -222,17 +205,10 @@ const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));
 
 /** A custom message narrowed to an inspector response, or null (the chat's own, or unknown). */
 export function parseInspectResponse(message: unknown): InspectResponse | null {
-  if (typeof message !== "object" || message === null || Array.isArray(message)) return null;
-  const { kind, id } = message as Record<string, unknown>;
-  if (typeof kind !== "string" || typeof id !== "string" || !RESPONSE_KINDS.has(kind)) return null;
-  return message as InspectResponse;
+  return parseEnvelope(message, RESPONSE_KINDS) as InspectResponse | null;
 }
-
-let counter = 0;
-const session = Math.random().toString(36).slice(2, 8);
 
 /** A request id unique across the views of this page. */
 export function newInspectId(): string {
-  counter += 1;
-  return `i${session}-${counter}`;
+  return newId("i");
 }

@@ -1,10 +1,12 @@
 // The chat widget's message protocol, mirrored from kerasllm_widget/widgets/protocol.py.
 // Kinds are named here once; tests/test_chat_widget.py checks that both files list the same kinds.
 //
-// Every custom message is an envelope `{kind, id, ...}`. `id` is the request the message belongs to:
-// the id a view chose for its `chat.send`, or one the kernel chose for a send made from Python.
-// Durable state (transcript, status, settings, model info) is in traitlets, not in messages; the
+// Every custom message is an envelope `{kind, id, ...}` (envelope.ts, shared with the inspectors):
+// `id` is the request the message belongs to, the id a view chose for its `chat.send` or one the
+// kernel chose for a send made from Python. Durable state (transcript, status, settings, model info) is in traitlets, not in messages; the
 // messages carry what is transient (token deltas, errors of one request, catch-up snapshots).
+
+import { type Envelope, envelope, isRecord, newId, parseEnvelope } from "./envelope";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -42,33 +44,17 @@ export type StopReason =
 
 // ---- requests ----
 
-export interface SendRequest {
-  kind: "chat.send";
-  id: string;
+export interface SendRequest extends Envelope<"chat.send"> {
   text: string;
 }
-export interface RegenerateRequest {
-  kind: "chat.regenerate";
-  id: string;
-}
-export interface EditRequest {
-  kind: "chat.edit";
-  id: string;
+export type RegenerateRequest = Envelope<"chat.regenerate">;
+export interface EditRequest extends Envelope<"chat.edit"> {
   message_id: string;
   text: string;
 }
-export interface CancelRequest {
-  kind: "chat.cancel";
-  id: string;
-}
-export interface ClearRequest {
-  kind: "chat.clear";
-  id: string;
-}
-export interface SyncRequest {
-  kind: "chat.sync";
-  id: string;
-}
+export type CancelRequest = Envelope<"chat.cancel">;
+export type ClearRequest = Envelope<"chat.clear">;
+export type SyncRequest = Envelope<"chat.sync">;
 export type Request =
   | SendRequest
   | RegenerateRequest
@@ -94,9 +80,7 @@ export interface TokenRecord {
   top_k: Alternative[];
 }
 
-export interface TokenBatch {
-  kind: "chat.token";
-  id: string;
+export interface TokenBatch extends Envelope<"chat.token"> {
   reply_id: string;
   tokens: TokenRecord[];
 }
@@ -109,9 +93,7 @@ export interface ReplyStats {
   decode_tokens_per_s: number | null;
 }
 
-export interface DoneMessage {
-  kind: "chat.done";
-  id: string;
+export interface DoneMessage extends Envelope<"chat.done"> {
   reply_id: string;
   stop_reason: StopReason;
   text: string;
@@ -119,18 +101,14 @@ export interface DoneMessage {
   stats: ReplyStats;
 }
 
-export interface ErrorMessage {
-  kind: "chat.error";
-  id: string;
+export interface ErrorMessage extends Envelope<"chat.error"> {
   reply_id: string | null;
   code: ErrorCode;
   message: string;
 }
 
 /** The reply being generated, whole so far: a view opened mid-reply starts from it. */
-export interface SnapshotMessage {
-  kind: "chat.snapshot";
-  id: string;
+export interface SnapshotMessage extends Envelope<"chat.snapshot"> {
   reply_id: string | null;
   text: string;
   count: number;
@@ -194,19 +172,14 @@ export interface ChatModel {
 
 const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
 /**
  * Narrows a custom message to a response this view understands, or returns null. Messages from a
  * newer kernel with kinds this bundle does not know are ignored rather than thrown on.
  */
-export function parseResponse(message: unknown): Response | null {
-  if (!isRecord(message)) return null;
-  const { kind, id } = message;
-  if (typeof kind !== "string" || typeof id !== "string" || !RESPONSE_KINDS.has(kind)) return null;
-  switch (kind) {
+export function parseResponse(raw: unknown): Response | null {
+  const message = parseEnvelope(raw, RESPONSE_KINDS);
+  if (message === null) return null;
+  switch (message.kind) {
     case RESPONSE.token:
       if (typeof message.reply_id !== "string" || !Array.isArray(message.tokens)) return null;
       if (!message.tokens.every(isTokenRecord)) return null;
@@ -234,18 +207,14 @@ function isTokenRecord(value: unknown): value is TokenRecord {
   );
 }
 
-let counter = 0;
-const session = Math.random().toString(36).slice(2, 8);
-
-/** A request id unique across the views of this page (`crypto.randomUUID` needs a secure context). */
+/** A request id unique across the views of this page. */
 export function newRequestId(): string {
-  counter += 1;
-  return `v${session}-${counter}`;
+  return newId("v");
 }
 
 export function request<K extends Request["kind"]>(
   kind: K,
   fields: Omit<Extract<Request, { kind: K }>, "kind" | "id">,
 ): Extract<Request, { kind: K }> {
-  return { kind, id: newRequestId(), ...fields } as Extract<Request, { kind: K }>;
+  return envelope(kind, newRequestId(), fields) as Extract<Request, { kind: K }>;
 }

@@ -4,6 +4,9 @@ The front end is ``js/chat_widget`` bundled into ``static/chat.js``. Durable sta
 (``transcript``, ``status``, ``model_info`` and the sampling settings), so every view of one widget
 shows the same conversation; replies stream as ``chat.token`` messages (see `protocol`). Generation
 runs on the widget's own worker thread, so the kernel keeps receiving Stop while the model computes.
+Replies are made by `ChatReplies` (``chat_replies``) and shown by `ChatTranscript`
+(``chat_transcript``), which makes and changes the transcript's entries; the conversation the
+model reads is the `ChatState`'s, changed only through its own methods.
 
 Example:
     >>> from kerasllm_widget import ChatWidget
@@ -14,12 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anywidget
@@ -28,75 +29,24 @@ from ipywidgets import widget_serialization
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
-from kerasllm_widget.training.turns import model_turns
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
 from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
+from kerasllm_widget.widgets.chat_replies import (
+    SAMPLING_NAMES,
+    TRAINING_WAIT_MESSAGE,
+    ChatReplies,
+    describe,
+)
+from kerasllm_widget.widgets.chat_transcript import ChatTranscript, initial_status, last_index
+from kerasllm_widget.widgets.envelope import request_id_of
+from kerasllm_widget.widgets.reply_handle import ReplyHandle
 from kerasllm_widget.widgets.training_monitor import TrainingMonitor
 
+__all__ = ["SAMPLING_NAMES", "TRAINING_WAIT_MESSAGE", "ChatWidget", "ReplyHandle"]
+
 log = logging.getLogger(__name__)
-
-TRAINING_WAIT_MESSAGE = "Training is running: the reply starts after the current step."
-
-SAMPLING_NAMES = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "max_new_tokens",
-    "seed",
-    "top_k_alternatives",
-)
-
-
-class ReplyHandle:
-    """What `ChatWidget.send` returns: the reply being made, to wait on from notebook code.
-
-    Example:
-        >>> handle = chat.send("Hello!")  # doctest: +SKIP
-        >>> handle.result(timeout=60)  # the reply text  # doctest: +SKIP
-    """
-
-    def __init__(self, task: Task, request_id: str, widget: ChatWidget) -> None:
-        self._task = task
-        self.request_id = request_id
-        self._widget = widget
-
-    @property
-    def done(self) -> bool:
-        """True once the reply finished, failed, or was dropped from the queue."""
-        return self._task.finished
-
-    @property
-    def event(self) -> DoneEvent | None:
-        """The `DoneEvent` (stop reason, timings) once the reply finished."""
-        result = self._task.result
-        return result if isinstance(result, DoneEvent) else None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Blocks until the reply ended; False if `timeout` seconds passed first."""
-        return self._task.wait(timeout)
-
-    def result(self, timeout: float | None = None) -> str:
-        """The reply text. Raises the generation error, or `TimeoutError` if not done in time."""
-        if not self._task.wait(timeout):
-            raise TimeoutError(f"the reply was not finished after {timeout} s")
-        if self._task.exception is not None:
-            raise self._task.exception
-        if self._task.dropped:
-            raise RuntimeError("the message was dropped before it was sent (Stop or Clear)")
-        event = self.event
-        return "" if event is None else event.text
-
-    def cancel(self) -> None:
-        """Stops this reply (or keeps it from starting if still queued)."""
-        self._task.cancel()
-
-    def __repr__(self) -> str:
-        state = "done" if self.done else "running"
-        return f"<ReplyHandle {self.request_id} {state}>"
 
 
 class ChatWidget(anywidget.AnyWidget):
@@ -149,7 +99,7 @@ class ChatWidget(anywidget.AnyWidget):
                 f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(SAMPLING_NAMES)}"
             )
         super().__init__(
-            status=_status("loading" if model_or_chat_state is None else "ready"),
+            status=initial_status("loading" if model_or_chat_state is None else "ready"),
             system_prompt=system_prompt or "",
             training=training,
             **sampling,
@@ -157,11 +107,8 @@ class ChatWidget(anywidget.AnyWidget):
         self._lock = threading.RLock()
         self._state: Any = None
         self._worker = GenerationWorker()
-        self._token_callbacks: list[Callable[[TokenEvent], None]] = []
-        self._done_callbacks: list[Callable[[DoneEvent], None]] = []
-        # The reply streaming now, as sent so far: what a view opened mid-reply catches up from.
-        self._live: dict[str, Any] | None = None
-        self._stopped: set[str] = set()  # replies shown as stopped whose engine step still runs
+        self._transcript = ChatTranscript(self, self._lock)
+        self._replies = ChatReplies(self, self._worker, self._transcript, self._emit)
         self._closed = False
         # The inspector tabs (Tokens, Attention, Probabilities) share this comm; see chat_inspectors.
         self._inspectors = chat_inspector_service(self)
@@ -194,7 +141,7 @@ class ChatWidget(anywidget.AnyWidget):
             widget._attach(model)
 
         def failed(task: Task, exc: BaseException) -> None:
-            message = f"Could not load {preset}: {_describe(exc)}"
+            message = f"Could not load {preset}: {describe(exc)}"
             widget._set_status(state="error", message=message, loading_since=None)
             widget._broadcast_error(P.new_id(), None, P.ERROR_LOAD, message)
 
@@ -224,7 +171,7 @@ class ChatWidget(anywidget.AnyWidget):
             message="",
             loading_since=None,
             context_length=int(info.get("context_length") or 0),
-            tokens_used=self._context_tokens(),
+            tokens_used=self._replies.context_tokens(),
         )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -293,7 +240,7 @@ class ChatWidget(anywidget.AnyWidget):
         if not isinstance(text, str) or not text.strip():
             raise ValueError("send() needs a non-empty message")
         request_id = P.new_id()
-        return ReplyHandle(self._submit_send(request_id, text), request_id, self)
+        return ReplyHandle(self._replies.send(request_id, text), request_id, self)
 
     def regenerate(self) -> ReplyHandle:
         """Generates the last reply again (with the current settings).
@@ -301,10 +248,10 @@ class ChatWidget(anywidget.AnyWidget):
         Example:
             >>> chat.temperature = 1.0; chat.regenerate().result(timeout=120)  # doctest: +SKIP
         """
-        if not any(e["role"] == "assistant" for e in self.transcript):
+        if last_index(self.transcript, "assistant") is None:
             raise ValueError("there is no reply to regenerate")
         request_id = P.new_id()
-        return ReplyHandle(self._submit_regenerate(request_id), request_id, self)
+        return ReplyHandle(self._replies.regenerate(request_id), request_id, self)
 
     def stop(self) -> None:
         """Stops the reply being generated and drops messages waiting in the queue.
@@ -319,7 +266,7 @@ class ChatWidget(anywidget.AnyWidget):
         """
         self._worker.drop_pending()
         if self._worker.cancel_current() is not None:
-            self._show_stopped()
+            self._replies.show_stopped()
 
     def reset(self, timeout: float | None = 30.0) -> None:
         """Starts a new conversation (keeps the model, system prompt and settings).
@@ -335,14 +282,12 @@ class ChatWidget(anywidget.AnyWidget):
 
     def _clear(self) -> Task:
         self.stop()
-        with self._lock:
-            self._live = None
-            self.transcript = []
+        self._transcript.clear()
 
         def clear(cancel: threading.Event) -> None:
             if self._state is not None:
                 self._state.reset()
-                self._set_status(tokens_used=self._context_tokens())
+                self._set_status(tokens_used=self._replies.context_tokens())
 
         # On the worker, after the reply being stopped: that reply still writes to the ChatState.
         return self._worker.submit(Task(clear, stream=False, name="reset"))
@@ -353,7 +298,7 @@ class ChatWidget(anywidget.AnyWidget):
         Example:
             >>> chat.on_token(lambda event: print(event.text, end=""))  # doctest: +SKIP
         """
-        _register(self._token_callbacks, callback, remove)
+        _register(self._replies.token_callbacks, callback, remove)
 
     def on_done(self, callback: Callable[[DoneEvent], None], remove: bool = False) -> None:
         """Calls ``callback(done_event)`` when a reply ends (on the generation thread).
@@ -361,7 +306,7 @@ class ChatWidget(anywidget.AnyWidget):
         Example:
             >>> chat.on_done(lambda done: print(done.stop_reason, done.decode_tokens_per_s))  # doctest: +SKIP
         """
-        _register(self._done_callbacks, callback, remove)
+        _register(self._replies.done_callbacks, callback, remove)
 
     def close(self) -> None:
         """Stops generation and the worker thread, and closes the widget's views."""
@@ -371,281 +316,6 @@ class ChatWidget(anywidget.AnyWidget):
             self._inspectors.close()
         super().close()
 
-    # ---- requests ----
-
-    def _submit_send(self, request_id: str, text: str) -> Task:
-        user_id, reply_id = P.new_id("u"), P.new_id("a")
-        with self._lock:
-            queued = self._worker.busy
-            self.transcript = [
-                *self.transcript,
-                _entry(user_id, "user", text, "queued" if queued else "sent", request_id),
-            ]
-
-        def prepare(cancel: threading.Event) -> Iterator[Any]:
-            self._mark_started(user_id, reply_id, request_id)
-            return self._state.stream(text, **self._sampling(cancel))
-
-        return self._submit_stream(request_id, reply_id, prepare, user_id=user_id)
-
-    def _submit_regenerate(self, request_id: str) -> Task:
-        reply_id = P.new_id("a")
-
-        def prepare(cancel: threading.Event) -> Iterator[Any]:
-            # The last user turn is asked again. Done as "rewind to before it and send it", not
-            # with ChatState.regenerate, so that a turn whose reply failed (which ChatState took
-            # back) is retried too, rather than the turn before it.
-            with self._lock:
-                entries = list(self.transcript)
-                index = _last_index(entries, "user")
-                if index is None:
-                    raise ValueError("there is no message to answer again")
-                user = {**entries[index], "status": "sent"}
-                self._rewind_state(entries[:index])
-                self.transcript = [
-                    *entries[:index],
-                    user,
-                    _entry(reply_id, "assistant", "", "streaming", request_id),
-                ]
-            self._begin_live(reply_id, request_id)
-            return self._state.stream(user["content"], **self._sampling(cancel))
-
-        return self._submit_stream(request_id, reply_id, prepare)
-
-    def _submit_edit(self, request_id: str, message_id: str, text: str) -> Task:
-        user_id, reply_id = P.new_id("u"), P.new_id("a")
-
-        def prepare(cancel: threading.Event) -> Iterator[Any]:
-            with self._lock:
-                entries = list(self.transcript)
-                index = next((i for i, e in enumerate(entries) if e["id"] == message_id), None)
-                if index is None:
-                    raise ValueError("the message to edit is no longer in the conversation")
-                self._rewind_state(entries[:index])
-                self.transcript = [
-                    *entries[:index],
-                    _entry(user_id, "user", text, "sent", request_id),
-                    _entry(reply_id, "assistant", "", "streaming", request_id),
-                ]
-            self._begin_live(reply_id, request_id)
-            return self._state.stream(text, **self._sampling(cancel))
-
-        return self._submit_stream(request_id, reply_id, prepare)
-
-    def _submit_stream(
-        self,
-        request_id: str,
-        reply_id: str,
-        prepare: Callable[[threading.Event], Iterator[Any]],
-        user_id: str | None = None,
-    ) -> Task:
-        # The reply's turn on the model (see `_in_turn`) is given back only once the task reads
-        # as finished, its transcript and callbacks done: training resumes after all of it.
-        turn = contextlib.ExitStack()
-
-        def run(cancel: threading.Event) -> Iterator[Any]:
-            if self._state is None:
-                raise RuntimeError(self.status.get("message") or "the model is not loaded")
-            return self._observe(self._in_turn(prepare, cancel, turn))
-
-        def on_start(task: Task) -> None:
-            if self._state is not None:  # without a model the status keeps saying why
-                self._set_status(state="generating", queued=len(self._worker.pending))
-
-        def on_tokens(task: Task, batch: list[TokenEvent]) -> None:
-            self._send_tokens(request_id, reply_id, batch)
-
-        def on_done(task: Task, done: DoneEvent) -> None:
-            self._finish(request_id, reply_id, done)
-
-        def on_error(task: Task, exc: BaseException) -> None:
-            self._fail(request_id, reply_id, user_id, exc)
-
-        def on_dropped(task: Task) -> None:
-            if user_id is not None:
-                self._remove_entries({user_id})
-            self._set_status(queued=len(self._worker.pending))
-
-        task = Task(
-            run,
-            on_start=on_start,
-            on_tokens=on_tokens,
-            on_done=on_done,
-            on_error=on_error,
-            on_dropped=on_dropped,
-            after=lambda task: turn.close(),
-            name=request_id,
-        )
-        self._worker.submit(task)
-        if self._worker.current is not task:
-            self._set_status(queued=len(self._worker.pending))
-        return task
-
-    def _in_turn(
-        self,
-        prepare: Callable[[threading.Event], Iterator[Any]],
-        cancel: threading.Event,
-        turn: contextlib.ExitStack,
-    ) -> Iterator[Any]:
-        """The reply's stream, made while no training step changes the weights (see
-        `kerasllm_widget.training.turns`): during ``fit`` it waits for the end of a step. The
-        turn is held in ``turn``, which the task closes when it has finished."""
-        events = prepare(cancel)  # shows the reply as started; computes nothing yet
-
-        def waiting() -> None:
-            self._set_status(message=TRAINING_WAIT_MESSAGE)
-
-        granted = turn.enter_context(model_turns(self._state.model).reply(cancel, on_wait=waiting))
-        if self.status.get("message") == TRAINING_WAIT_MESSAGE:
-            self._set_status(message="")
-        if not granted:  # stopped while waiting: nothing was computed
-            events.close()
-            yield DoneEvent("cancelled", "", [], 0, 0, 0.0, 0.0, 0.0)
-            return
-        yield from events
-
-    def _sampling(self, cancel: threading.Event) -> dict[str, Any]:
-        settings: dict[str, Any] = {name: getattr(self, name) for name in SAMPLING_NAMES}
-        settings["cancel_event"] = cancel
-        # The system prompt is applied when a reply starts, on this thread, so that a change made
-        # while a reply streams takes effect from the next one.
-        self._state.system_prompt = self.system_prompt or None
-        return settings
-
-    def _observe(self, events: Iterator[Any]) -> Iterator[Any]:
-        """Passes the stream through, calling the notebook's on_token/on_done callbacks."""
-        for event in events:
-            if isinstance(event, TokenEvent):
-                for callback in list(self._token_callbacks):
-                    _safe_call(callback, event)
-            elif isinstance(event, DoneEvent):
-                for callback in list(self._done_callbacks):
-                    _safe_call(callback, event)
-            yield event
-
-    # ---- the stream, on the worker thread ----
-
-    def _mark_started(self, user_id: str, reply_id: str, request_id: str) -> None:
-        with self._lock:
-            entries = [
-                {**e, "status": "sent"} if e["id"] == user_id else e for e in self.transcript
-            ]
-            entries.append(_entry(reply_id, "assistant", "", "streaming", request_id))
-            self.transcript = entries
-        self._begin_live(reply_id, request_id)
-
-    def _begin_live(self, reply_id: str, request_id: str) -> None:
-        with self._lock:
-            self._live = {"reply_id": reply_id, "request_id": request_id, "text": "", "tokens": []}
-
-    def _send_tokens(self, request_id: str, reply_id: str, batch: list[TokenEvent]) -> None:
-        records = [P.token_record(event) for event in batch]
-        with self._lock:
-            if reply_id in self._stopped:  # shown as stopped: nothing more streams into it
-                return
-            live = self._live
-            if live is not None and live["reply_id"] == reply_id:
-                live["tokens"].extend(records)
-                live["text"] += "".join(r["text"] for r in records)
-            self._emit(P.envelope(P.CHAT_TOKEN, request_id, reply_id=reply_id, tokens=records))
-
-    def _show_stopped(self) -> None:
-        with self._lock:
-            live, self._live = self._live, None
-            if live is None:
-                return
-            self._stopped.add(live["reply_id"])
-            with self._one_update():
-                self._update_entry(
-                    live["reply_id"],
-                    content=live["text"],
-                    status="cancelled",
-                    stop_reason="cancelled",
-                )
-                self._set_status(state=self._state_between_replies(), queued=0)
-
-    def _finish(self, request_id: str, reply_id: str, done: DoneEvent) -> None:
-        stats = P.reply_stats(done)
-        status = "cancelled" if done.stop_reason == "cancelled" else "done"
-        tokens_used = self._context_tokens()
-        with self._one_update():
-            self._live = None
-            self._stopped.discard(reply_id)
-            self._update_entry(
-                reply_id,
-                content=done.text,
-                status=status,
-                stop_reason=done.stop_reason,
-                notice=done.notice or "",
-                stats=stats,
-            )
-            self._set_status(
-                state=self._state_between_replies(),
-                queued=len(self._worker.pending),
-                tokens_used=tokens_used,
-                time_to_first_token_s=stats["time_to_first_token_s"],
-                decode_tokens_per_s=stats["decode_tokens_per_s"],
-            )
-            self._emit(
-                P.envelope(
-                    P.CHAT_DONE,
-                    request_id,
-                    reply_id=reply_id,
-                    stop_reason=done.stop_reason,
-                    text=done.text,
-                    notice=done.notice or "",
-                    stats=stats,
-                )
-            )
-
-    def _fail(
-        self, request_id: str, reply_id: str, user_id: str | None, exc: BaseException
-    ) -> None:
-        message = _describe(exc)
-        log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
-        tokens_used = self._context_tokens()
-        with self._one_update():
-            live, self._live = self._live, None
-            entries = list(self.transcript)
-            shown = next((e["content"] for e in entries if e["id"] == reply_id), "")
-            partial = live["text"] if live and live["reply_id"] == reply_id else shown
-            self._stopped.discard(reply_id)
-            if user_id is not None:
-                entries = [{**e, "status": "sent"} if e["id"] == user_id else e for e in entries]
-            if not any(e["id"] == reply_id for e in entries):
-                # Failed before the reply started (e.g. the model never loaded).
-                entries.append(_entry(reply_id, "assistant", "", "error", request_id))
-            self.transcript = entries
-            self._update_entry(
-                reply_id, content=partial, status="error", stop_reason="error", error=message
-            )
-            self._set_status(
-                state=self._state_between_replies(),
-                queued=len(self._worker.pending),
-                tokens_used=tokens_used,
-            )
-        self._broadcast_error(request_id, reply_id, P.ERROR_GENERATION, message)
-
-    def _rewind_state(self, kept: list[dict[str, Any]]) -> None:
-        """Makes the ChatState's turns those of the transcript entries `kept`.
-
-        Mirrors what ChatState itself records: a user turn stays when its reply finished or was
-        stopped (a failed reply takes its user turn back); an empty stopped reply is not a turn.
-        """
-        messages: list[dict[str, str]] = []
-        for i, entry in enumerate(kept):
-            if entry["role"] != "user":
-                continue
-            reply = kept[i + 1] if i + 1 < len(kept) else None
-            if reply is None or reply["role"] != "assistant":
-                continue
-            if reply["status"] not in ("done", "cancelled"):
-                continue
-            messages.append({"role": "user", "content": entry["content"]})
-            if reply["content"]:
-                messages.append({"role": "assistant", "content": reply["content"]})
-        self._state.messages[:] = messages
-
     # ---- messages from the front end (kernel main thread) ----
 
     def _on_custom_message(self, widget: Any, content: Any, buffers: list[Any]) -> None:
@@ -654,8 +324,7 @@ class ChatWidget(anywidget.AnyWidget):
         try:
             request = P.parse_request(content)
         except P.ProtocolError as exc:
-            request_id = content.get("id") if isinstance(content, dict) else None
-            self._broadcast_error(str(request_id or ""), None, P.ERROR_BAD_REQUEST, str(exc))
+            self._broadcast_error(request_id_of(content), None, P.ERROR_BAD_REQUEST, str(exc))
             return
         handler = {
             P.CHAT_SEND: self._handle_send,
@@ -669,7 +338,7 @@ class ChatWidget(anywidget.AnyWidget):
             handler(request)
         except Exception as exc:  # answered, never raised into the void
             log.exception("handling %s failed", request.kind)
-            self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, _describe(exc))
+            self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, describe(exc))
 
     def _handle_send(self, request: P.Request) -> None:
         text = request.fields["text"]
@@ -681,20 +350,20 @@ class ChatWidget(anywidget.AnyWidget):
                 request.id, None, P.ERROR_NOT_READY, self.status.get("message") or "No model."
             )
             return
-        self._submit_send(request.id, text)
+        self._replies.send(request.id, text)
 
     def _handle_regenerate(self, request: P.Request) -> None:
-        if not any(e["role"] == "assistant" for e in self.transcript):
+        if last_index(self.transcript, "assistant") is None:
             self._broadcast_error(
                 request.id, None, P.ERROR_NOTHING_TO_DO, "There is no reply to regenerate."
             )
             return
-        self._submit_regenerate(request.id)
+        self._replies.regenerate(request.id)
 
     def _handle_edit(self, request: P.Request) -> None:
         message_id, text = request.fields["message_id"], request.fields["text"]
-        entry = next((e for e in self.transcript if e["id"] == message_id), None)
-        if entry is None or entry["role"] != "user":
+        edited = self._transcript.find(message_id)
+        if edited is None or edited["role"] != "user":
             self._broadcast_error(
                 request.id, None, P.ERROR_BAD_REQUEST, "That message cannot be edited."
             )
@@ -702,20 +371,11 @@ class ChatWidget(anywidget.AnyWidget):
         if not text.strip():
             self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, "The message is empty.")
             return
-        self._submit_edit(request.id, message_id, text)
+        self._replies.edit(request.id, message_id, text)
 
     def _handle_sync(self, request: P.Request) -> None:
         with self._lock:
-            live = self._live
-            snapshot = P.envelope(
-                P.CHAT_SNAPSHOT,
-                request.id,
-                reply_id=live["reply_id"] if live else None,
-                text=live["text"] if live else "",
-                count=len(live["tokens"]) if live else 0,
-                tokens=list(live["tokens"]) if live else [],
-            )
-            self._emit(snapshot)
+            self._emit(P.envelope(P.CHAT_SNAPSHOT, request.id, **self._transcript.snapshot()))
 
     # ---- helpers ----
 
@@ -729,38 +389,8 @@ class ChatWidget(anywidget.AnyWidget):
             P.envelope(P.CHAT_ERROR, request_id, reply_id=reply_id, code=code, message=message)
         )
 
-    @contextlib.contextmanager
-    def _one_update(self) -> Iterator[None]:
-        """Sends every trait changed inside as one state message, so no view ever draws a
-        finished reply next to a status that still says it is generating."""
-        with self._lock, self.hold_sync():
-            yield
-
     def _set_status(self, **changes: Any) -> None:
-        with self._lock:
-            self.status = {**_status("ready"), **self.status, **changes}
-
-    def _update_entry(self, entry_id: str, **changes: Any) -> None:
-        with self._lock:
-            self.transcript = [
-                {**e, **changes} if e["id"] == entry_id else e for e in self.transcript
-            ]
-
-    def _remove_entries(self, ids: set[str]) -> None:
-        with self._lock:
-            self.transcript = [e for e in self.transcript if e["id"] not in ids]
-
-    def _state_between_replies(self) -> str:
-        if self._state is None:  # still loading, or failed to load: that is what the user sees
-            return str(self.status.get("state", "loading"))
-        return "generating" if self._worker.pending else "ready"
-
-    def _context_tokens(self) -> int:
-        try:
-            return int(self._state.context_tokens()) if self._state is not None else 0
-        except Exception:  # the count is informative; never let it break a reply
-            log.exception("counting context tokens failed")
-            return 0
+        self._transcript.set_status(**changes)
 
     # The same checks as `generate`, `stream` and ChatState (`generation.settings`), so a value
     # that would fail or run away at the next reply is refused when it is set.
@@ -784,51 +414,9 @@ class ChatWidget(anywidget.AnyWidget):
             raise traitlets.TraitError(str(error)) from None
 
 
-def _entry(entry_id: str, role: str, content: str, status: str, request_id: str) -> dict[str, Any]:
-    return {
-        "id": entry_id,
-        "role": role,
-        "content": content,
-        "status": status,
-        "request_id": request_id,
-    }
-
-
-def _last_index(entries: list[dict[str, Any]], role: str) -> int | None:
-    for index in range(len(entries) - 1, -1, -1):
-        if entries[index]["role"] == role:
-            return index
-    return None
-
-
-def _status(state: str) -> dict[str, Any]:
-    return {
-        "state": state,
-        "message": "",
-        "tokens_used": 0,
-        "context_length": 0,
-        "queued": 0,
-        "time_to_first_token_s": None,
-        "decode_tokens_per_s": None,
-        "loading_since": None,
-    }
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _register(callbacks: list[Any], callback: Callable[..., None], remove: bool) -> None:
     if remove:
         if callback in callbacks:
             callbacks.remove(callback)
     elif callback not in callbacks:
         callbacks.append(callback)
-
-
-def _safe_call(callback: Callable[..., None], *args: Any) -> None:
-    try:
-        callback(*args)
-    except Exception:  # a notebook callback's bug must not end the reply
-        log.exception("a ChatWidget callback failed")

@@ -1,8 +1,8 @@
 """The inspectors' message protocol: kinds, fields and binary arrays, defined once.
 
 Mirrored by ``js/shared/inspect_protocol.ts`` (``tests/test_inspect_widgets.py`` checks both list
-the same kinds). Messages use the chat protocol's envelope ``{"kind", "id", ...}``; kinds are
-namespaced by view. Arrays travel as binary buffers: the JSON part names each array's
+the same kinds). Messages use the envelope the chat's protocol uses too, ``{"kind", "id", ...}``
+(`kerasllm_widget.widgets.envelope`, re-exported here); kinds are namespaced by view. Arrays travel as binary buffers: the JSON part names each array's
 ``{dtype, shape, buffer}`` (plus ``scale`` and ``gamma`` for quantised attention maps), and the
 buffer list of the same message holds the bytes, little-endian, C order.
 
@@ -12,12 +12,14 @@ buffer list of the same message holds the bytes, little-endian, C order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kerasllm_widget.inspect.quantization import QuantizedArray
+from kerasllm_widget.widgets import envelope as _envelope
+from kerasllm_widget.widgets.envelope import ProtocolError, Request
+from kerasllm_widget.widgets.envelope import envelope as envelope
 
 PROTOCOL_VERSION = 1
 
@@ -84,38 +86,29 @@ ERROR_NOT_READY = "not_ready"  # no model yet, or nothing to inspect
 ERROR_SUPERSEDED = "superseded"  # a newer request of the same kind replaced this one
 ERROR_FAILED = "failed"  # the computation raised
 
-_OPTIONAL_STR = (str, type(None))
-_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    TOKENS_REQUEST: {"text": _OPTIONAL_STR},
-    PREPROCESS_REQUEST: {"sequence_length": (int,)},
-    ATTENTION_OPEN: {"text": _OPTIONAL_STR},
-    ATTENTION_REQUEST: {"sequence_id": (str,), "layer": (int,), "head": (int, str)},
+_NONE = type(None)
+# Every field a request may carry, with its types (``None`` among them: it may be left out).
+_FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
+    TOKENS_REQUEST: {"text": (str, _NONE), "compare": (bool, _NONE)},
+    PREPROCESS_REQUEST: {"sequence_length": (int,), "texts": (list, _NONE)},
+    ATTENTION_OPEN: {"text": (str, _NONE)},
+    ATTENTION_REQUEST: {
+        "sequence_id": (str,),
+        "layer": (int,),
+        "head": (int, str),
+        "cells": (int, _NONE),
+        "region": (list, _NONE),
+    },
     ATTENTION_OVERVIEW: {"sequence_id": (str,), "size": (int,)},
     PROBABILITIES_REQUEST: {},
-    STEP_REQUEST: {"action": (str,)},
+    STEP_REQUEST: {"action": (str,), "token_id": (int, _NONE), "text": (str, _NONE)},
 }
-
-
-class ProtocolError(ValueError):
-    """A message from the front end that does not follow the protocol."""
-
-
-@dataclass(frozen=True)
-class Request:
-    kind: str
-    id: str
-    content: dict[str, Any]
 
 
 def is_inspector_message(content: Any) -> bool:
     """Whether a custom message belongs to the inspectors (so a widget hosting several views can
     route it here and leave the rest to its own handler)."""
     return isinstance(content, dict) and str(content.get("kind", "")).startswith(NAMESPACES)
-
-
-def envelope(kind: str, id: str, **fields: Any) -> dict[str, Any]:
-    """The dict sent as one custom message."""
-    return {"kind": kind, "id": id, **fields}
 
 
 def parse_request(content: Any) -> Request:
@@ -126,37 +119,24 @@ def parse_request(content: Any) -> Request:
         ...                "layer": 0, "head": "mean"}).kind
         'attention.request'
     """
-    if not isinstance(content, dict):
-        raise ProtocolError(f"expected a message object, got {type(content).__name__}")
-    kind, request_id = content.get("kind"), content.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise ProtocolError("message has no string 'id'")
-    if kind not in REQUEST_KINDS:
-        raise ProtocolError(f"unknown message kind {kind!r}")
-    for name, types in _FIELDS[kind].items():
-        value = content.get(name)
-        # JSON has one number type: a bool is not a layer index.
-        if not isinstance(value, types) or isinstance(value, bool):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ProtocolError(f"{kind} needs a field {name!r} of type {names}")
-    if kind == ATTENTION_REQUEST and isinstance(content["head"], str) and content["head"] != "mean":
+    request = _envelope.parse_request(content, _FIELDS)
+    kind, fields = request.kind, request.fields
+    if kind == ATTENTION_REQUEST and isinstance(fields["head"], str) and fields["head"] != "mean":
         raise ProtocolError("head must be a head index or 'mean'")
     if kind == ATTENTION_REQUEST:
-        _check_attention_extent(content)
-    if kind == STEP_REQUEST and content["action"] not in STEP_ACTIONS:
-        raise ProtocolError(f"unknown step action {content['action']!r}")
+        _check_attention_extent(fields)
+    if kind == STEP_REQUEST and fields["action"] not in STEP_ACTIONS:
+        raise ProtocolError(f"unknown step action {fields['action']!r}")
     if kind == PREPROCESS_REQUEST:
-        texts = content.get("texts")
-        if texts is not None and not (
-            isinstance(texts, list) and all(isinstance(t, str) for t in texts)
-        ):
+        texts = fields["texts"]
+        if texts is not None and not all(isinstance(t, str) for t in texts):
             raise ProtocolError("preprocess.request needs 'texts' as a list of strings or null")
-    return Request(kind, request_id, dict(content))
+    return request
 
 
-def _check_attention_extent(content: dict) -> None:
-    cells, region = content.get("cells"), content.get("region")
-    if cells is not None and (not isinstance(cells, int) or isinstance(cells, bool) or cells < 1):
+def _check_attention_extent(fields: dict) -> None:
+    cells, region = fields["cells"], fields["region"]
+    if cells is not None and cells < 1:
         raise ProtocolError("attention.request 'cells' must be a positive integer")
     if region is not None:
         if not (

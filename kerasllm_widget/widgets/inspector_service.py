@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,21 +29,17 @@ from kerasllm_widget import inspect
 from kerasllm_widget.inspect._sources import tokenizer_of
 from kerasllm_widget.inspect.pieces import piece
 from kerasllm_widget.widgets import inspect_protocol as P
+from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
+from kerasllm_widget.widgets.step_mode import StepMode
 
 log = logging.getLogger(__name__)
 
 SLOW_REQUEST_S = 1.0  # requests slower than this are logged
 PROGRESS_INTERVAL_S = 0.25  # the least time between two progress reports of the forward pass
-STEP_TOP_K = 10
 PROBABILITIES_TOP_K = 5
 # Attention maps are T x T per head: past this many tokens a view asks the user to shorten.
 MAX_ATTENTION_TOKENS = 4096
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class InspectorService:
@@ -85,8 +80,6 @@ class InspectorService:
         self._widget = widget
         self._model = model
         self._sequence = sequence
-        self._step_prompt = step_prompt or (lambda text: sequence(text).ids)
-        self._settings = settings or (lambda: {})
         self._compare_tokenizer = compare_tokenizer or (lambda: None)
         self._labels = labels or (lambda: [])
         self._batch = batch or (lambda: [self._sequence(None).text])
@@ -101,8 +94,9 @@ class InspectorService:
         self._attention_seen = False  # a view has looked at attention: keep its pass warm
         self._waiting = 0  # submitted requests not yet started (background work yields to them)
         self._last_progress = 0.0
-        self._step: inspect.StepSession | None = None
-        self._proposal: int | None = None
+        self._step_mode = StepMode(
+            step_prompt or (lambda text: sequence(text).ids), settings or (lambda: {})
+        )
         self._preparing: str | None = None  # the sequence whose forward pass idle work extends
         self.timings: dict[str, float] = {}  # the last compute time of each request kind
         self._closed = False
@@ -116,9 +110,8 @@ class InspectorService:
         try:
             request = P.parse_request(content)
         except P.ProtocolError as exc:
-            request_id = content.get("id") if isinstance(content, dict) else ""
             self._error(
-                str(request_id or ""), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc)
+                request_id_of(content), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc)
             )
             return True
         handler = {
@@ -127,7 +120,7 @@ class InspectorService:
             P.ATTENTION_OPEN: (self._attention_open, None),
             P.ATTENTION_REQUEST: (
                 self._attention,
-                "attention.region" if request.content.get("region") else "attention.request",
+                "attention.region" if request.fields.get("region") else "attention.request",
             ),
             P.ATTENTION_OVERVIEW: (self._overview_start, "attention.overview"),
             P.PROBABILITIES_REQUEST: (self._probabilities, "probabilities.request"),
@@ -243,11 +236,12 @@ class InspectorService:
 
     def _tokens(self, request: P.Request):
         model = self._model()
-        text = request.content.get("text")
+        text = request.fields["text"]
         if text is None:
             text = self._sequence(None).text
         tables = [inspect.tokens(model, text).to_dict()]
-        other = self._compare_tokenizer() if request.content.get("compare", True) else None
+        compare = request.fields["compare"] is not False  # compares unless told not to
+        other = self._compare_tokenizer() if compare else None
         if other is not None:
             tables.append(inspect.tokens(other, text).to_dict())
         labels = self._labels() or [f"tokenizer {i + 1}" for i in range(len(tables))]
@@ -257,10 +251,10 @@ class InspectorService:
 
     def _preprocess(self, request: P.Request):
         model = self._require_model()
-        texts = request.content.get("texts")
+        texts = request.fields["texts"]
         if texts is None:
             texts = self._batch()
-        length = int(request.content["sequence_length"])
+        length = int(request.fields["sequence_length"])
         if not 1 <= length <= 4096:
             raise ValueError("sequence_length must be between 1 and 4096")
         table = inspect.preprocess(model, texts, sequence_length=length)
@@ -270,7 +264,7 @@ class InspectorService:
 
     def _attention_open(self, request: P.Request):
         model = self._require_model()
-        sequence = self._open(request.content.get("text"))
+        sequence = self._open(request.fields["text"])
         self._attention_seen = True
         self._start_preparing(sequence.sequence_id)
         return (
@@ -288,7 +282,7 @@ class InspectorService:
         )
 
     def _attention(self, request: P.Request):
-        sequence_id, layer, head = (request.content[k] for k in ("sequence_id", "layer", "head"))
+        sequence_id, layer, head = (request.fields[k] for k in ("sequence_id", "layer", "head"))
         try:
             maps = self._maps_for(sequence_id)
         except _Superseded:
@@ -301,7 +295,7 @@ class InspectorService:
             self._progress(sequence_id, maps)
         # What a view draws first is the map shrunk to about its pixels (``cells``), computed
         # and shrunk where the map is; zooming in then asks for a region at full resolution.
-        cells, region = request.content.get("cells"), request.content.get("region")
+        cells, region = request.fields["cells"], request.fields["region"]
         buffers: list = []
         extra: dict = {"block": 1, "region": None}
         if region is not None:
@@ -414,8 +408,8 @@ class InspectorService:
         # answered between two layers of the overview instead of after all of them.
         if self._latest.get("attention.overview") != token:
             return
-        sequence_id = request.content["sequence_id"]
-        size = max(8, min(int(request.content["size"]), 256))
+        sequence_id = request.fields["sequence_id"]
+        size = max(8, min(int(request.fields["size"]), 256))
         try:
             maps = self._maps_for(sequence_id)
         except _Superseded:
@@ -483,81 +477,11 @@ class InspectorService:
     # ---- step mode ----
 
     def _step_request(self, request: P.Request):
-        action = request.content["action"]
-        model = self._require_model()
-        if action in ("start", "reset") or self._step is None:
-            prompt = self._step_prompt(request.content.get("text"))
-            self._step = inspect.StepSession(model, prompt, top_k=STEP_TOP_K)
-            self._proposal = None
-        session = self._step
-        if action == "undo":
-            session.undo()
-            self._proposal = None
-        elif action == "accept":
-            if self._proposal is None:
-                self._proposal = self._propose(session)
-            session.choose(self._proposal, proposed_id=self._proposal)
-            self._proposal = None
-        elif action == "choose":
-            token_id = request.content.get("token_id")
-            if not isinstance(token_id, int) or isinstance(token_id, bool):
-                raise ValueError("step.request 'choose' needs an integer token_id")
-            session.choose(token_id, proposed_id=self._proposal)
-            self._proposal = None
-        elif action == "propose":
-            self._proposal = None
-        elif action == "finish":
-            self._finish(session)
-            self._proposal = None
-        if not session.finished and self._proposal is None:
-            self._proposal = self._propose(session)
-        return P.envelope(P.STEP_STATE, request.id, **self._step_state(session)), None
-
-    def _sampling(self) -> dict:
-        """The sampler settings of the widget, as `StepSession.propose` and `finish` take them."""
-        settings = self._settings()
-        return {
-            "temperature": float(settings.get("temperature", 0.7)),
-            "top_k": settings.get("top_k") or None,
-            "top_p": settings.get("top_p"),
-            "min_p": settings.get("min_p") or None,
-            "repetition_penalty": settings.get("repetition_penalty"),
-            "seed": settings.get("seed"),
-        }
-
-    def _propose(self, session: inspect.StepSession) -> int:
-        return session.propose(**self._sampling())
-
-    def _finish(self, session: inspect.StepSession) -> None:
-        limit = int(self._settings().get("max_new_tokens") or 128)
-        session.finish(max_new_tokens=limit - len(session.steps), **self._sampling())
-
-    def _step_state(self, session: inspect.StepSession) -> dict:
-        tokenizer = session.tokenizer
-        tail = session.prompt_ids[-16:]
-        distribution = None if session.finished else session.distribution().to_dict()
-        proposal = None
-        if self._proposal is not None and distribution is not None:
-            probs = dict(zip(distribution["token_ids"], distribution["probs"], strict=True))
-            proposal = {
-                "token_id": self._proposal,
-                "piece": piece(tokenizer, self._proposal),
-                "prob": probs.get(self._proposal),
-            }
-        steps = []
-        for step in session.steps:
-            record = step.to_dict()
-            record["prob"], record["entropy"] = _finite(step.prob), _finite(step.entropy)
-            steps.append(record)
-        return {
-            "prompt_tail": [piece(tokenizer, i) for i in tail],
-            "prompt_length": len(session.prompt_ids),
-            "steps": steps,
-            "distribution": distribution,
-            "proposal": proposal,
-            "finished": session.finished,
-            "text": session.text,
-        }
+        fields = request.fields
+        state = self._step_mode.act(
+            self._require_model(), fields["action"], fields["token_id"], fields["text"]
+        )
+        return P.envelope(P.STEP_STATE, request.id, **state), None
 
 
 class _NotReady(RuntimeError):

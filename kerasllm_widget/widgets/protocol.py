@@ -1,10 +1,10 @@
-"""The chat widget's message protocol: kinds, envelope and payloads, defined once.
+"""The chat widget's message protocol: kinds, fields and payloads, defined once.
 
 Mirrored by ``js/shared/protocol.ts``; ``tests/test_chat_widget.py`` checks that both list the same
-kinds. Every custom message is a dict ``{"kind": ..., "id": ..., **fields}`` where ``id`` names the
-request the message belongs to (chosen by the view that sent it, or by the kernel for a send made
-from Python). Durable state (transcript, status, settings, model info) lives in traitlets; messages
-carry what is transient: token deltas, the end of a reply, errors of one request, catch-up snapshots.
+kinds. Every custom message is an envelope ``{"kind": ..., "id": ..., **fields}``, shared with the
+inspectors' protocol (`kerasllm_widget.widgets.envelope`, re-exported here). Durable state
+(transcript, status, settings, model info) lives in traitlets; messages carry what is transient:
+token deltas, the end of a reply, errors of one request, catch-up snapshots.
 
 >>> envelope(CHAT_ERROR, "v1-3", reply_id=None, code="bad_request", message="empty text")
 {'kind': 'chat.error', 'id': 'v1-3', 'reply_id': None, 'code': 'bad_request', 'message': 'empty text'}
@@ -12,13 +12,14 @@ carry what is transient: token deltas, the end of a reply, errors of one request
 
 from __future__ import annotations
 
-import itertools
-import math
-import os
-from dataclasses import dataclass
 from typing import Any
 
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.widgets import envelope as _envelope
+from kerasllm_widget.widgets.envelope import ProtocolError as ProtocolError
+from kerasllm_widget.widgets.envelope import Request, finite
+from kerasllm_widget.widgets.envelope import envelope as envelope
+from kerasllm_widget.widgets.envelope import new_id as new_id
 
 PROTOCOL_VERSION = 1
 
@@ -48,33 +49,15 @@ ERROR_NOTHING_TO_DO = "nothing_to_do"
 ERROR_GENERATION = "generation"
 ERROR_LOAD = "load"
 
-# Fields each request must carry, with their types, besides kind and id.
-_REQUEST_FIELDS: dict[str, dict[str, type]] = {
-    CHAT_SEND: {"text": str},
+# Fields each request carries, with their types, besides kind and id.
+_REQUEST_FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
+    CHAT_SEND: {"text": (str,)},
     CHAT_REGENERATE: {},
-    CHAT_EDIT: {"message_id": str, "text": str},
+    CHAT_EDIT: {"message_id": (str,), "text": (str,)},
     CHAT_CANCEL: {},
     CHAT_CLEAR: {},
     CHAT_SYNC: {},
 }
-
-
-class ProtocolError(ValueError):
-    """A message from the front end that does not follow the protocol."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """A parsed front-end request."""
-
-    kind: str
-    id: str
-    fields: dict[str, Any]
-
-
-def envelope(kind: str, id: str, **fields: Any) -> dict[str, Any]:
-    """The dict sent as one custom message."""
-    return {"kind": kind, "id": id, **fields}
 
 
 def parse_request(content: Any) -> Request:
@@ -82,39 +65,12 @@ def parse_request(content: Any) -> Request:
 
     Raises `ProtocolError` naming what is wrong, so that the widget can answer with a
     ``chat.error`` rather than fail silently.
+
+    Example:
+        >>> parse_request({"kind": "chat.edit", "id": "v1", "message_id": "u2", "text": "Hi"}).fields
+        {'message_id': 'u2', 'text': 'Hi'}
     """
-    if not isinstance(content, dict):
-        raise ProtocolError(f"expected a message object, got {type(content).__name__}")
-    kind = content.get("kind")
-    request_id = content.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise ProtocolError("message has no string 'id'")
-    if kind not in REQUEST_KINDS:
-        raise ProtocolError(f"unknown message kind {kind!r}")
-    fields: dict[str, Any] = {}
-    for name, expected in _REQUEST_FIELDS[kind].items():
-        value = content.get(name)
-        if not isinstance(value, expected):
-            raise ProtocolError(f"{kind} needs a {expected.__name__} field {name!r}")
-        fields[name] = value
-    return Request(kind=kind, id=request_id, fields=fields)
-
-
-_counter = itertools.count(1)
-_session = os.urandom(3).hex()
-
-
-def new_id(prefix: str = "k") -> str:
-    """An id unique within this kernel, for requests made from Python and transcript entries."""
-    return f"{prefix}{_session}-{next(_counter)}"
-
-
-def finite(value: float | None) -> float | None:
-    """JSON has no NaN or infinity (Jupyter's serializer refuses them): those become None."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return _envelope.parse_request(content, _REQUEST_FIELDS)
 
 
 def token_record(event: TokenEvent) -> dict[str, Any]:
