@@ -103,7 +103,7 @@ def smollm2_run(smollm2_reference):
 @pytest.mark.reference
 def test_smollm2_attention_path_matches_reference_layer_by_layer(smollm2_run):
     """Each block's attention from the same residual stream the reference block received."""
-    from kerasllm_widget.inspect._compiled import runner_for
+    from kerasllm_widget.inspect._layer_runner import runner_for
     from kerasllm_widget.models.llama3_backbone import (
         causal_attention_mask,
         positions_from_padding_mask,
@@ -177,7 +177,8 @@ def test_thumbnails_keep_sharp_lines(tiny):
 def test_chunked_blocks_match_the_whole_block(tiny):
     """Blocks run their queries in chunks against the keys up to each chunk's end; the residual
     stream must be the model's own block output."""
-    from kerasllm_widget.inspect._compiled import CHUNK, InspectionPass
+    from kerasllm_widget.inspect._compiled import InspectionPass
+    from kerasllm_widget.inspect._layer_runner import CHUNK
     from kerasllm_widget.models.llama3_backbone import (
         causal_attention_mask,
         positions_from_padding_mask,

@@ -15,6 +15,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 import kerasllm_widget.models.chat_template as template_module
+import kerasllm_widget.models.chat_template_budget as budget_module
 from kerasllm_widget.models.chat_template import (
     ChatTemplateBudgetError,
     ChatTemplateError,
@@ -108,19 +109,31 @@ def test_other_runaway_templates_are_clear_errors():
 
 def test_budget_constants_are_read_at_each_render(monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(template_module, "RENDER_MAX_RANGE", 10)
+        patch.setattr(budget_module, "RENDER_MAX_RANGE", 10)
         assert render_chat_template("{{ range(10) | list | length }}", HI) == "10"
         with pytest.raises(ChatTemplateBudgetError, match="limit of 10 "):
             render_chat_template("{{ range(11) | list | length }}", HI)
     with monkeypatch.context() as patch:
-        patch.setattr(template_module, "RENDER_MAX_OUTPUT_CHARS", 50)
-        patch.setattr(template_module, "RENDER_OUTPUT_CHARS_PER_INPUT_CHAR", 0)
+        patch.setattr(budget_module, "RENDER_MAX_OUTPUT_CHARS", 50)
+        patch.setattr(budget_module, "RENDER_OUTPUT_CHARS_PER_INPUT_CHAR", 0)
         with pytest.raises(ChatTemplateBudgetError, match="size budget of 50 "):
             render_chat_template("{{ 'x' * 51 }}", HI)
     with monkeypatch.context() as patch:
-        patch.setattr(template_module, "RENDER_TIME_BUDGET_S", 0.05)
+        patch.setattr(budget_module, "RENDER_TIME_BUDGET_S", 0.05)
         with pytest.raises(ChatTemplateBudgetError, match=r"more than 0\.05 s"):
             render_chat_template(NESTED_RANGES, HI)
+
+
+def test_budget_constants_set_through_chat_template_reach_the_render(monkeypatch):
+    # Where the RENDER_* settings lived before the budget had a module of its own: setting them
+    # there must not make a second copy that no render reads.
+    with monkeypatch.context() as patch:
+        patch.setattr(template_module, "RENDER_MAX_RANGE", 10)
+        assert budget_module.RENDER_MAX_RANGE == template_module.RENDER_MAX_RANGE == 10
+        with pytest.raises(ChatTemplateBudgetError, match="limit of 10 "):
+            render_chat_template("{{ range(11) | list | length }}", HI)
+    assert budget_module.RENDER_MAX_RANGE == template_module.RENDER_MAX_RANGE == 100_000
+    assert "RENDER_MAX_RANGE" not in vars(template_module)
 
 
 def test_the_output_budget_grows_with_the_conversation():
@@ -130,7 +143,7 @@ def test_the_output_budget_grows_with_the_conversation():
         for i in range(2_000)
     ]
     text = render_chat_template(None, turns)
-    assert len(text) > template_module.RENDER_MAX_OUTPUT_CHARS
+    assert len(text) > budget_module.RENDER_MAX_OUTPUT_CHARS
     assert text.count("<|eot_id|>") == 2_000
 
 

@@ -7,8 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer
+from tokenizers import AddedToken, Tokenizer, pre_tokenizers
 
+from kerasllm_widget.checkpoints.byte_level import (
+    BYTE_TO_UNICODE,
+    UNICODE_TO_BYTE,
+    byte_level_bytes,
+)
 from kerasllm_widget.checkpoints.checkpoint import Checkpoint
 from kerasllm_widget.checkpoints.errors import PresetError
 from kerasllm_widget.models.llama3_tokenizer import Llama3Tokenizer
@@ -301,6 +306,19 @@ def test_token_bytes_add_up_to_the_text(tokenizer, text):
     ids, offsets = tokenizer.tokenize_with_offsets(text)
     assert ids.tolist() == [p["id"] for p in pieces]
     assert offsets.shape == (len(ids), 2)
+
+
+def test_the_byte_level_table_is_the_one_tokenizers_spells_with():
+    # One table serves both directions: the GGUF reader spells a vocabulary in it, the tokenizer
+    # reads token bytes back from it. It must be GPT-2's, as tokenizers' ByteLevel uses.
+    text = "".join(map(chr, range(128))) + "é€中🦙\u00ad"
+    spelled = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    assert set(BYTE_TO_UNICODE.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert (
+        "".join(BYTE_TO_UNICODE[b] for b in text.encode()) == (spelled.pre_tokenize_str(text)[0][0])
+    )
+    assert byte_level_bytes(spelled.pre_tokenize_str(text)[0][0]) == text.encode()
+    assert sorted(UNICODE_TO_BYTE.values()) == list(range(256))
 
 
 def test_sentencepiece_style_tokenizer_pieces(sentencepiece_style_tokenizer_json):

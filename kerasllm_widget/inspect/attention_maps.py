@@ -18,7 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from kerasllm_widget.inspect._compiled import OVERVIEW_CELLS, InspectionPass
+from kerasllm_widget.inspect._compiled import InspectionPass
+from kerasllm_widget.inspect._layer_runner import OVERVIEW_CELLS
 from kerasllm_widget.inspect._sources import backbone_of
 from kerasllm_widget.inspect.quantization import QuantizedArray
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kerasllm_widget.models.llama3_tokenizer import readable_bytes
+from kerasllm_widget.models.token_bytes import readable_bytes
 
 __all__ = ["piece", "pieces", "readable_bytes"]
 

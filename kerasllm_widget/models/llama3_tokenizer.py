@@ -3,151 +3,43 @@
 It reads the checkpoint's own ``tokenizer.json`` (byte-level BPE for Llama 3 and SmolLM2,
 SentencePiece-style BPE for Llama 2 and TinyLlama), so text becomes exactly the ids the reference
 implementation makes, with no TensorFlow in the way.
+
+Beside it: reading the tokenizer files (`tokenizer_files`), the bytes behind a token
+(`token_bytes`), and special-token strings typed in chat messages (`special_token_escaping`).
 """
 
 from __future__ import annotations
 
-import bisect
 import inspect
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from kerasllm_widget.checkpoints.checkpoint import Checkpoint, path_exists, read_text_file
+from kerasllm_widget.checkpoints.checkpoint import Checkpoint
 from kerasllm_widget.checkpoints.errors import PresetError
 from kerasllm_widget.checkpoints.presets import load_checkpoint
-from kerasllm_widget.models.chat_template import (
-    LLAMA3_CHAT_TEMPLATE,
-    ChatTemplateError,
-    render_chat_template,
-    select_chat_template,
+from kerasllm_widget.models.chat_template import LLAMA3_CHAT_TEMPLATE, render_chat_template
+from kerasllm_widget.models.special_token_escaping import (
+    content_special_spans,
+    escaped_ids,
+    escaping_backend,
+    special_token_pattern,
+)
+from kerasllm_widget.models.token_bytes import is_byte_level, readable_bytes, token_string_bytes
+from kerasllm_widget.models.tokenizer_files import (
+    checkpoint_tokenizer_options,
+    load_tokenizer_json,
+    post_processor_prefix,
 )
 
 __all__ = ["Llama3Tokenizer"]
-
-# How whitespace is shown in token pieces: a visible mark, so that " the" and "the" differ on screen.
-_VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
-_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-_SENTENCEPIECE_SPACE = "▁"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2's byte-level alphabet: every byte gets a printable character ("Ġ" is the space byte,
-    # "Ċ" the newline), which is how byte-level BPE vocabularies spell their tokens.
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {byte: chr(char) for byte, char in zip(printable, chars, strict=True)}
-
-
-_BYTE_LEVEL_DECODER = {char: byte for byte, char in _bytes_to_unicode().items()}
-
-
-def _token_text(value: Any) -> str | None:
-    # tokenizer_config.json writes special tokens as strings or as serialized AddedToken dicts.
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return value.get("content")
-    return str(value)
-
-
-def readable_bytes(data: bytes) -> str:
-    """Bytes as text with visible whitespace; bytes that are not part of a whole UTF-8 character
-    are shown as ``<0xF0>`` so a token holding half an emoji still has a label.
-
-    Example:
-        >>> readable_bytes(b" Hello\\n"), readable_bytes("🙂".encode()[:2])
-        ('␣Hello↵', '<0xF0><0x9F>')
-    """
-    text = data.decode("utf-8", errors="surrogateescape")
-    out = []
-    for char in text:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, escaped by surrogateescape
-            out.append(f"<0x{code - 0xDC00:02X}>")
-        else:
-            out.append(char)
-    return "".join(out).translate(_VISIBLE_WHITESPACE)
-
-
-def _mark_special_strings(
-    value: Any, pattern: re.Pattern[str], marker: str, found: list[str]
-) -> Any:
-    # Every special-token string in the text of ``value`` becomes ``marker`` + its index in
-    # ``found``: a placeholder no tokenizer knows, that survives the template as it is.
-    if isinstance(value, str):
-
-        def mark(match: re.Match[str]) -> str:
-            found.append(match.group(0))
-            return f"{marker}{len(found) - 1}\ue001"
-
-        return pattern.sub(mark, value)
-    if isinstance(value, Mapping):
-        return {k: _mark_special_strings(v, pattern, marker, found) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mark_special_strings(v, pattern, marker, found) for v in value]
-    return value
-
-
-def _restore_special_strings(
-    text: str, marker: str, found: list[str]
-) -> tuple[str, list[tuple[int, int]]]:
-    # The placeholders back to their special-token strings, with the [start, end) span of each.
-    pieces: list[str] = []
-    spans: list[tuple[int, int]] = []
-    size = last = 0
-    for match in re.finditer(re.escape(marker) + r"(\d+)\ue001", text):
-        pieces.append(text[last : match.start()])
-        size += match.start() - last
-        original = found[int(match.group(1))]
-        spans.append((size, size + len(original)))
-        pieces.append(original)
-        size += len(original)
-        last = match.end()
-    pieces.append(text[last:])
-    return "".join(pieces), spans
-
-
-def _load_backend(tokenizer_json: str | os.PathLike | Tokenizer) -> Tokenizer:
-    if isinstance(tokenizer_json, Tokenizer):
-        return tokenizer_json
-    if isinstance(tokenizer_json, str) and tokenizer_json.lstrip().startswith("{"):
-        try:
-            return Tokenizer.from_str(tokenizer_json)
-        except Exception as error:  # tokenizers raises a bare Exception on bad JSON
-            raise ValueError(f"tokenizer JSON could not be read: {error}") from error
-    path = Path(tokenizer_json)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        path_exists(path)  # a symlink loop is named as one, not as a missing file
-        raise FileNotFoundError(
-            f"no tokenizer file at {path}: pass the text of a tokenizer.json, its path, "
-            "or a folder that holds one"
-        )
-    text = read_text_file(path)  # bytes that are not UTF-8: an error naming the file and byte
-    try:
-        return Tokenizer.from_str(text)
-    except Exception as error:
-        raise ValueError(f"{path} is not a valid tokenizer.json: {error}") from error
 
 
 class Llama3Tokenizer:
@@ -181,11 +73,11 @@ class Llama3Tokenizer:
         chat_template: str | None = None,
         stop_token_ids: Iterable[int] | None = None,
     ) -> None:
-        self.backend: Tokenizer = _load_backend(tokenizer_json)
+        self.backend: Tokenizer = load_tokenizer_json(tokenizer_json)
         self._bos_id = self._resolve_token(bos_token, "bos_token")
         self._eos_id = self._resolve_token(eos_token, "eos_token")
         self._pad_id = self._resolve_token(pad_token, "pad_token")
-        prefix = self._post_processor_prefix()
+        prefix = post_processor_prefix(self.backend)
         if self._bos_id is None and prefix:
             # A tokenizer.json that prepends a special token names its BOS even when the config
             # does not (Llama 3's tokenizer.json without tokenizer_config.json).
@@ -219,31 +111,9 @@ class Llama3Tokenizer:
                 f"{checkpoint.name}: the checkpoint has no tokenizer (tokenizer.json missing in "
                 f"{checkpoint.source}); add the tokenizer.json of the model it was trained with"
             )
-        config = checkpoint.tokenizer_config or {}
-        model_config = checkpoint.config or {}
-        generation_eos = (checkpoint.generation_config or {}).get("eos_token_id")
-        if generation_eos is None:
-            generation_eos = model_config.get("eos_token_id")
-        if isinstance(generation_eos, int):
-            generation_eos = [generation_eos]
-        # Without tokenizer_config.json, config.json's ids name BOS and EOS (as transformers'
-        # generate does); the tokenizer config wins where it has them.
-        bos_token = _token_text(config.get("bos_token"))
-        if bos_token is None and isinstance(model_config.get("bos_token_id"), int):
-            bos_token = model_config["bos_token_id"]
-        eos_token = _token_text(config.get("eos_token"))
-        if eos_token is None and generation_eos:
-            eos_token = generation_eos[0]
+        options = checkpoint_tokenizer_options(checkpoint)
         try:
-            return cls(
-                checkpoint.tokenizer_json,
-                bos_token=bos_token,
-                eos_token=eos_token,
-                pad_token=_token_text(config.get("pad_token")),
-                add_bos=config.get("add_bos_token"),
-                chat_template=select_chat_template(config.get("chat_template")),
-                stop_token_ids=generation_eos or (),
-            )
+            return cls(checkpoint.tokenizer_json, **options)
         except ValueError as error:
             raise PresetError(
                 f"{checkpoint.name}: tokenizer in {checkpoint.source}: {error}"
@@ -359,16 +229,6 @@ class Llama3Tokenizer:
             raise ValueError(f"{field} {token!r} is not in the tokenizer's vocabulary")
         return token_id
 
-    def _post_processor_prefix(self) -> list[int]:
-        # What the tokenizer.json's post-processor puts before the text when asked for special
-        # tokens: Llama 3.x's TemplateProcessing gives [128000]; byte-level only gives [].
-        with_special = self.backend.encode("a", add_special_tokens=True).ids
-        plain = self.backend.encode("a", add_special_tokens=False).ids
-        for start in range(len(with_special) - len(plain) + 1):
-            if with_special[start : start + len(plain)] == plain:
-                return with_special[:start]
-        return []
-
     @property
     def bos_token(self) -> str | None:
         return None if self._bos_id is None else self.backend.id_to_token(self._bos_id)
@@ -412,28 +272,17 @@ class Llama3Tokenizer:
 
     @cached_property
     def _special_token_pattern(self) -> re.Pattern[str] | None:
-        # Longest first, so that a special token that begins another one does not win.
-        texts = sorted(
-            {self.backend.id_to_token(i) or "" for i in self.special_token_ids} - {""},
-            key=len,
-            reverse=True,
+        return special_token_pattern(
+            self.backend.id_to_token(i) or "" for i in self.special_token_ids
         )
-        return re.compile("|".join(map(re.escape, texts))) if texts else None
 
     @cached_property
     def _escaping_backend(self) -> Tokenizer:
-        # A copy that reads special-token strings as text. A copy rather than toggling
-        # `encode_special_tokens` on `backend`, which other threads (the token inspector) use
-        # at the same time. Built on first use: 0.6 s for Llama 3's tokenizer.json.
-        backend = Tokenizer.from_str(self.backend.to_str())
-        backend.encode_special_tokens = True
-        return backend
+        return escaping_backend(self.backend)  # built on first use: 0.6 s for Llama 3's
 
     @cached_property
     def _is_byte_level(self) -> bool:
-        decoder = self.backend.decoder
-        state = decoder.__getstate__() if decoder is not None else b""
-        return b'"ByteLevel"' in state
+        return is_byte_level(self.backend)
 
     # ----------------------------------------------------------------- text -> ids
     def __call__(self, inputs: str | Sequence[str]) -> np.ndarray | list[np.ndarray]:
@@ -487,14 +336,7 @@ class Llama3Tokenizer:
         token = self.id_to_token(id)
         if id in self.special_token_ids:
             return token.encode("utf-8")
-        if self._is_byte_level:
-            if all(char in _BYTE_LEVEL_DECODER for char in token):
-                return bytes(_BYTE_LEVEL_DECODER[char] for char in token)
-            return token.encode("utf-8")  # an added (non byte-level) token
-        match = _BYTE_FALLBACK.match(token)
-        if match:
-            return bytes([int(match.group(1), 16)])
-        return token.replace(_SENTENCEPIECE_SPACE, " ").encode("utf-8")
+        return token_string_bytes(token, byte_level=self._is_byte_level)
 
     def tokenize_pieces(self, text: str) -> list[dict[str, Any]]:
         """Each token of ``text`` with what the token inspector shows.
@@ -629,95 +471,16 @@ class Llama3Tokenizer:
         encoding = self.backend.encode(text, add_special_tokens=False)
         ids = list(encoding.ids)
         if escape_special_tokens and self._special_token_pattern is not None:
-            spans = self._content_special_spans(messages, text, add_generation_prompt, extra)
+            render = partial(
+                self.apply_chat_template, add_generation_prompt=add_generation_prompt, **extra
+            )
+            spans = content_special_spans(render, messages, text, self._special_token_pattern)
             if spans:
-                ids = self._escaped_ids(text, ids, encoding.offsets, spans)
+                special, escaping = self.special_token_ids, self._escaping_backend
+                ids = escaped_ids(text, ids, encoding.offsets, spans, special, escaping)
         if add_start_token and self.add_bos and (not ids or ids[0] != self._bos_id):
             ids = [self._bos_id, *ids]
         return ids
-
-    def _content_special_spans(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        text: str,
-        add_generation_prompt: bool,
-        extra: Mapping[str, Any],
-    ) -> list[tuple[int, int]]:
-        """Character spans in the rendered ``text`` of special-token strings that came from
-        message content: the conversation is rendered again with each one replaced by a
-        placeholder, so wherever the template puts (or trims) content, the spans are exact."""
-        marker = f"\ue000{secrets.token_hex(4)}:"
-        found: list[str] = []
-        marked = [
-            {
-                **m,
-                "content": _mark_special_strings(
-                    m["content"], self._special_token_pattern, marker, found
-                ),
-            }
-            # What people typed (user, system); the model's own replies keep the special
-            # tokens it produced.
-            if isinstance(m, Mapping) and "content" in m and m.get("role") != "assistant"
-            else m
-            for m in messages
-        ]
-        if not found:
-            return []
-        marked_text = self.apply_chat_template(
-            marked, add_generation_prompt=add_generation_prompt, **extra
-        )
-        restored, spans = _restore_special_strings(marked_text, marker, found)
-        if restored != text:
-            raise ChatTemplateError(
-                "escape_special_tokens: this chat template changes message content before "
-                "writing it (it slices, measures or reorders it), so the special-token strings "
-                "inside messages cannot be told apart from the template's own. Remove them from "
-                "the messages or pass escape_special_tokens=False."
-            )
-        return spans
-
-    def _escaped_ids(
-        self,
-        text: str,
-        ids: list[int],
-        offsets: Sequence[tuple[int, int]],
-        spans: list[tuple[int, int]],
-    ) -> list[int]:
-        """``ids`` (the plain encoding of ``text``) with each stretch between two of the
-        template's special tokens that holds an escaped span encoded again, special-token
-        strings read as text. The tokenizer splits text at special tokens before anything else,
-        so every other stretch keeps exactly its ids."""
-        # Spans are in text order and do not overlap, so their starts and ends are both sorted.
-        starts = [a for a, _ in spans]
-        ends = [b for _, b in spans]
-
-        def inside_a_span(start: int, end: int) -> bool:
-            k = bisect.bisect_right(starts, start) - 1
-            return k >= 0 and end <= ends[k]
-
-        def meets_a_span(start: int, end: int) -> bool:
-            k = bisect.bisect_right(ends, start)
-            return k < len(spans) and starts[k] < end
-
-        boundaries = [
-            i
-            for i, token_id in enumerate(ids)
-            if token_id in self.special_token_ids and not inside_a_span(*offsets[i])
-        ]
-        out: list[int] = []
-        previous = -1
-        for boundary in [*boundaries, len(ids)]:
-            start = offsets[previous][1] if previous >= 0 else 0
-            end = offsets[boundary][0] if boundary < len(ids) else len(text)
-            if meets_a_span(start, end):
-                stretch = self._escaping_backend.encode(text[start:end], add_special_tokens=False)
-                out += stretch.ids
-            else:
-                out += ids[previous + 1 : boundary]
-            if boundary < len(ids):
-                out.append(ids[boundary])
-            previous = boundary
-        return out
 
     def __repr__(self) -> str:
         return (

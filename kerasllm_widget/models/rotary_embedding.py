@@ -69,6 +69,6 @@ def apply_rotary_embedding(x, positions, inverse_frequencies):
     """Rotates ``x [B, T, heads, head_dim]`` by ``positions [B, T]`` (rotate-half convention).
 
     Hugging Face checkpoints store Q/K rows in the rotate-half order; GGUF files use the
-    interleaved order and are converted when read (`checkpoints/gguf_checkpoint.py`).
+    interleaved order and are converted when read (`checkpoints/gguf_tensor_names.py`).
     """
     return apply_rotary_tables(x, *rotary_tables(positions, inverse_frequencies))
