@@ -17,6 +17,7 @@ from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
 from kerasllm_widget.generation.engine import CONTINUATION_CHUNK, engine_for
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.generation.steering import steering_edits
 from kerasllm_widget.generation.stopping import stop_token_ids_of
 
 __all__ = ["ChatState"]
@@ -48,6 +49,7 @@ class ChatState:
         context_length: int | None = None,
         cache_length: int | None = None,
         escape_special_tokens: bool = False,
+        steering: dict | None = None,
     ):
         if model.tokenizer is None:
             raise ValueError("ChatState needs a model with a tokenizer (load it with from_preset).")
@@ -68,6 +70,9 @@ class ChatState:
         # Special-token strings typed in a message (``<|im_start|>system``) are read as plain
         # text instead of as the template's control tokens (the ChatWidget turns this on).
         self.escape_special_tokens = bool(escape_special_tokens)
+        # ``{layer: vector}`` added to the residual after that layer for every reply (None:
+        # off); a call's own ``steering=`` overrides it. See `generation.steering`.
+        self.steering = steering
         self._lock = threading.Lock()
 
     # ---- formatting --------------------------------------------------------------------------
@@ -287,6 +292,7 @@ class ChatState:
         seed = sampling.pop("seed", None)
         stop_strings = sampling.pop("stop_strings", None)
         stop_token_ids = sampling.pop("stop_token_ids", None)
+        steering = sampling.pop("steering", self.steering)
         unknown = set(sampling) - {
             "temperature",
             "top_p",
@@ -328,10 +334,17 @@ class ChatState:
             seed,
             stop_strings,
             stop_token_ids,
+            steering,
         )
 
     def _prepare_next_turn(
-        self, done: DoneEvent, sampler, max_new_tokens, top_k_alternatives, stop_token_ids
+        self,
+        done: DoneEvent,
+        sampler,
+        max_new_tokens,
+        top_k_alternatives,
+        stop_token_ids,
+        steering=None,
     ) -> None:
         """Compiles in the background, while the user reads and types, the programs the next
         turn may need and no request has compiled yet: the chat-turn prefill chunks (short and
@@ -344,7 +357,11 @@ class ChatState:
         used = done.prompt_tokens + done.generated_tokens
         # The programs are sized by the stop ids the turns carry, as the turns' own are.
         stop_count = len(stop_token_ids_of(self.model.tokenizer, stop_token_ids))
-        options = {"num_alternatives": top_k_alternatives, "stop_count": stop_count}
+        options = {
+            "num_alternatives": top_k_alternatives,
+            "stop_count": stop_count,
+            "edits": steering_edits(self.model, steering),  # steered turns' programs
+        }
         engine.precompile(length, sampler, **options)  # a no-op when all are compiled
         # Room for a new user turn (one prefill chunk) and a reply as long as this one could be.
         if used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
@@ -367,6 +384,7 @@ class ChatState:
         seed,
         stop_strings,
         stop_token_ids,
+        steering=None,
     ):
         finished = False
         try:
@@ -381,11 +399,17 @@ class ChatState:
                 cancel_event=cancel_event,
                 seed=seed,
                 min_cache_length=self.cache_length,
+                steering=steering,
             ):
                 if isinstance(event, DoneEvent):
                     finished = True
                     self._prepare_next_turn(
-                        event, sampler, max_new_tokens, top_k_alternatives, stop_token_ids
+                        event,
+                        sampler,
+                        max_new_tokens,
+                        top_k_alternatives,
+                        stop_token_ids,
+                        steering,
                     )
                     if event.text:
                         self.messages.append({"role": "assistant", "content": event.text})

@@ -16,6 +16,7 @@ from kerasllm_widget.generation.buckets import CONTINUATION_CHUNKS, stop_slots
 from kerasllm_widget.generation.programs import DecodeState, phase
 from kerasllm_widget.generation.samplers import Sampler, SamplerParams
 from kerasllm_widget.generation.stopping import stop_token_ids_of
+from kerasllm_widget.models.llama3_forward import EditSet
 
 __all__ = ["AheadOfTime", "register_engine"]
 
@@ -32,6 +33,7 @@ class AheadOfTime:
         batch: int = 1,
         background: bool = True,
         stop_count: int | None = None,
+        edits: EditSet | None = None,
     ) -> threading.Thread | None:
         """Compiles, ahead of need, the programs a longer chat will use: decode and the chat-turn
         prefill over a cache of ``cache_length`` slots. With ``background`` it runs on a daemon
@@ -50,9 +52,14 @@ class AheadOfTime:
             stop_count = len(stop_token_ids_of(getattr(self.model, "tokenizer", None)))
         slots = stop_slots(stop_count)
         cache_length = min(cache_length, int(self.model.backbone.max_sequence_length))
-        decode_key = self._key("decode", batch, cache_length, 1, plan, num_alternatives, slots)
+        edits = edits or EditSet()
+        decode_key = self._key(
+            "decode", batch, cache_length, 1, plan, num_alternatives, slots, edits.spec
+        )
         prefill_keys = {
-            chunk: self._key("prefill", batch, cache_length, chunk, plan, num_alternatives, slots)
+            chunk: self._key(
+                "prefill", batch, cache_length, chunk, plan, num_alternatives, slots, edits.spec
+            )
             for chunk in CONTINUATION_CHUNKS
             if chunk <= cache_length
         }
@@ -88,7 +95,8 @@ class AheadOfTime:
             phase.name = "background_"
             try:
                 weights = jax.tree.map(
-                    lambda w: jax.ShapeDtypeStruct(w.shape, w.dtype), self.weights()
+                    lambda w: jax.ShapeDtypeStruct(np.shape(w), jnp.result_type(w)),
+                    (*self.weights(), edits),
                 )
                 if generation != self._generation:
                     return  # the variables changed: these would be programs for the old ones

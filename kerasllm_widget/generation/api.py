@@ -22,6 +22,7 @@ from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.engine_outputs import RequestTimings
 from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
 from kerasllm_widget.generation.samplers import Sampler, get_sampler
+from kerasllm_widget.generation.steering import steering_edits
 from kerasllm_widget.generation.stopping import StopStringMatcher, stop_token_ids_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "generate", "make_sampler", "stream", "stream_ids"]
@@ -103,11 +104,13 @@ def stream_ids(
     min_cache_length: int = 0,
     ignore_eos: bool = False,
     engine=None,
+    steering: Mapping[int, Any] | None = None,
 ) -> Iterator[TokenEvent | DoneEvent]:
     """Events for one prompt given as token ids (the whole prompt, special tokens included).
 
     ``ignore_eos``: do not stop on the checkpoint's stop tokens (benchmarks that need an exact
-    number of tokens). ``engine`` defaults to the model's (`engine_for`); anything with the
+    number of tokens). ``steering``: ``{layer: vector}`` added to the residual after that
+    decoder layer at every position (`kerasllm_widget.generation.steering`). ``engine`` defaults to the model's (`engine_for`); anything with the
     same ``generate_tokens``/``sampler`` will do.
 
     Example:
@@ -129,6 +132,7 @@ def stream_ids(
         top_k_alternatives or 0, "top_k_alternatives", 0, vocabulary
     )
     stops = sorted(set(extra_stops)) if ignore_eos else stop_token_ids_of(tokenizer, extra_stops)
+    edits = steering_edits(model, steering)
     stop_set = set(stops)
     timings = RequestTimings(started=started or time.perf_counter())
     detokenizer = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids) if tokenizer else None
@@ -154,6 +158,7 @@ def stream_ids(
         seed=seed,
         timings=timings,
         min_cache_length=min_cache_length,
+        **({"edits": edits} if edits else {}),
     )
     # An event whose token left text held back (half a character, or the start of what may be
     # a stop string) waits for the next token, so that whatever the end of the stream releases
@@ -287,6 +292,7 @@ def stream(
     top_k_alternatives: int = 0,
     cancel_event: threading.Event | None = None,
     ignore_eos: bool = False,
+    steering: Mapping[int, Any] | None = None,
 ) -> Iterator[TokenEvent | DoneEvent]:
     """Streams a reply to ``prompt`` (text, a conversation, or token ids) as events.
 
@@ -317,6 +323,7 @@ def stream(
         seed=seed,
         started=started,
         ignore_eos=ignore_eos,
+        steering=steering,
     )
 
 
@@ -367,6 +374,7 @@ def generate(
     strip_prompt: bool = False,
     seed: int | None = None,
     cancel_event: threading.Event | None = None,
+    steering: Mapping[int, Any] | None = None,
     **sampling: Any,
 ) -> Any:
     """keras_hub's ``generate``: the prompt followed by its continuation, for a string, a list of
@@ -413,12 +421,14 @@ def generate(
             stop_strings=stop_strings,
             cancel_event=cancel_event,
             seed=seed,
+            steering=steering,
         ):
             if isinstance(event, DoneEvent):
                 replies.append(event.token_ids)
                 texts = [event.text]
     else:
         engine = engine_for(model)
+        edits = steering_edits(model, steering)
         collected = [[] for _ in rows]
         for chunk in engine.generate_tokens(
             rows,
@@ -427,6 +437,7 @@ def generate(
             stop_token_ids=stops,
             cancel_event=cancel_event,
             seed=seed,
+            **({"edits": edits} if edits else {}),
         ):
             for row, tokens in enumerate(chunk.tokens.tolist()):
                 collected[row].extend(tokens)

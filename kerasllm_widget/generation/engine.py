@@ -49,10 +49,11 @@ from kerasllm_widget.generation.compilation import (
 )
 from kerasllm_widget.generation.engine_outputs import RequestTimings, StepOutputs
 from kerasllm_widget.generation.fused_weights import derive_in_scope, fusion_plan
-from kerasllm_widget.generation.kept_cache import CacheStore
+from kerasllm_widget.generation.kept_cache import CacheStore, edits_signature
 from kerasllm_widget.generation.portable_engine import PortableGenerationEngine
 from kerasllm_widget.generation.programs import DecodeState, decode_n_tokens, prefill
 from kerasllm_widget.generation.samplers import Sampler, SamplerPlan
+from kerasllm_widget.models.llama3_forward import EditSet
 
 # Names other modules import from here (the engine's public vocabulary).
 __all__ = [
@@ -161,8 +162,19 @@ class GenerationEngine(AheadOfTime):
         the inference layout (`fusion_plan`), decided once per model and device."""
         return sampler.plan._replace(kernels=bool(self._fusion_plan[2]))
 
-    def _key(self, kind, batch, cache_length, chunk_length, plan, num_alternatives, stop_count):
-        """Which compiled program (``kind``: "prefill" or "decode") serves these shapes."""
+    def _key(
+        self,
+        kind,
+        batch,
+        cache_length,
+        chunk_length,
+        plan,
+        num_alternatives,
+        stop_count,
+        edits: tuple = (),
+    ):
+        """Which compiled program (``kind``: "prefill" or "decode") serves these shapes and
+        these edits' functions (``EditSet.spec``; their numbers are traced)."""
         return (
             kind,
             batch,
@@ -172,6 +184,7 @@ class GenerationEngine(AheadOfTime):
             num_alternatives,
             stop_count,
             self.chunk_size,
+            edits,
         )
 
     def _prefill(
@@ -205,6 +218,7 @@ class GenerationEngine(AheadOfTime):
                 plan,
                 num_alternatives,
                 stop_ids.shape[0],
+                weights[2].spec,
             )
             compiled = self._executables.get(program_key)
             self._ran.add(program_key)
@@ -240,6 +254,7 @@ class GenerationEngine(AheadOfTime):
             plan,
             num_alternatives,
             stop_ids.shape[0],
+            weights[2].spec,
         )
         compiled = self._executables.get(program_key)
         self._ran.add(program_key)
@@ -288,6 +303,7 @@ class GenerationEngine(AheadOfTime):
         seed: int | None = None,
         timings: RequestTimings | None = None,
         min_cache_length: int = 0,
+        edits: EditSet | None = None,
     ) -> Iterator[StepOutputs]:
         """Yields `StepOutputs` of numpy arrays (``[B, n]``) chunk by chunk as tokens are made.
 
@@ -297,6 +313,9 @@ class GenerationEngine(AheadOfTime):
         chunk in flight is waited for and the cache is kept for the next request.
         ``min_cache_length``: make the cache at least this long (a chat that will grow asks for
         room up front, so its decode program is not compiled again at each new length).
+        ``edits``: changes at the model's hook points for every position, prompt and reply
+        (steering); new numbers in the same edits compile nothing, and a kept cache computed
+        under other edits is not reused.
         """
         sampler = sampler or Sampler(temperature=0.0)
         batch = len(prompts)
@@ -308,7 +327,9 @@ class GenerationEngine(AheadOfTime):
         if _cancelled(cancel_event):
             return  # stopped before it started: not one token
         jit_prefill, jit_decode = self._compiled()
-        weights = self.weights()
+        edits = edits or EditSet()
+        weights = (*self.weights(), edits)
+        signature = edits_signature(edits)
         context = int(self.model.backbone.max_sequence_length)
         longest = max(len(p) for p in prompts)
         if longest >= context:
@@ -319,7 +340,7 @@ class GenerationEngine(AheadOfTime):
         # One row reuses a kept prefix and is right-padded; a batch is left-padded so that
         # every row's next token goes to the same cache slot. Long prompts go in chunks of
         # `MAX_PREFILL_CHUNK`, so that every prompt length shares a few compiled programs.
-        cache, start = self._caches.take(prompts, max_new_tokens, min_cache_length)
+        cache, start = self._caches.take(prompts, max_new_tokens, min_cache_length, signature)
         cache_length = int(cache[0][0].shape[1])
         chunk_length, padded = prefill_chunks(longest - start, start)
         if start and start + padded > cache_length:
@@ -458,7 +479,7 @@ class GenerationEngine(AheadOfTime):
             if state is not None:
                 index = int(state.index)
                 held = generated[0][:index] if generated is not None else []
-                self._caches.keep(state.cache, held, batch)
+                self._caches.keep(state.cache, held, batch, signature)
 
     def kept_cache_length(self) -> int | None:
         """Slots of the cache kept from the last request (None when nothing is kept)."""

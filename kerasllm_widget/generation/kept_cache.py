@@ -8,12 +8,28 @@ only what is new. `CacheStore` is that one kept cache, behind a lock.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
+
+import jax
+import numpy as np
 
 from kerasllm_widget.generation.buckets import cache_length_for, prefill_chunks
 from kerasllm_widget.generation.programs import grow_cache, zero_cache
 
-__all__ = ["CacheStore", "KeptCache"]
+__all__ = ["CacheStore", "KeptCache", "edits_signature"]
+
+
+def edits_signature(edits) -> tuple:
+    """What the keys of a cache depend on besides the tokens: the edits' functions and the
+    bytes of their numbers (an `EditSet`)."""
+    if not edits:
+        return ()
+    digests = tuple(
+        hashlib.sha1(np.ascontiguousarray(np.asarray(p)).tobytes()).hexdigest()
+        for p in jax.tree_util.tree_leaves(edits.params)
+    )
+    return (edits.spec, digests)
 
 
 @dataclasses.dataclass
@@ -25,6 +41,7 @@ class KeptCache:
     batch: int
     length: int
     dtype: str
+    signature: tuple = ()  # the edits the keys were computed under (`edits_signature`)
 
 
 class CacheStore:
@@ -51,7 +68,11 @@ class CacheStore:
         return cache_length_for(needed, int(self._backbone.max_sequence_length))
 
     def take(
-        self, prompts: list[list[int]], max_new_tokens: int, min_cache_length: int = 0
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        min_cache_length: int = 0,
+        signature: tuple = (),
     ) -> tuple[list, int]:
         """A cache for this request and how many leading prompt tokens it already holds.
 
@@ -66,7 +87,8 @@ class CacheStore:
         if kept is not None and (kept.batch != batch or kept.dtype != self.dtype):
             kept = None
         reuse = 0
-        if kept is not None and batch == 1 and kept.token_ids:
+        # Keys computed under other edits (another steering vector) hold other values.
+        if kept is not None and batch == 1 and kept.token_ids and kept.signature == signature:
             prompt = prompts[0]
             limit = min(len(prompt) - 1, len(kept.token_ids))  # prefill needs >= 1 token
             while reuse < limit and prompt[reuse] == kept.token_ids[reuse]:
@@ -87,7 +109,7 @@ class CacheStore:
         shape = (batch, length, backbone.num_key_value_heads, backbone.head_dim)
         return zero_cache(layers=backbone.num_layers, shape=shape, dtype=self.dtype), 0
 
-    def keep(self, cache, token_ids: list[int], batch: int) -> None:
+    def keep(self, cache, token_ids: list[int], batch: int, signature: tuple = ()) -> None:
         """Keeps ``cache`` holding ``token_ids`` in its first slots (batch 1) for the next request."""
         with self._lock:
             self._kept = KeptCache(
@@ -96,6 +118,7 @@ class CacheStore:
                 batch=batch,
                 length=int(cache[0][0].shape[1]),
                 dtype=self.dtype,
+                signature=signature,
             )
 
     def clear(self) -> None:

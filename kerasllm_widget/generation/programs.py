@@ -55,13 +55,13 @@ phase = _Phase()
 # These run under `jax.jit`; `model` is bound with functools.partial and static.
 
 
-def _forward(
-    model, variables, weights, token_ids, positions, attention_mask, cache, cache_index, hooks=None
-):
+def _forward(model, variables, weights, token_ids, positions, attention_mask, cache, cache_index):
     """Hidden states ``[B, T, D]`` and the updated cache: the model's one forward
-    (`llama3_forward.forward`) with `weights` (``(values, layout)``) standing in for the model's
-    variables, so they are jit arguments, not constants, and the engine's inference layout."""
-    values, layout = weights
+    (`llama3_forward.forward`) with `weights` (``(values, layout, edits)``) standing in for the
+    model's variables, so they are jit arguments, not constants; the engine's inference layout;
+    and the request's edits at hook points (an `EditSet`: steering, for one)."""
+    values, layout, edits = weights
+    hooks = edits.hooks()
     with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
         return llama3_forward.forward(
             model.backbone,
@@ -75,10 +75,10 @@ def _forward(
         )
 
 
-def _logits(model, variables, weights, hidden, hooks=None):
-    values, layout = weights
+def _logits(model, variables, weights, hidden):
+    values, layout, edits = weights
     with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-        return llama3_forward.logits(model.backbone, hidden, layout, hooks)
+        return llama3_forward.logits(model.backbone, hidden, layout, edits.hooks())
 
 
 def _pick(logits, key, seen, plan: SamplerPlan, params: SamplerParams, num_alternatives: int):

@@ -18,7 +18,6 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
 
 import jax
 import keras
@@ -26,23 +25,15 @@ import numpy as np
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.models import llama3_forward
-from kerasllm_widget.models.llama3_forward import Hooks, expand_hook_names, hook_point_names
+from kerasllm_widget.models.llama3_forward import (
+    Edit,
+    EditSet,
+    Hooks,
+    expand_hook_names,
+    hook_point_names,
+)
 
 __all__ = ["Edit", "compilations", "hook_points", "run_with_cache", "run_with_hooks"]
-
-
-class Edit(NamedTuple):
-    """An edit whose numbers are traced: ``fn(value, params) -> value`` with ``params`` a pytree
-    of arrays. The same ``fn`` with new ``params`` reuses the compiled program.
-
-    Example:
-        >>> scale = Edit(lambda value, s: value * s, np.float32(0.5))
-        >>> float(scale.fn(np.float32(2.0), scale.params))
-        1.0
-    """
-
-    fn: Callable[[Any, Any], Any]
-    params: Any
 
 
 def hook_points(model) -> list[str]:
@@ -96,9 +87,9 @@ def run_with_hooks(
     flat = settings.check_token_ids(ids.reshape(-1), vocabulary, "token_ids")
     ids = np.asarray(flat, np.int32).reshape(ids.shape)
     capture = tuple(expand_hook_names(names, backbone.num_layers)) if names is not None else ()
-    static_edits, params = _split_edits(edits or {}, backbone.num_layers)
-    program = _program(model, capture, static_edits)
-    logits, captured = program(ids, params)
+    edit_set = EditSet.of(edits, backbone.num_layers)
+    program = _program(model, capture, edit_set.spec)
+    logits, captured = program(ids, edit_set.params)
     cache = {name: np.asarray(captured[name]) for name in capture}
     logits = np.asarray(logits)
     return (logits, cache) if names is not None else logits
@@ -132,25 +123,6 @@ def _backbone(model):
     return getattr(model, "backbone", model)
 
 
-def _split_edits(edits: Mapping[str, Callable | Edit], num_layers: int):
-    """``((name, fn, takes_params), ...)`` in forward order (static) and the params (traced)."""
-    static, params = [], []
-    for pattern, edit in edits.items():
-        if isinstance(edit, Edit):
-            fn, value, takes = edit.fn, edit.params, True
-        elif callable(edit):
-            fn, value, takes = edit, None, False
-        else:
-            raise TypeError(
-                f"edits[{pattern!r}] is a {type(edit).__name__}: give a function of the value, "
-                "or Edit(fn, params) for an edit whose numbers change between calls."
-            )
-        for name in expand_hook_names([pattern], num_layers):
-            static.append((name, fn, takes))
-            params.append(value)
-    return tuple(static), tuple(params)
-
-
 def _program(model, capture: tuple, edits: tuple):
     """The forward for these captures and edit functions: jitted on JAX (the weights are
     arguments, so training or LoRA never leave a stale program), eager elsewhere."""
@@ -170,13 +142,7 @@ def _program(model, capture: tuple, edits: tuple):
     def run(values, ids, params):
         if values is not None:  # runs once per trace: counts compilations
             table.traces += 1
-        hooks = Hooks(
-            capture=capture,
-            edits={
-                name: (fn, value) if takes else fn
-                for (name, fn, takes), value in zip(edits, params, strict=True)
-            },
-        )
+        hooks = EditSet(edits, params).hooks(capture) or Hooks()
         batch, length = ids.shape
         positions = keras.ops.broadcast_to(keras.ops.arange(length)[None], (batch, length))
         causal = keras.ops.arange(length)[:, None] >= keras.ops.arange(length)[None, :]

@@ -23,6 +23,7 @@ never see it; without it, the forward reads the layers' own weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -37,6 +38,8 @@ from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_
 
 __all__ = [
     "HOOK_POINTS",
+    "Edit",
+    "EditSet",
     "MASK_VALUE",
     "Hooks",
     "TransposedAttentionKernels",
@@ -109,6 +112,69 @@ def _matches(pattern: str, name: str) -> bool:
     return len(parts) == len(names) and all(
         p in ("*", n) for p, n in zip(parts, names, strict=True)
     )
+
+
+class Edit(NamedTuple):
+    """An edit whose numbers are traced: ``fn(value, params) -> value`` with ``params`` a pytree
+    of arrays. The same ``fn`` with new ``params`` reuses the compiled program.
+
+    Example:
+        >>> scale = Edit(lambda value, s: value * s, 0.5)
+        >>> scale.fn(2.0, scale.params)
+        1.0
+    """
+
+    fn: Callable[[Any, Any], Any]
+    params: Any
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EditSet:
+    """Edits at hook points as a pytree for a jitted program: ``spec`` (static: the names and
+    functions, part of the compile key) and ``params`` (traced arrays, one per edit; None for a
+    plain ``fn(value)``). New params never recompile.
+
+    Example:
+        >>> edits = EditSet.of({"layers.*.mlp.out": lambda v: v * 0}, num_layers=2)
+        >>> [name for name, _, _ in edits.spec]
+        ['layers.0.mlp.out', 'layers.1.mlp.out']
+    """
+
+    spec: tuple = dataclasses.field(default=(), metadata={"static": True})
+    params: tuple = ()
+
+    @classmethod
+    def of(cls, edits: Mapping[str, Callable | Edit] | None, num_layers: int) -> EditSet:
+        """From ``{name or pattern: fn or Edit}`` (``*`` for every layer), in forward order."""
+        spec, params = [], []
+        for pattern, edit in (edits or {}).items():
+            if isinstance(edit, Edit):
+                fn, value, takes = edit.fn, edit.params, True
+            elif callable(edit):
+                fn, value, takes = edit, None, False
+            else:
+                raise TypeError(
+                    f"edits[{pattern!r}] is a {type(edit).__name__}: give a function of the "
+                    "value, or Edit(fn, params) for an edit whose numbers change between calls."
+                )
+            for name in expand_hook_names([pattern], num_layers):
+                spec.append((name, fn, takes))
+                params.append(value)
+        return cls(tuple(spec), tuple(params))
+
+    def hooks(self, capture: Iterable[str] = ()) -> Hooks | None:
+        """The `Hooks` applying these edits (None when there are none and nothing to capture)."""
+        if not self.spec and not capture:
+            return None
+        edits = {
+            name: (fn, value) if takes else fn
+            for (name, fn, takes), value in zip(self.spec, self.params, strict=True)
+        }
+        return Hooks(capture=capture, edits=edits)
+
+    def __bool__(self) -> bool:
+        return bool(self.spec)
 
 
 class Hooks:
