@@ -67,7 +67,8 @@ def build(config: dict, dtype: str):
 def time_generation(model, prompt_length: int, new_tokens: int, batch: int) -> dict:
     import numpy as np
 
-    from kerasllm_widget.generation.engine import RequestTimings, engine_for
+    from kerasllm_widget.generation.engine import RequestTimings
+    from kerasllm_widget.generation.registry import engine_for
 
     engine = engine_for(model)
     rng = np.random.default_rng(0)

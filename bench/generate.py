@@ -64,8 +64,8 @@ def prompt_ids(tokenize) -> list[int]:
 
 
 def worker_ours(dtype: str, quantize: str | None, repeats: int) -> dict:
-    from kerasllm_widget.generation.engine import engine_for
     from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+    from kerasllm_widget.generation.registry import engine_for
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
     model = Llama3CausalLM.from_preset(str(smollm2_gguf()), dtype=dtype)
@@ -224,8 +224,8 @@ def worker_llama_cpp(dtype: str, repeats: int) -> dict:
 def worker_chat(turns: int) -> dict:
     """A chat of `turns` short turns: compilations after the first two (the warm-up)."""
     from kerasllm_widget.chat.chat_state import ChatState
-    from kerasllm_widget.generation.engine import engine_for
     from kerasllm_widget.generation.events import DoneEvent
+    from kerasllm_widget.generation.registry import engine_for
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
     model = Llama3CausalLM.from_preset(str(smollm2_gguf()))
@@ -271,7 +271,8 @@ def run_gpu(
     import keras
     import numpy as np
 
-    from kerasllm_widget.generation.engine import RequestTimings, engine_for
+    from kerasllm_widget.generation.engine import RequestTimings
+    from kerasllm_widget.generation.registry import engine_for
     from kerasllm_widget.generation.samplers import Sampler
     from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM

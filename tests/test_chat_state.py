@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from kerasllm_widget.chat.chat_state import ChatState
-from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.generation.registry import engine_for
 
 CONVERSATION = [
     {"role": "user", "content": "Hi! Who are you?"},

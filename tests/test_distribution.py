@@ -148,8 +148,8 @@ def _main(workdir: Path) -> None:
     from tiny_llama import CORPUS, tiny_causal_lm
 
     from kerasllm_widget.distribution import describe_sharding
-    from kerasllm_widget.generation.engine import engine_for
     from kerasllm_widget.generation.events import DoneEvent
+    from kerasllm_widget.generation.registry import engine_for
     from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 

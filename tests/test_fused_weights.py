@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tiny_llama import tiny_causal_lm
 
-from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.fused_weights import fusion_plan
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import Sampler
 from kerasllm_widget.kernels import products
 

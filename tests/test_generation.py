@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from kerasllm_widget.generation.api import stream_ids
-from kerasllm_widget.generation.engine import StepOutputs, engine_for
+from kerasllm_widget.generation.engine import StepOutputs
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import Sampler
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]

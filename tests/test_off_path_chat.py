@@ -162,7 +162,7 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from tests.tiny_llama import tiny_causal_lm
     from kerasllm_widget.chat.chat_state import ChatState
-    from kerasllm_widget.generation.engine import engine_for
+    from kerasllm_widget.generation.registry import engine_for
 
     model = tiny_causal_lm()
     chat = ChatState(model)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_a_model_that_generated_streamed_and_chatted_is_freed():
     from kerasllm_widget.chat.chat_state import ChatState
-    from kerasllm_widget.generation.engine import engine_for
+    from kerasllm_widget.generation.registry import engine_for
 
     model = tiny_causal_lm(seed=7)
     model.generate("hello", max_new_tokens=3)
@@ -38,7 +38,7 @@ def test_a_model_that_generated_streamed_and_chatted_is_freed():
 
 def test_a_model_shown_in_a_chat_widget_is_freed_after_close():
     from kerasllm_widget import ChatWidget
-    from kerasllm_widget.generation.engine import engine_for
+    from kerasllm_widget.generation.registry import engine_for
 
     model = tiny_causal_lm(seed=8)
     widget = ChatWidget(model)

@@ -8,7 +8,8 @@ import threading
 from tiny_llama import tiny_causal_lm, tiny_tokenizer
 
 from kerasllm_widget.chat.chat_state import ChatState
-from kerasllm_widget.generation.engine import engine_for, stop_slots
+from kerasllm_widget.generation.engine import stop_slots
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.stopping import stop_token_ids_of
 
 

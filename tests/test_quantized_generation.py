@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kernel_support import needs_cpu_kernel
 
-from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import Sampler
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]

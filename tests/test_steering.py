@@ -9,7 +9,7 @@ import pytest
 
 from kerasllm_widget import inspect
 from kerasllm_widget.checkpoints.presets import load_checkpoint
-from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 from tests.conftest import write_random_llama_checkpoint

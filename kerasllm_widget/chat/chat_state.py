@@ -15,8 +15,9 @@ from typing import Any
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
-from kerasllm_widget.generation.engine import CONTINUATION_CHUNK, engine_for
+from kerasllm_widget.generation.engine import CONTINUATION_CHUNK
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.steering import steering_edits
 from kerasllm_widget.generation.stopping import stop_token_ids_of
 

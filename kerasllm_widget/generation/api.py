@@ -18,9 +18,9 @@ import numpy as np
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.detokenizer import IncrementalDetokenizer
-from kerasllm_widget.generation.engine import engine_for
 from kerasllm_widget.generation.engine_outputs import RequestTimings
 from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import Sampler, get_sampler
 from kerasllm_widget.generation.steering import steering_edits
 from kerasllm_widget.generation.stopping import StopStringMatcher, stop_token_ids_of

@@ -29,7 +29,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import keras
 import numpy as np
 
 from kerasllm_widget.distribution import place_batch
@@ -50,8 +49,12 @@ from kerasllm_widget.generation.compilation import (
 from kerasllm_widget.generation.engine_outputs import RequestTimings, StepOutputs
 from kerasllm_widget.generation.fused_weights import derive_in_scope, fusion_plan
 from kerasllm_widget.generation.kept_cache import CacheStore, edits_signature
-from kerasllm_widget.generation.portable_engine import PortableGenerationEngine
-from kerasllm_widget.generation.programs import DecodeState, decode_n_tokens, prefill
+from kerasllm_widget.generation.programs import (
+    DecodeState,
+    decode_n_tokens,
+    prefill,
+    prompt_arrays,
+)
 from kerasllm_widget.generation.samplers import Sampler, SamplerPlan
 from kerasllm_widget.models.llama3_forward import EditSet
 
@@ -65,7 +68,6 @@ __all__ = [
     "StepOutputs",
     "decode_call_tokens",
     "enable_compilation_cache",
-    "engine_for",
     "next_power_of_two",
     "prefill_chunks",
     "prompt_bucket",
@@ -350,27 +352,10 @@ class GenerationEngine(AheadOfTime):
             chunk_length, padded = prefill_chunks(longest - start, start)
         chunk_length = min(chunk_length, cache_length - start)
         padded = max(padded, chunk_length)
-        fresh = [p[start:] for p in prompts]
-        length = max(len(p) for p in fresh)
-        token_ids = np.zeros((batch, padded), np.int32)
-        token_valid = np.zeros((batch, padded), bool)
-        positions = np.zeros((batch, padded), np.int32)
-        if batch == 1:
-            token_ids[0, :length] = fresh[0]
-            token_valid[0, :length] = True
-            positions[0] = start + np.arange(padded)
-            last = length - 1
-        else:
-            for row, ids in enumerate(fresh):
-                token_ids[row, padded - len(ids) :] = ids
-                token_valid[row, padded - len(ids) :] = True
-                positions[row] = np.maximum(np.arange(padded) - (padded - len(ids)), 0)
-            last = padded - 1
-        valid = np.broadcast_to(np.arange(cache_length)[None, :] < start, (batch, cache_length))
-        vocab = int(self.model.backbone.vocabulary_size)
-        seen = np.zeros((batch, vocab), bool)
-        for row, ids in enumerate(prompts):
-            seen[row, np.asarray(ids, np.int64) % vocab] = True
+        arrays = prompt_arrays(
+            prompts, start, padded, cache_length, int(self.model.backbone.vocabulary_size)
+        )
+        token_ids, token_valid, positions, last, length, valid, seen = arrays
         stops = sorted({int(t) for t in stop_token_ids})
         stop_ids = np.full((stop_slots(len(stops)),), -1, np.int32)
         stop_ids[: len(stops)] = stops
@@ -489,26 +474,3 @@ class GenerationEngine(AheadOfTime):
 
 def _cancelled(event: threading.Event | None) -> bool:
     return event is not None and event.is_set()
-
-
-_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_engines_lock = threading.Lock()
-
-
-def engine_for(model) -> GenerationEngine:
-    """The model's `GenerationEngine` (one per model, made on first use).
-
-    Example:
-        >>> engine_for(model) is engine_for(model)  # doctest: +SKIP
-        True
-    """
-    with _engines_lock:
-        engine = _engines.get(model)
-        if engine is None:
-            if keras.backend.backend() == "jax":
-                engine = GenerationEngine(model)
-            else:
-                # jax.jit cannot take torch weights: same interface, eager steps.
-                engine = PortableGenerationEngine(model)
-            _engines[model] = engine
-        return engine

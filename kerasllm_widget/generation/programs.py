@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 
 from kerasllm_widget.generation.engine_outputs import StepOutputs
 from kerasllm_widget.generation.samplers import (
@@ -28,6 +29,7 @@ __all__ = [
     "grow_cache",
     "phase",
     "prefill",
+    "prompt_arrays",
     "zero_cache",
 ]
 
@@ -266,3 +268,44 @@ def grow_cache(cache, new_length: int):
     """Pads a cache to ``new_length`` slots, keeping what it holds."""
     widths = ((0, 0), (0, new_length - cache[0][0].shape[1]), (0, 0), (0, 0))
     return [(jnp.pad(k, widths), jnp.pad(v, widths)) for k, v in cache]
+
+
+class PromptArrays(NamedTuple):
+    """A request's prompt laid out for `prefill` (numpy, on the host)."""
+
+    token_ids: np.ndarray  # [B, padded] the tokens after the reused prefix
+    token_valid: np.ndarray  # [B, padded] real tokens (not padding)
+    positions: np.ndarray  # [B, padded] RoPE positions
+    last: int  # the column of the last real token
+    length: int  # tokens to prefill (the longest row after the prefix)
+    valid: np.ndarray  # [B, cache_length] slots that already hold keys (the reused prefix)
+    seen: np.ndarray  # [B, vocabulary] tokens in the prompt (repetition penalty)
+
+
+def prompt_arrays(
+    prompts: list[list[int]], start: int, padded: int, cache_length: int, vocabulary: int
+) -> PromptArrays:
+    """One row reuses a kept prefix (``start`` tokens) and is right-padded; a batch is
+    left-padded so that every row's next token goes to the same cache slot."""
+    batch = len(prompts)
+    fresh = [p[start:] for p in prompts]
+    length = max(len(p) for p in fresh)
+    token_ids = np.zeros((batch, padded), np.int32)
+    token_valid = np.zeros((batch, padded), bool)
+    positions = np.zeros((batch, padded), np.int32)
+    if batch == 1:
+        token_ids[0, :length] = fresh[0]
+        token_valid[0, :length] = True
+        positions[0] = start + np.arange(padded)
+        last = length - 1
+    else:
+        for row, ids in enumerate(fresh):
+            token_ids[row, padded - len(ids) :] = ids
+            token_valid[row, padded - len(ids) :] = True
+            positions[row] = np.maximum(np.arange(padded) - (padded - len(ids)), 0)
+        last = padded - 1
+    valid = np.broadcast_to(np.arange(cache_length)[None, :] < start, (batch, cache_length))
+    seen = np.zeros((batch, vocabulary), bool)
+    for row, ids in enumerate(prompts):
+        seen[row, np.asarray(ids, np.int64) % vocabulary] = True
+    return PromptArrays(token_ids, token_valid, positions, last, length, valid, seen)

@@ -10,7 +10,7 @@ from kerasllm_widget.checkpoints.export import export_preset
 from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.checkpoints.upload import check_upload, upload_preset
 from kerasllm_widget.generation import api as generation_api
-from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import get_sampler
 from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor

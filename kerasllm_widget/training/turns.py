@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kerasllm_widget.generation.engine import engine_for
+from kerasllm_widget.generation.registry import engine_for
 
 __all__ = ["ModelTurns", "forget_generation_cache", "model_turns"]
 
