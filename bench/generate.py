@@ -337,6 +337,7 @@ def run_gpu(
                 f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
                 f"{steps:>8.0f} {steps / bound:>12.1%}"
             )
+    print_steering_rows(model, engine, new_tokens)
     if profile:
         engine.chunk_size = chunk_sizes[-1]
         prompts = rng.integers(1000, 100000, size=(1, PROMPT_TOKENS)).tolist()
@@ -347,6 +348,35 @@ def run_gpu(
             ):
                 pass
         print_gpu_profile(folder, new_tokens)
+
+
+def print_steering_rows(model, engine, new_tokens: int, repeats: int = 3) -> None:
+    """Decode tokens/s at batch 1 with a steering vector on one middle layer against without,
+    best of ``repeats`` each after a warm-up (the vector is an edit traced into the programs)."""
+    import numpy as np
+
+    from kerasllm_widget.generation.engine import RequestTimings
+    from kerasllm_widget.generation.samplers import Sampler
+    from kerasllm_widget.generation.steering import steering_edits
+
+    backbone = model.backbone
+    vector = np.random.default_rng(0).standard_normal(backbone.hidden_dim).astype(np.float32)
+    edits = steering_edits(model, {backbone.num_layers // 2: 0.5 * vector})
+    prompt = np.random.default_rng(1).integers(100, 1000, size=(1, PROMPT_TOKENS)).tolist()
+    rates = {}
+    for label, extra in (("off", {}), ("on", {"edits": edits})) * (repeats + 1):
+        timings = RequestTimings()
+        for _ in engine.generate_tokens(
+            prompt, new_tokens, sampler=Sampler(temperature=0.0), timings=timings, **extra
+        ):
+            pass
+        engine.clear_cache()
+        rates.setdefault(label, []).append(timings.decode_tokens_per_s)
+    off, on = max(rates["off"][1:]), max(rates["on"][1:])
+    print(
+        f"steering (layer {backbone.num_layers // 2}), batch 1: decode {on:.1f} tok/s on, "
+        f"{off:.1f} off ({on / off - 1:+.1%})"
+    )
 
 
 def print_gpu_profile(folder: str, steps: int) -> None:
@@ -414,6 +444,11 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="measured runs per engine (best kept)"
     )
+    parser.add_argument(
+        "--steering",
+        action="store_true",
+        help="only: SmolLM2 float32 decode with a steering vector on against off",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -435,6 +470,14 @@ def main() -> None:
             [int(c) for c in args.chunks.split(",")],
             args.profile,
         )
+        return
+
+    if args.steering:
+        from kerasllm_widget.generation.registry import engine_for
+        from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
+
+        model = Llama3CausalLM.from_preset(str(smollm2_gguf()), dtype="float32")
+        print_steering_rows(model, engine_for(model), NEW_TOKENS, args.repeats)
         return
 
     load = os.getloadavg()[0]
