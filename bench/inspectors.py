@@ -20,10 +20,15 @@ Prints, for each length T:
   jQuery from a CDN; with --bertviz-js pointing at a folder holding them (npm packages d3@5,
   jquery@2, requirejs@2 installed with --prefix) those requests are served locally.
 
+- the logit lens and attribution (section ``lens``, in bench/inspectors_lens.py): the logit
+  lens at each length, gradient x input for one target at T = 1,024, integrated gradients with
+  32 steps at T = 512, and captum's ``LayerIntegratedGradients`` on transformers beside them
+  (time, peak memory, Pearson correlation of the scores with ours).
+
 Figures only: nothing here passes or fails.
 
     .venv/bin/python bench/inspectors.py [--lengths 256 1024 2048] [--layer 15] [--no-browser]
-        [--bertviz-path DIR] [--bertviz-js DIR]
+        [--bertviz-path DIR] [--bertviz-js DIR] [--sections kernel browser bertviz lens]
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from inspectors_lens import lens_figures, lens_table  # bench/inspectors_lens.py, beside this
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -149,9 +156,9 @@ def kernel_figures(model, lengths: list[int], layer: int, reference: bool) -> li
     return rows
 
 
-def reference_model():
-    """transformers' own SmolLM2 from the same GGUF, with eager attention (the one that returns
-    the probabilities: what bertviz is fed)."""
+def reference_model(attention: str = "eager"):
+    """transformers' own SmolLM2 from the same GGUF, with eager attention by default (the one
+    that returns the probabilities: what bertviz is fed)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -159,7 +166,7 @@ def reference_model():
 
     path = embedded_smollm2_path()
     return AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation=attention
     ).eval()
 
 
@@ -457,9 +464,19 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["kernel", "browser", "bertviz"],
-        choices=["kernel", "browser", "bertviz"],
+        default=["kernel", "browser", "bertviz", "lens"],
+        choices=["kernel", "browser", "bertviz", "lens"],
         help="which figures to take (default: all)",
+    )
+    parser.add_argument(
+        "--gradient-length", type=int, default=1024, help="T for gradient x input (1,024)"
+    )
+    parser.add_argument(
+        "--integrated-length", type=int, default=512, help="T for integrated gradients (512)"
+    )
+    parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
+    parser.add_argument(
+        "--captum-batch", type=int, default=4, help="captum's internal_batch_size (4)"
     )
     parser.add_argument(
         "--bertviz-path", help="a folder holding the bertviz package (pip --target)"
@@ -503,7 +520,23 @@ def main() -> None:
             args.bertviz_max_length,
         )
     )
-    table(kernel, browser, bertviz, args.layer)
+    lens = (
+        lens_figures(
+            model,
+            lambda length: corpus_ids(model, length),
+            reference_model,
+            args.lengths,
+            args.gradient_length,
+            args.integrated_length,
+            args.steps,
+            args.captum_batch,
+        )
+        if "lens" in sections
+        else []
+    )
+    if kernel or browser or bertviz:
+        table(kernel, browser, bertviz, args.layer)
+    lens_table(lens)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from inspect_support import tiny_chat_model
 from IPython.core.error import UsageError
@@ -20,10 +21,12 @@ def shell():
     ip.run_line_magic("unload_ext", "kerasllm_widget")
 
 
-def test_load_ext_registers_the_three_magics(shell):
+def test_load_ext_registers_the_magics(shell):
     assert shell.find_cell_magic("tokens") is not None
     assert shell.find_cell_magic("preprocess") is not None
     assert shell.find_line_magic("attention") is not None
+    assert shell.find_cell_magic("lens") is not None
+    assert shell.find_cell_magic("attribution") is not None
 
 
 def test_tokens_on_a_named_preset(shell, smollm2_gguf):
@@ -57,6 +60,10 @@ def test_help_prints_usage_and_shows_no_widget(shell, capsys):
     assert "--sequence-length" in capsys.readouterr().out
     assert shell.run_line_magic("attention", "--help") is None
     assert "--layer" in capsys.readouterr().out
+    assert shell.run_cell_magic("lens", "--help", "Hello") is None
+    assert "--top-k" in capsys.readouterr().out
+    assert shell.run_cell_magic("attribution", "--help", "Hello") is None
+    assert "integrated_gradients" in capsys.readouterr().out
 
 
 def test_mistakes_are_usage_errors(shell):
@@ -68,6 +75,64 @@ def test_mistakes_are_usage_errors(shell):
         shell.run_cell_magic("tokens", "a b", "Hello")
     with pytest.raises(UsageError, match="no variable"):
         shell.run_line_magic("attention", "missing_chat")
+
+
+def test_lens_prints_the_top_token_per_layer_and_position(shell, capsys):
+    from kerasllm_widget import inspect
+    from kerasllm_widget.inspect._sources import text_ids
+    from kerasllm_widget.inspect.pieces import piece
+
+    tiny = tiny_chat_model()
+    shell.user_ns["model"] = tiny
+    assert shell.run_cell_magic("lens", "--top-k 3", "The cat sat\n") is None
+    out = capsys.readouterr().out
+    ids = text_ids(tiny, "The cat sat")  # as the model reads it: with its start token
+    lens = inspect.logit_lens(tiny, ids, top_k=3)
+    tokenizer = tiny.preprocessor.tokenizer
+    assert out.strip() == lens.text_table(lambda i: piece(tokenizer, i)).strip()
+    rows = out.splitlines()
+    header = rows[0].split("│")[1].split()
+    assert header[0] == "<|begin…"  # cut to the cell's width
+    assert header[1:] == [piece(tokenizer, i) for i in ids[1:]]
+    assert [r.split("│")[0].strip() for r in rows[3:5]] == ["0", "1"]  # one row per layer
+    last = rows[-1].split("│")[1]
+    assert last.count("·") == 2  # the top 3 after the last token
+
+
+def test_attribution_prints_a_score_per_token(shell, capsys):
+    from kerasllm_widget import inspect
+    from kerasllm_widget.inspect._sources import text_ids
+
+    tiny = tiny_chat_model()
+    shell.user_ns["model"] = tiny
+    ids = text_ids(tiny, "The cat sat on")
+    shell.run_cell_magic("attribution", "--target -1 --method attention_rollout", "The cat sat on")
+    lines = capsys.readouterr().out.strip().splitlines()
+    target = len(ids) - 1
+    assert lines[0].startswith("attention_rollout for") and f"position {target}" in lines[0]
+    scores = [float(line.split()[2]) for line in lines[1:-1]]
+    expected = inspect.attribution(tiny, ids, target, method="attention_rollout")
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert lines[-1].endswith("(target)")
+    shell.run_cell_magic("attribution", "model --target 2", "The cat sat on")
+    assert "grad_x_input for" in capsys.readouterr().out
+
+
+def test_lens_and_attribution_mistakes_are_usage_errors(shell):
+    shell.user_ns["model"] = tiny_chat_model()
+    with pytest.raises(UsageError, match="--target N"):
+        shell.run_cell_magic("attribution", "", "The cat")
+    with pytest.raises(UsageError, match=r"method='saliency' is not allowed: use one of"):
+        shell.run_cell_magic("attribution", "--target 1 --method saliency", "The cat")
+    with pytest.raises(UsageError, match=r"target_position=9 is not allowed.*<= 4.*has 5 tokens"):
+        shell.run_cell_magic("attribution", "--target 9", "The cat")
+    with pytest.raises(UsageError, match="--top-k"):
+        shell.run_cell_magic("lens", "--top-k 0", "The cat")
+    with pytest.raises(UsageError, match="write the text"):
+        shell.run_cell_magic("lens", "", "\n")
+    shell.user_ns["words"] = tiny_chat_model().preprocessor.tokenizer
+    with pytest.raises(UsageError, match="not a model"):
+        shell.run_cell_magic("lens", "words", "The cat")
 
 
 def test_attention_on_the_last_chat(shell):

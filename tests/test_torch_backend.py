@@ -51,6 +51,18 @@ def _run_checks(preset: Path, out: Path) -> dict:
         "streamed_ids": list(done.token_ids),
         "sampled": model.generate(PROMPT, max_new_tokens=8, sampler="top_k", seed=3),
     }
+    # The logit lens and attention rollout run on any backend; the gradient methods need JAX.
+    from kerasllm_widget import inspect
+
+    ids = features["token_ids"][0][:12]
+    lens = inspect.logit_lens(model, ids, top_k=3)
+    for name in ("top_ids", "top_probs", "target_rank", "entropy"):
+        np.save(out / f"lens_{name}.npy", getattr(lens, name))
+    np.save(out / "rollout.npy", inspect.attribution(model, ids, 11, method="attention_rollout"))
+    try:
+        result["gradient"] = inspect.attribution(model, ids, 11).tolist()
+    except NotImplementedError as error:
+        result["gradient"] = str(error)
     model.backbone.enable_lora(4)
     rng = np.random.default_rng(0)  # the backends' random initialisers draw different numbers
     for dense in lora_layers(model.backbone).values():
@@ -110,6 +122,20 @@ def test_same_generations(both):
     assert torch_result["streamed_ids"] == jax_result["streamed_ids"]
     # The same sampler functions and seed draw the same tokens from (nearly) the same logits.
     assert torch_result["sampled"] == jax_result["sampled"]
+
+
+def test_same_logit_lens_and_rollout(both):
+    root, jax_result, torch_result = both
+    for name in ("top_ids", "target_rank"):
+        np.testing.assert_array_equal(
+            np.load(root / "torch" / f"lens_{name}.npy"), np.load(root / "jax" / f"lens_{name}.npy")
+        )
+    for name in ("lens_top_probs.npy", "lens_entropy.npy", "rollout.npy"):
+        np.testing.assert_allclose(
+            np.load(root / "torch" / name), np.load(root / "jax" / name), atol=1e-5
+        )
+    assert len(jax_result["gradient"]) == 11
+    assert "needs the JAX backend" in torch_result["gradient"]
 
 
 def test_same_lora_training_and_export(both):

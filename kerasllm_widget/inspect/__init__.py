@@ -6,6 +6,10 @@ Example:
     array([9906], dtype=int32)
     >>> inspect.attention(model, ids, layer=0, head=0).shape  # doctest: +SKIP
     (12, 12)
+    >>> inspect.logit_lens(model, ids, top_k=5).top_ids.shape  # doctest: +SKIP
+    (30, 12, 5)
+    >>> inspect.attribution(model, ids, target_position=11).shape  # doctest: +SKIP
+    (11,)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ _EXPORTS = {
     "AttentionMaps": "attention_maps",
     "AttentionOverview": "attention_maps",
     "attention": "attention_maps",
+    "ATTRIBUTION_METHODS": "attributions",
+    "attribution": "attributions",
     "NextTokenDistribution": "distributions",
     "SequenceScores": "distributions",
     "entropy": "distributions",
@@ -30,11 +36,15 @@ _EXPORTS = {
     "dequantize": "quantization",
     "downsample_max": "quantization",
     "quantize": "quantization",
+    "LogitLens": "lens",
+    "logit_lens": "lens",
     "Step": "stepping",
     "StepSession": "stepping",
     "Edit": "hooks",
+    "causal_inputs": "hooks",
     "compilations": "hooks",
     "hook_points": "hooks",
+    "model_program": "hooks",
     "run_with_cache": "hooks",
     "run_with_hooks": "hooks",
     "ModelComparison": "steering",

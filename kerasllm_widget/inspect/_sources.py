@@ -1,4 +1,4 @@
-"""Finding the backbone and the tokenizer behind whatever object the user hands an inspector.
+"""Finding the backbone, the tokenizer and the token ids behind whatever the user hands an inspector.
 
 Inspectors accept a `Llama3CausalLM`, a bare `Llama3Backbone`, a tokenizer, a preprocessor or a
 preset name; these helpers look only at public attributes, so they work on any object with the
@@ -8,6 +8,8 @@ keras_hub shape (``model.backbone``, ``model.preprocessor.tokenizer``).
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 
 def backbone_of(model: Any):
@@ -83,3 +85,41 @@ def preprocessor_of(source: Any):
     from kerasllm_widget.models.llama3_causal_lm_preprocessor import Llama3CausalLMPreprocessor
 
     return Llama3CausalLMPreprocessor(tokenizer)
+
+
+def one_sequence(token_ids: Any, vocabulary_size: int) -> np.ndarray:
+    """One sequence of token ids as int32 ``[T]`` (a ``[1, T]`` batch is unwrapped), each
+    checked against the vocabulary; anything else is refused with its shape.
+
+    Example:
+        >>> one_sequence([[1, 2, 3]], 32)
+        array([1, 2, 3], dtype=int32)
+    """
+    from kerasllm_widget.generation import settings
+
+    ids = np.asarray(token_ids)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(
+            f"token_ids has shape {tuple(ids.shape)}: pass one sequence of token ids [T], at "
+            "least one token long."
+        )
+    return np.asarray(settings.check_token_ids(ids, vocabulary_size, "token_ids"), np.int32)
+
+
+def text_ids(model: Any, text: str, add_start_token: bool = True) -> np.ndarray:
+    """The token ids of ``text`` as the model reads it: int32 ``[T]``, with the start token
+    first where the tokenizer asks for one (as the preprocessor does).
+
+    Example:
+        >>> text_ids(model, "Hello")  # doctest: +SKIP
+        array([128000, 9906], dtype=int32)
+    """
+    tokenizer = tokenizer_of(model)
+    ids = [int(i) for i in tokenizer(text)]
+    start = tokenizer.start_token_id
+    wants_start = add_start_token and tokenizer.add_bos and start is not None
+    if wants_start and (not ids or ids[0] != start):
+        ids = [int(start), *ids]
+    return np.asarray(ids, dtype=np.int32)

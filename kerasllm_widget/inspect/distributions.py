@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kerasllm_widget.inspect._compiled import InspectionPass
-from kerasllm_widget.inspect._sources import backbone_of, tokenizer_of
+from kerasllm_widget.inspect._sources import backbone_of, text_ids, tokenizer_of
 from kerasllm_widget.inspect.pieces import pieces as readable_pieces
 
 
@@ -66,14 +66,7 @@ class NextTokenDistribution:
 
 def _as_ids(model, inputs, add_start_token: bool) -> np.ndarray:
     if isinstance(inputs, str):
-        tokenizer = tokenizer_of(model)
-        ids = [int(i) for i in tokenizer(inputs)]
-        start = tokenizer.start_token_id
-        # As the preprocessor does: only checkpoints whose tokenizer asks for BOS get one.
-        wants_start = add_start_token and tokenizer.add_bos and start is not None
-        if wants_start and (not ids or ids[0] != start):
-            ids = [int(start)] + ids
-        return np.asarray(ids, dtype=np.int32)
+        return text_ids(model, inputs, add_start_token)
     return np.asarray(inputs, dtype=np.int32).reshape(-1)
 
 

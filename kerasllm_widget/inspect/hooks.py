@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 import jax
 import keras
@@ -33,7 +33,15 @@ from kerasllm_widget.models.llama3_forward import (
     hook_point_names,
 )
 
-__all__ = ["Edit", "compilations", "hook_points", "run_with_cache", "run_with_hooks"]
+__all__ = [
+    "Edit",
+    "causal_inputs",
+    "compilations",
+    "hook_points",
+    "model_program",
+    "run_with_cache",
+    "run_with_hooks",
+]
 
 
 def hook_points(model) -> list[str]:
@@ -96,7 +104,8 @@ def run_with_hooks(
 
 
 def compilations(model) -> int:
-    """How many programs `run_with_cache`/`run_with_hooks` have compiled for ``model``.
+    """How many programs the hook-point analyses (`run_with_cache`, `run_with_hooks`, the logit
+    lens, attribution: every `model_program`) have compiled for ``model``.
 
     Example:
         >>> compilations(model)  # doctest: +SKIP
@@ -104,6 +113,70 @@ def compilations(model) -> int:
     """
     table = _programs.get(model)
     return 0 if table is None else table.traces
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def model_program(model, key: Hashable, body: Callable) -> Callable:
+    """``body(*args)`` as a program of ``model``, built once per ``key`` (which must name
+    everything static in ``body``; shapes come from the arguments). On JAX it is jitted with the
+    model's variable values as arguments, the layers reading them through a
+    `keras.StatelessScope`, so training or LoRA never leave a stale program; elsewhere it runs
+    eagerly, with no autograd graph. Every hook-point analysis is one of these on top of
+    `llama3_forward.forward`.
+
+    Example:
+        >>> program = model_program(model, ("final",), lambda ids: final_states(ids))  # doctest: +SKIP
+        >>> program(np.asarray([[1, 2, 3]], np.int32))  # doctest: +SKIP
+    """
+    variables = list(model.variables)
+    with _lock:
+        table = _programs.get(model)
+        if table is None:
+            table = _programs[model] = _ModelPrograms()
+        entry = table.programs.get(key)
+        # New variables (LoRA enabled, quantized) need a new program.
+        if entry is not None and len(entry[0]) == len(variables):
+            if all(a is b for a, b in zip(entry[0], variables, strict=True)):
+                return entry[1]
+
+    if keras.backend.backend() == "jax":
+
+        def traced(values, *args):
+            table.traces += 1  # runs once per trace: counts compilations
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return body(*args)
+
+        jitted = jax.jit(traced)
+
+        def program(*args):
+            return jitted([v.value for v in variables], *args)
+
+    else:
+
+        def program(*args):
+            with _no_grad():
+                tensors = (
+                    keras.ops.convert_to_tensor(a) if isinstance(a, np.ndarray) else a for a in args
+                )
+                return body(*tensors)
+
+    with _lock:
+        table.programs[key] = (variables, program)
+    return program
+
+
+def causal_inputs(batch: int, length: int):
+    """``(positions [B, T], attention_mask [B, T, T])`` of unpadded causal sequences, the way
+    `llama3_forward.forward` takes them.
+
+    Example:
+        >>> positions, mask = causal_inputs(1, 3)  # doctest: +SKIP
+    """
+    positions = keras.ops.broadcast_to(keras.ops.arange(length)[None], (batch, length))
+    causal = keras.ops.arange(length)[:, None] >= keras.ops.arange(length)[None, :]
+    return positions, keras.ops.broadcast_to(causal[None], (batch, length, length))
 
 
 # ----------------------------------------------------------------------------- internals
@@ -124,56 +197,18 @@ def _backbone(model):
 
 
 def _program(model, capture: tuple, edits: tuple):
-    """The forward for these captures and edit functions: jitted on JAX (the weights are
-    arguments, so training or LoRA never leave a stale program), eager elsewhere."""
-    key = (capture, edits)
-    variables = list(model.variables)
-    with _lock:
-        table = _programs.get(model)
-        if table is None:
-            table = _programs[model] = _ModelPrograms()
-        entry = table.programs.get(key)
-        # New variables (LoRA enabled, quantized) need a new program.
-        if entry is not None and len(entry[0]) == len(variables):
-            if all(a is b for a, b in zip(entry[0], variables, strict=True)):
-                return entry[1]
+    """The forward for these captures and edit functions (see `model_program`)."""
     backbone = _backbone(model)
 
-    def run(values, ids, params):
-        if values is not None:  # runs once per trace: counts compilations
-            table.traces += 1
+    def run(ids, params):
         hooks = EditSet(edits, params).hooks(capture) or Hooks()
-        batch, length = ids.shape
-        positions = keras.ops.broadcast_to(keras.ops.arange(length)[None], (batch, length))
-        causal = keras.ops.arange(length)[:, None] >= keras.ops.arange(length)[None, :]
-        mask = keras.ops.broadcast_to(causal[None], (batch, length, length))
+        positions, mask = causal_inputs(*ids.shape)
+        hidden, _ = llama3_forward.forward(
+            backbone, ids, positions=positions, attention_mask=mask, hooks=hooks
+        )
+        return llama3_forward.logits(backbone, hidden, hooks=hooks), dict(hooks.captured)
 
-        def body():
-            hidden, _ = llama3_forward.forward(
-                backbone, ids, positions=positions, attention_mask=mask, hooks=hooks
-            )
-            return llama3_forward.logits(backbone, hidden, hooks=hooks), dict(hooks.captured)
-
-        if values is None:
-            return body()
-        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-            return body()
-
-    if keras.backend.backend() == "jax":
-        jitted = jax.jit(run)
-
-        def program(ids, params):
-            return jitted([v.value for v in variables], ids, params)
-
-    else:
-
-        def program(ids, params):
-            with _no_grad():
-                return run(None, keras.ops.convert_to_tensor(ids), params)
-
-    with _lock:
-        table.programs[key] = (variables, program)
-    return program
+    return model_program(model, ("run_with_hooks", capture, edits), run)
 
 
 def _no_grad():
