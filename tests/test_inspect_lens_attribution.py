@@ -11,9 +11,9 @@ import pytest
 from inspect_support import eager_attention
 
 from kerasllm_widget import inspect
-from kerasllm_widget.checkpoints.convert import backbone_from_checkpoint
 from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.inspect import lens as lens_module
+from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
 pytestmark = pytest.mark.reference
 
@@ -23,7 +23,7 @@ FOX = "The quick brown fox jumps over the lazy dog because it was"
 @pytest.fixture(scope="module")
 def ours(random_llama32_checkpoint):
     ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    return backbone_from_checkpoint(ckpt, progress=False)
+    return Llama3Backbone.from_checkpoint(ckpt, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def smollm2(smollm2_gguf, smollm2_reference):
     """Our SmolLM2 backbone, transformers' SmolLM2 and the token ids of `FOX`."""
     ckpt = load_checkpoint(str(smollm2_gguf))
     try:
-        backbone = backbone_from_checkpoint(ckpt, progress=False)
+        backbone = Llama3Backbone.from_checkpoint(ckpt, progress=False)
     finally:
         ckpt.close()
     model, tokenizer = smollm2_reference
