@@ -32,6 +32,11 @@ def _chat_with_one_turn(model) -> ChatState:
     return chat
 
 
+def turns(messages) -> list[dict]:
+    """Role and content of each message (each also has an ``id``)."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def _snapshot(chat: ChatState) -> list[dict]:
     return [dict(m) for m in chat.messages]
 
@@ -66,7 +71,10 @@ def test_edit_that_fails_or_is_closed_keeps_the_conversation(model, monkeypatch)
     before = _snapshot(chat)
     events = chat.edit(0, "hi instead", max_new_tokens=8)
     next(events)
-    assert chat.messages[-1] == {"role": "user", "content": "hi instead"}  # shown while it runs
+    assert turns(chat.messages)[-1] == {
+        "role": "user",
+        "content": "hi instead",
+    }  # shown while it runs
     events.close()
     assert chat.messages == before
 
@@ -84,8 +92,8 @@ def test_edit_completes_as_a_new_branch_of_the_transcript(model):
     chat = _chat_with_one_turn(model)
     chat.send("and then?", max_new_tokens=3, temperature=0)
     done = [e for e in chat.edit(0, "hi instead", max_new_tokens=3) if isinstance(e, DoneEvent)]
-    assert chat.messages[0] == {"role": "user", "content": "hi instead"}
-    assert chat.messages[1] == {"role": "assistant", "content": done[0].text}
+    assert turns(chat.messages)[0] == {"role": "user", "content": "hi instead"}
+    assert turns(chat.messages)[1] == {"role": "assistant", "content": done[0].text}
     assert len(chat.messages) == 2
 
 
@@ -128,7 +136,7 @@ def test_a_cancelled_reply_keeps_what_it_made(model):
     cancel.set()
     done = [e for e in events if isinstance(e, DoneEvent)][0]
     assert done.stop_reason == "cancelled"
-    assert chat.messages[0] == {"role": "user", "content": "hello"}
+    assert turns(chat.messages)[0] == {"role": "user", "content": "hello"}
 
 
 def test_undo_and_truncate_refuse_or_complete(model):

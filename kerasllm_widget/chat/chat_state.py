@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from kerasllm_widget.chat.chat_branches import ChatBranches
+from kerasllm_widget.chat.chat_tree import ChatTree
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.api import DEFAULT_MAX_NEW_TOKENS, make_sampler, stream_ids
 from kerasllm_widget.generation.engine import CONTINUATION_CHUNK
@@ -28,11 +30,12 @@ Message = dict[str, Any]
 DEFAULT_CHAT_CACHE_LENGTH = 512
 
 
-class ChatState:
+class ChatState(ChatBranches):
     """The turns of one chat, and the model that answers them.
 
-    ``messages`` holds the user and assistant turns (``{"role", "content"}``); the system prompt
-    is kept apart in ``system_prompt`` and always leads the formatted prompt.
+    ``messages`` holds the user and assistant turns (``{"id", "role", "content"}``) on the
+    visible path; the system prompt is kept apart in ``system_prompt`` and always leads the
+    formatted prompt. Branches of a reply (`branch`, `branches`, `switch`) live in ``tree``.
 
     Example:
         >>> chat = ChatState(model, system_prompt="Answer in one sentence.")  # doctest: +SKIP
@@ -74,6 +77,8 @@ class ChatState:
         # ``{layer: vector}`` added to the residual after that layer for every reply (None:
         # off); a call's own ``steering=`` overrides it. See `generation.steering`.
         self.steering = steering
+        # Message ids, reply token ids and the hidden branches (`chat_tree`).
+        self.tree = ChatTree()
         self._lock = threading.Lock()
 
     # ---- formatting --------------------------------------------------------------------------
@@ -245,6 +250,7 @@ class ChatState:
         """
         with self._lock:
             self.messages.clear()
+            self.tree = ChatTree()
 
     # ---- the work ----------------------------------------------------------------------------
     def _fit_context(
@@ -269,17 +275,8 @@ class ChatState:
             )
         return messages, dropped, ids
 
-    def _reply(
-        self,
-        user: Message | None,
-        cancel_event: threading.Event | None,
-        sampling: dict[str, Any],
-        keep: int | None = None,
-    ) -> Iterator[TokenEvent | DoneEvent]:
-        """Answers ``user`` after the first ``keep`` messages (None: after all of them); with
-        ``user`` None, answers the last user turn again, dropping replies after it.
-        A generator: nothing changes until it is iterated. Until the reply is done, a failure
-        or an early close puts `messages` back exactly as they were."""
+    def _options(self, sampling: dict[str, Any]) -> tuple:
+        """The sampler and the other options of one reply, checked."""
         sampling = dict(sampling)
         max_new_tokens = sampling.pop("max_new_tokens", None)
         max_new_tokens = (
@@ -306,6 +303,38 @@ class ChatState:
             raise TypeError(f"Unknown sampling option(s): {', '.join(sorted(unknown))}")
         base = sampling.pop("sampler", None) or self.sampler or engine_for(self.model).sampler
         sampler = make_sampler(base, **sampling)
+        return (
+            sampler,
+            max_new_tokens,
+            top_k_alternatives,
+            seed,
+            stop_strings,
+            stop_token_ids,
+            steering,
+        )
+
+    def _reply(
+        self,
+        user: Message | None,
+        cancel_event: threading.Event | None,
+        sampling: dict[str, Any],
+        keep: int | None = None,
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Answers ``user`` after the first ``keep`` messages (None: after all of them); with
+        ``user`` None, answers the last user turn again, dropping replies after it.
+        A generator: nothing changes until it is iterated. Until the reply is done, a failure
+        or an early close puts `messages` back exactly as they were."""
+        (
+            sampler,
+            max_new_tokens,
+            top_k_alternatives,
+            seed,
+            stop_strings,
+            stop_token_ids,
+            steering,
+        ) = self._options(sampling)
+        if user is not None:
+            user = self.tree.message("user", user["content"])
 
         with self._lock:
             before = list(self.messages)
@@ -413,7 +442,8 @@ class ChatState:
                         steering,
                     )
                     if event.text:
-                        self.messages.append({"role": "assistant", "content": event.text})
+                        reply = self.tree.message("assistant", event.text, event.token_ids)
+                        self.messages.append(reply)
                     if dropped:
                         event.dropped_turns = dropped
                         notice = (

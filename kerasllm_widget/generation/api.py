@@ -221,6 +221,7 @@ def stream_ids(
         token_ids=reply_ids,
         prompt_tokens=timings.prompt_tokens,
         generated_tokens=len(reply_ids),
+        prefilled_tokens=timings.prefilled_tokens,
         time_to_first_token_s=timings.time_to_first_token_s,
         prefill_tokens_per_s=timings.prefill_tokens_per_s,
         decode_tokens_per_s=timings.decode_tokens_per_s,

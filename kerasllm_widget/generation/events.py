@@ -55,6 +55,8 @@ class DoneEvent:
     decode_tokens_per_s: float
     dropped_turns: int = 0  # turns ChatState dropped to fit the context (oldest first)
     notice: str = ""  # a sentence for the user when something was dropped or cut short
+    # Prompt tokens the engine computed (fewer than prompt_tokens when a kept prefix was reused).
+    prefilled_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
