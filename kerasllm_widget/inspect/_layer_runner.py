@@ -35,8 +35,8 @@ from kerasllm_widget.inspect.quantization import (
     downsample_max,
     quantize,
 )
-from kerasllm_widget.models.llama3_forward import explicit_probabilities
-from kerasllm_widget.models.rotary_embedding import apply_rotary_embedding
+from kerasllm_widget.models.llama3_forward import explicit_probabilities, project_qkv
+from kerasllm_widget.models.rotary_embedding import rotary_tables
 
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CHUNK = 256  # query rows per chunk of a block (bucket lengths past 256 are multiples of it)
@@ -100,27 +100,12 @@ class LayerRunner:
     # ---- traced steps (block 0's layers, block i's weights) ----
 
     def _project(self, x, positions, queries: bool):
-        """Queries (``[B, T, H, d]``, with ``queries``) or keys and values of the attention's
-        input, as the attention layer computes them before it attends."""
-        from keras import ops
-
+        """Queries and keys (``queries``) or keys and values of the attention's input, as the
+        model's forward computes them before it attends (`llama3_forward.project_qkv`)."""
         attention = self.template.attention
+        rope = rotary_tables(positions, attention.inverse_frequencies)
         normed = self.template.attention_norm(x)
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-
-        def heads(dense, count):
-            return ops.reshape(dense(normed), (batch, length, count, attention.head_dim))
-
-        if queries:
-            query = heads(attention.query_dense, attention.num_query_heads)
-            key = heads(attention.key_dense, attention.num_key_value_heads)
-            rope = attention.inverse_frequencies
-            return apply_rotary_embedding(query, positions, rope), apply_rotary_embedding(
-                key, positions, rope
-            )
-        key = heads(attention.key_dense, attention.num_key_value_heads)
-        value = heads(attention.value_dense, attention.num_key_value_heads)
-        return apply_rotary_embedding(key, positions, attention.inverse_frequencies), value
+        return project_qkv(attention, normed, rope, parts="qk" if queries else "kv")
 
     def _block_step(self, values, x, known, positions, attention_mask, start):
         import jax

@@ -23,9 +23,7 @@ never see it; without it, the forward reads the layers' own weights.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +32,15 @@ from keras import ops
 
 from kerasllm_widget.kernels import cpu
 from kerasllm_widget.kernels.products import QuantizedKernel, dense_product, for_rows, product
+from kerasllm_widget.models.hook_points import (
+    _NO_HOOKS,
+    HOOK_POINTS,
+    Edit,
+    EditSet,
+    Hooks,
+    expand_hook_names,
+    hook_point_names,
+)
 from kerasllm_widget.models.rotary_embedding import apply_rotary_tables, rotary_tables
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "decoder_block",
     "embed",
     "expand_hook_names",
+    "project_qkv",
     "forward",
     "hook_point_names",
     "logits",
@@ -55,169 +63,6 @@ __all__ = [
 # A large finite negative instead of -inf: a fully masked row (a left-padding query) then gets a
 # harmless uniform softmax instead of NaNs that would poison the rest of the batch.
 MASK_VALUE = -1e9
-
-HOOK_POINTS = (
-    "embed",
-    "layers.{i}.residual_in",
-    "layers.{i}.attention.probs",
-    "layers.{i}.attention.out",
-    "layers.{i}.mlp.out",
-    "layers.{i}.residual_out",
-    "final_norm.out",
-    "logits",
-)
-
-
-def hook_point_names(num_layers: int) -> list[str]:
-    """Every hook point of a model with ``num_layers`` decoder layers, in forward order.
-
-    Example:
-        >>> hook_point_names(1)
-        ['embed', 'layers.0.residual_in', 'layers.0.attention.probs', 'layers.0.attention.out', 'layers.0.mlp.out', 'layers.0.residual_out', 'final_norm.out', 'logits']
-    """
-    names = ["embed"]
-    for i in range(num_layers):
-        names += [point.format(i=i) for point in HOOK_POINTS[1:6]]
-    return [*names, "final_norm.out", "logits"]
-
-
-def expand_hook_names(patterns: Iterable[str], num_layers: int) -> list[str]:
-    """Hook point names from names or patterns with ``*`` for the layer index
-    (``"layers.*.residual_out"``), in forward order; an unknown name is refused with the list.
-
-    Example:
-        >>> expand_hook_names(["logits", "layers.*.mlp.out"], 2)
-        ['layers.0.mlp.out', 'layers.1.mlp.out', 'logits']
-    """
-    known = hook_point_names(num_layers)
-    wanted: set[str] = set()
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"hook point names are strings, got {pattern!r}")
-        if "*" in pattern:
-            matches = {n for n in known if _matches(pattern, n)}
-        else:
-            matches = {pattern} & set(known)
-        if not matches:
-            raise ValueError(
-                f"{pattern!r} is not a hook point of this model ({num_layers} layers): use "
-                f"one of {', '.join(HOOK_POINTS)} with i in 0..{num_layers - 1} or '*'."
-            )
-        wanted |= matches
-    return [n for n in known if n in wanted]
-
-
-def _matches(pattern: str, name: str) -> bool:
-    parts, names = pattern.split("."), name.split(".")
-    return len(parts) == len(names) and all(
-        p in ("*", n) for p, n in zip(parts, names, strict=True)
-    )
-
-
-class Edit(NamedTuple):
-    """An edit whose numbers are traced: ``fn(value, params) -> value`` with ``params`` a pytree
-    of arrays. The same ``fn`` with new ``params`` reuses the compiled program.
-
-    Example:
-        >>> scale = Edit(lambda value, s: value * s, 0.5)
-        >>> scale.fn(2.0, scale.params)
-        1.0
-    """
-
-    fn: Callable[[Any, Any], Any]
-    params: Any
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class EditSet:
-    """Edits at hook points as a pytree for a jitted program: ``spec`` (static: the names and
-    functions, part of the compile key) and ``params`` (traced arrays, one per edit; None for a
-    plain ``fn(value)``). New params never recompile.
-
-    Example:
-        >>> edits = EditSet.of({"layers.*.mlp.out": lambda v: v * 0}, num_layers=2)
-        >>> [name for name, _, _ in edits.spec]
-        ['layers.0.mlp.out', 'layers.1.mlp.out']
-    """
-
-    spec: tuple = dataclasses.field(default=(), metadata={"static": True})
-    params: tuple = ()
-
-    @classmethod
-    def of(cls, edits: Mapping[str, Callable | Edit] | None, num_layers: int) -> EditSet:
-        """From ``{name or pattern: fn or Edit}`` (``*`` for every layer), in forward order."""
-        spec, params = [], []
-        for pattern, edit in (edits or {}).items():
-            if isinstance(edit, Edit):
-                fn, value, takes = edit.fn, edit.params, True
-            elif callable(edit):
-                fn, value, takes = edit, None, False
-            else:
-                raise TypeError(
-                    f"edits[{pattern!r}] is a {type(edit).__name__}: give a function of the "
-                    "value, or Edit(fn, params) for an edit whose numbers change between calls."
-                )
-            for name in expand_hook_names([pattern], num_layers):
-                spec.append((name, fn, takes))
-                params.append(value)
-        return cls(tuple(spec), tuple(params))
-
-    def hooks(self, capture: Iterable[str] = ()) -> Hooks | None:
-        """The `Hooks` applying these edits (None when there are none and nothing to capture)."""
-        if not self.spec and not capture:
-            return None
-        edits = {
-            name: (fn, value) if takes else fn
-            for (name, fn, takes), value in zip(self.spec, self.params, strict=True)
-        }
-        return Hooks(capture=capture, edits=edits)
-
-    def __bool__(self) -> bool:
-        return bool(self.spec)
-
-
-class Hooks:
-    """Which hook points a forward captures and which it edits.
-
-    ``capture``: names whose values are recorded in `captured` (tracers inside a jitted
-    function: return them from it). ``edits``: ``{name: fn}``, ``fn(value) -> value``, or
-    ``{name: (fn, params)}``, ``fn(value, params) -> value`` with ``params`` a pytree of arrays
-    (traced: a new value does not recompile).
-
-    Example:
-        >>> hooks = Hooks(capture=["layers.0.residual_out"])
-        >>> hooks.wants_probabilities(0)
-        False
-    """
-
-    def __init__(
-        self,
-        capture: Iterable[str] = (),
-        edits: Mapping[str, Callable | tuple[Callable, Any]] | None = None,
-    ):
-        self.capture = frozenset(capture)
-        self.edits = dict(edits or {})
-        self.captured: dict[str, Any] = {}
-
-    def __call__(self, name: str, value):
-        edit = self.edits.get(name)
-        if edit is not None:
-            value = edit[0](value, edit[1]) if isinstance(edit, tuple) else edit(value)
-        if name in self.capture:
-            self.captured[name] = value
-        return value
-
-    def wants_probabilities(self, layer: int) -> bool:
-        name = f"layers.{layer}.attention.probs"
-        return name in self.capture or name in self.edits
-
-    def __bool__(self) -> bool:
-        return bool(self.capture or self.edits)
-
-
-_NO_HOOKS = Hooks()
-
 
 # ----------------------------------------------------------------------------- the stack
 
@@ -388,33 +233,10 @@ def attention_block(
     ``fused_qkv``: the query, key and value kernels side by side ``[hidden, (H + 2K) * hd]``,
     or a `TransposedAttentionKernels` (which also stands in for the output kernel)."""
     hooks = hooks or _NO_HOOKS
-    heads, kv_heads, head_dim = (
-        attention.num_query_heads,
-        attention.num_key_value_heads,
-        attention.head_dim,
-    )
-    batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    query_width, kv_width = heads * head_dim, kv_heads * head_dim
     transposed = fused_qkv if isinstance(fused_qkv, TransposedAttentionKernels) else None
-    if fused_qkv is not None:
-        if transposed is not None:
-            qkv = product(x, transposed.qkv, transposed=True, kernels=kernels)
-        else:
-            qkv = product(x, fused_qkv, kernels=kernels)
-        query = qkv[..., :query_width]
-        key = qkv[..., query_width : query_width + kv_width]
-        value = qkv[..., query_width + kv_width :]
-    else:
-        query, key, value = (
-            dense_product(dense, x, kernels=kernels)
-            for dense in (attention.query_dense, attention.key_dense, attention.value_dense)
-        )
-    query = ops.reshape(query, (batch, length, heads, head_dim))
-    key = ops.reshape(key, (batch, length, kv_heads, head_dim))
-    value = ops.reshape(value, (batch, length, kv_heads, head_dim))
-    cos, sin = rope
-    query = apply_rotary_tables(query, cos, sin)
-    key = apply_rotary_tables(key, cos, sin)
+    query, key, value = project_qkv(attention, x, rope, fused_qkv=fused_qkv, kernels=kernels)
+    batch, length = ops.shape(x)[0], ops.shape(x)[1]
+    heads, head_dim = attention.num_query_heads, attention.head_dim
     if cache is not None:
         key_cache, value_cache = cache
         start = (0, cache_index, 0, 0)
@@ -423,7 +245,9 @@ def attention_block(
         cache = (key, value)
 
     if hooks.wants_probabilities(index):
-        probabilities = explicit_probabilities(query, key, attention_mask, kv_heads)
+        probabilities = explicit_probabilities(
+            query, key, attention_mask, attention.num_key_value_heads
+        )
         probabilities = hooks(f"layers.{index}.attention.probs", probabilities)
         output = weighted_values(probabilities, value)
     elif kernels and length == 1:
@@ -434,6 +258,39 @@ def attention_block(
     if transposed is not None:
         return product(output, transposed.output, transposed=True, kernels=kernels), cache
     return dense_product(attention.output_dense, output, kernels=kernels), cache
+
+
+def project_qkv(attention, x, rope, *, fused_qkv=None, kernels: bool = False, parts: str = "qkv"):
+    """Queries ``[B, T, H, hd]``, keys and values ``[B, T, K, hd]`` of the attention's input
+    ``x`` (RoPE applied to queries and keys), the ones named in ``parts`` (``"qk"``: queries and
+    keys; ``"kv"``: keys and values), in that order. Unfused layers compute only those."""
+    heads, kv_heads, head_dim = (
+        attention.num_query_heads,
+        attention.num_key_value_heads,
+        attention.head_dim,
+    )
+    batch, length = ops.shape(x)[0], ops.shape(x)[1]
+    query_width, kv_width = heads * head_dim, kv_heads * head_dim
+    if fused_qkv is not None:
+        if isinstance(fused_qkv, TransposedAttentionKernels):
+            qkv = product(x, fused_qkv.qkv, transposed=True, kernels=kernels)
+        else:
+            qkv = product(x, fused_qkv, kernels=kernels)
+        flat = {
+            "q": qkv[..., :query_width],
+            "k": qkv[..., query_width : query_width + kv_width],
+            "v": qkv[..., query_width + kv_width :],
+        }
+    else:
+        denses = {"q": attention.query_dense, "k": attention.key_dense, "v": attention.value_dense}
+        flat = {p: dense_product(denses[p], x, kernels=kernels) for p in parts}
+    cos, sin = rope
+    out = []
+    for part in parts:
+        count = heads if part == "q" else kv_heads
+        value = ops.reshape(flat[part], (batch, length, count, head_dim))
+        out.append(value if part == "v" else apply_rotary_tables(value, cos, sin))
+    return tuple(out)
 
 
 def explicit_probabilities(query, key, attention_mask, kv_heads: int):
