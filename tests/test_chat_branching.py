@@ -134,7 +134,7 @@ def test_a_closed_or_failing_branch_leaves_everything_as_it_was(model, monkeypat
         yield from ()
         raise RuntimeError("the device went away")
 
-    monkeypatch.setattr("kerasllm_widget.chat.chat_branches.stream_ids", broken)
+    monkeypatch.setattr("kerasllm_widget.chat.chat_state.stream_ids", broken)
     with pytest.raises(RuntimeError, match="device went away"):
         list(chat.branch(reply, K, max_new_tokens=4))
     assert chat.messages == before and _state(chat) == tree

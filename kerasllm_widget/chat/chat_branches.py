@@ -15,7 +15,6 @@ from typing import Any
 
 from kerasllm_widget.chat.chat_tree import FORMAT, ChatTree, markdown
 from kerasllm_widget.generation import settings
-from kerasllm_widget.generation.api import stream_ids
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.generation.stopping import stop_token_ids_of
 
@@ -107,26 +106,10 @@ class ChatBranches:
         return self._branch_run(messages, position, prefix, cancel_event, options)
 
     def _branch_run(self, messages, position, prefix, cancel_event, options):
-        (sampler, max_new_tokens, alternatives, seed, stop_strings, stop_ids, steering) = options
         prompt_ids = [*self.prompt_ids(messages[:position]), *prefix]
         tokenizer = self.model.tokenizer
-        for event in stream_ids(
-            self.model,
-            prompt_ids,
-            max_new_tokens=int(max_new_tokens),
-            sampler=sampler,
-            stop_token_ids=stop_ids,
-            stop_strings=stop_strings,
-            top_k_alternatives=alternatives,
-            cancel_event=cancel_event,
-            seed=seed,
-            min_cache_length=self.cache_length,
-            steering=steering,
-        ):
+        for event in self._turn_events(prompt_ids, cancel_event, options):
             if isinstance(event, DoneEvent):
-                self._prepare_next_turn(
-                    event, sampler, max_new_tokens, alternatives, stop_ids, steering
-                )
                 ids = [*prefix, *event.token_ids]
                 if event.stop_reason == "stop_string":  # the text was cut inside the ids
                     content = tokenizer.detokenize(prefix) + event.text

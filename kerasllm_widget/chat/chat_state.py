@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from kerasllm_widget.chat.chat_branches import ChatBranches
 from kerasllm_widget.chat.chat_tree import ChatTree
@@ -28,6 +28,18 @@ __all__ = ["ChatState"]
 Message = dict[str, Any]
 
 DEFAULT_CHAT_CACHE_LENGTH = 512
+
+
+class TurnOptions(NamedTuple):
+    """The checked options of one turn (`ChatState._options`)."""
+
+    sampler: Any
+    max_new_tokens: int
+    top_k_alternatives: int
+    seed: int | None
+    stop_strings: Any
+    stop_token_ids: Any
+    steering: Any
 
 
 class ChatState(ChatBranches):
@@ -275,7 +287,7 @@ class ChatState(ChatBranches):
             )
         return messages, dropped, ids
 
-    def _options(self, sampling: dict[str, Any]) -> tuple:
+    def _options(self, sampling: dict[str, Any]) -> TurnOptions:
         """The sampler and the other options of one reply, checked."""
         sampling = dict(sampling)
         max_new_tokens = sampling.pop("max_new_tokens", None)
@@ -303,7 +315,7 @@ class ChatState(ChatBranches):
             raise TypeError(f"Unknown sampling option(s): {', '.join(sorted(unknown))}")
         base = sampling.pop("sampler", None) or self.sampler or engine_for(self.model).sampler
         sampler = make_sampler(base, **sampling)
-        return (
+        return TurnOptions(
             sampler,
             max_new_tokens,
             top_k_alternatives,
@@ -324,15 +336,7 @@ class ChatState(ChatBranches):
         ``user`` None, answers the last user turn again, dropping replies after it.
         A generator: nothing changes until it is iterated. Until the reply is done, a failure
         or an early close puts `messages` back exactly as they were."""
-        (
-            sampler,
-            max_new_tokens,
-            top_k_alternatives,
-            seed,
-            stop_strings,
-            stop_token_ids,
-            steering,
-        ) = self._options(sampling)
+        options = self._options(sampling)
         if user is not None:
             user = self.tree.message("user", user["content"])
 
@@ -347,35 +351,36 @@ class ChatState(ChatBranches):
                     raise ValueError("There is no user message to answer again.")
                 user = base.pop()
             # Room for the whole reply, but a huge max_new_tokens must not push every turn out.
-            reserve = min(int(max_new_tokens), self.context_length // 2)
+            reserve = min(int(options.max_new_tokens), self.context_length // 2)
             kept, dropped, prompt_ids = self._fit_context([*base, user], reserve)
             # The transcript shows the turn being answered; `_run` puts `before` back if the
             # reply never finishes.
             self.messages[:] = [*kept[:-1], user]
-        yield from self._run(
-            before,
-            user,
-            prompt_ids,
-            dropped,
-            cancel_event,
-            sampler,
-            max_new_tokens,
-            top_k_alternatives,
-            seed,
-            stop_strings,
-            stop_token_ids,
-            steering,
-        )
+        yield from self._run(before, user, prompt_ids, dropped, cancel_event, options)
 
-    def _prepare_next_turn(
-        self,
-        done: DoneEvent,
-        sampler,
-        max_new_tokens,
-        top_k_alternatives,
-        stop_token_ids,
-        steering=None,
-    ) -> None:
+    def _turn_events(
+        self, prompt_ids: list[int], cancel_event, options: TurnOptions
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """The engine's events for one turn (a reply or a branch) from ``prompt_ids``; when it
+        is done, the next turn's programs start compiling in the background."""
+        for event in stream_ids(
+            self.model,
+            prompt_ids,
+            max_new_tokens=int(options.max_new_tokens),
+            sampler=options.sampler,
+            stop_token_ids=options.stop_token_ids,
+            stop_strings=options.stop_strings,
+            top_k_alternatives=options.top_k_alternatives,
+            cancel_event=cancel_event,
+            seed=options.seed,
+            min_cache_length=self.cache_length,
+            steering=options.steering,
+        ):
+            if isinstance(event, DoneEvent):
+                self._prepare_next_turn(event, options)
+            yield event
+
+    def _prepare_next_turn(self, done: DoneEvent, options: TurnOptions) -> None:
         """Compiles in the background, while the user reads and types, the programs the next
         turn may need and no request has compiled yet: the chat-turn prefill chunks (short and
         long) over the kept cache, and, when the next turn may not fit that cache, the programs
@@ -386,61 +391,25 @@ class ChatState(ChatBranches):
             return
         used = done.prompt_tokens + done.generated_tokens
         # The programs are sized by the stop ids the turns carry, as the turns' own are.
-        stop_count = len(stop_token_ids_of(self.model.tokenizer, stop_token_ids))
-        options = {
-            "num_alternatives": top_k_alternatives,
+        stop_count = len(stop_token_ids_of(self.model.tokenizer, options.stop_token_ids))
+        programs = {
+            "num_alternatives": options.top_k_alternatives,
             "stop_count": stop_count,
-            "edits": steering_edits(self.model, steering),  # steered turns' programs
+            "edits": steering_edits(self.model, options.steering),  # steered turns' programs
         }
-        engine.precompile(length, sampler, **options)  # a no-op when all are compiled
+        engine.precompile(length, options.sampler, **programs)  # a no-op when all are compiled
         # Room for a new user turn (one prefill chunk) and a reply as long as this one could be.
-        if used + CONTINUATION_CHUNK + int(max_new_tokens) <= length:
+        needed = used + CONTINUATION_CHUNK + int(options.max_new_tokens)
+        if needed <= length or length >= self.context_length:
             return
-        if length >= self.context_length:
-            return
-        needed = used + CONTINUATION_CHUNK + int(max_new_tokens)
-        engine.precompile(engine.cache_length_for(needed), sampler, **options)
+        engine.precompile(engine.cache_length_for(needed), options.sampler, **programs)
 
-    def _run(
-        self,
-        before,
-        user,
-        prompt_ids,
-        dropped,
-        cancel_event,
-        sampler,
-        max_new_tokens,
-        top_k_alternatives,
-        seed,
-        stop_strings,
-        stop_token_ids,
-        steering=None,
-    ):
+    def _run(self, before, user, prompt_ids, dropped, cancel_event, options: TurnOptions):
         finished = False
         try:
-            for event in stream_ids(
-                self.model,
-                prompt_ids,
-                max_new_tokens=int(max_new_tokens),
-                sampler=sampler,
-                stop_token_ids=stop_token_ids,
-                stop_strings=stop_strings,
-                top_k_alternatives=top_k_alternatives,
-                cancel_event=cancel_event,
-                seed=seed,
-                min_cache_length=self.cache_length,
-                steering=steering,
-            ):
+            for event in self._turn_events(prompt_ids, cancel_event, options):
                 if isinstance(event, DoneEvent):
                     finished = True
-                    self._prepare_next_turn(
-                        event,
-                        sampler,
-                        max_new_tokens,
-                        top_k_alternatives,
-                        stop_token_ids,
-                        steering,
-                    )
                     if event.text:
                         reply = self.tree.message("assistant", event.text, event.token_ids)
                         self.messages.append(reply)
