@@ -89,6 +89,27 @@ def random_llama32_checkpoint(tmp_path_factory) -> Path:
     return write_random_llama_checkpoint(tmp_path_factory.mktemp("llama32-tiny"))
 
 
+@pytest.fixture(scope="session")
+def random_llama32_backbone(random_llama32_checkpoint):
+    """Our `Llama3Backbone` loaded from `random_llama32_checkpoint` (read-only in tests)."""
+    from kerasllm_widget.checkpoints.presets import load_checkpoint
+    from kerasllm_widget.models.llama3_backbone import Llama3Backbone
+
+    ckpt = load_checkpoint(str(random_llama32_checkpoint))
+    return Llama3Backbone.from_checkpoint(ckpt, progress=False)
+
+
+@pytest.fixture(scope="session")
+def random_llama32_eager_reference(random_llama32_checkpoint):
+    """transformers' load of `random_llama32_checkpoint`, float32, eager attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        random_llama32_checkpoint, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
 # --- Tokenizer, preprocessor and chat-template fixtures -----------------------------------------
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -21,19 +21,13 @@ FOX = "The quick brown fox jumps over the lazy dog because it was"
 
 
 @pytest.fixture(scope="module")
-def ours(random_llama32_checkpoint):
-    ckpt = load_checkpoint(str(random_llama32_checkpoint))
-    return Llama3Backbone.from_checkpoint(ckpt, progress=False)
+def ours(random_llama32_backbone):
+    return random_llama32_backbone
 
 
 @pytest.fixture(scope="module")
-def reference(random_llama32_checkpoint):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(
-        random_llama32_checkpoint, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
+def reference(random_llama32_eager_reference):
+    return random_llama32_eager_reference
 
 
 @pytest.fixture(scope="module")
