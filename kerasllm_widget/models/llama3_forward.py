@@ -1,13 +1,7 @@
 """The one Llama forward: every way the model runs (its Keras ``call``, the engine's prefill and
 decode, the inspectors, training) goes through `forward` and `logits`, so there is one place
-where its arithmetic lives and one vocabulary for its insides, the hook points:
-
-```
-embed
-layers.{i}.residual_in   layers.{i}.attention.probs   layers.{i}.attention.out
-layers.{i}.mlp.out       layers.{i}.residual_out
-final_norm.out           logits
-```
+where its arithmetic lives and one vocabulary for its insides, the hook points (listed in
+`kerasllm_widget.models.hook_points`).
 
 A `Hooks` object says which points to capture and which to edit; an edit is a traceable
 function of the value that returns its replacement, so it compiles into a jitted program like
