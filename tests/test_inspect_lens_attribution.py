@@ -92,7 +92,13 @@ def _check_lens(lens, logits: np.ndarray, ids: np.ndarray, top_k: int) -> None:
         lowest = (logits[i, :-1] > targets + slack).sum(-1)
         highest = (logits[i, :-1] > targets - slack).sum(-1)
         assert np.all(lowest <= lens.target_rank[i]) and np.all(lens.target_rank[i] <= highest)
+        _close(lens.target_prob[i], probs[i, np.arange(length - 1), ids[1:]], 1e-3)
     assert lens.target_rank.max() > 0  # not trivially all top
+    # The last position follows the model's own choice there through the layers.
+    choice = lens.top_ids[-1, -1, 0]
+    _close(lens.final_prob, probs[:, -1, choice], 1e-3)
+    assert lens.final_rank[-1] == 0 and lens.final_rank.shape == (layers,)
+    assert np.all(lens.final_rank[lens.top_ids[:, -1, 0] == choice] == 0)
 
 
 def test_logit_lens_matches_the_reference(ours, reference, token_ids):

@@ -44,7 +44,9 @@ class LogitLens:
     - ``top_ids`` ``[L, T, k]``, ``top_probs`` ``[L, T, k]``: the most likely next tokens at
       each position, most likely first;
     - ``target_rank`` ``[L, T - 1]``: the rank (0 = top) of the token that actually came next
-      (``token_ids[t + 1]``) at position ``t``;
+      (``token_ids[t + 1]``) at position ``t``; ``target_prob`` ``[L, T - 1]``: its probability;
+    - ``final_rank``, ``final_prob`` ``[L]``: the same for the last position, which has no next
+      token, of the model's own choice there (``top_ids[-1, -1, 0]``);
     - ``entropy`` ``[L, T]``: of the whole distribution, in nats.
 
     Example:
@@ -58,6 +60,9 @@ class LogitLens:
     target_rank: np.ndarray  # [L, T - 1] int32
     entropy: np.ndarray  # [L, T] float32
     vocabulary_size: int
+    target_prob: np.ndarray | None = None  # [L, T - 1] float32
+    final_rank: np.ndarray | None = None  # [L] int32
+    final_prob: np.ndarray | None = None  # [L] float32
 
     @property
     def num_layers(self) -> int:
@@ -80,6 +85,9 @@ class LogitLens:
             top_probs=self.top_probs.astype(np.float16),
             target_rank=self.target_rank.astype(index),
             entropy=self.entropy.astype(np.float16),
+            target_prob=_as(self.target_prob, np.float16),
+            final_rank=_as(self.final_rank, index),
+            final_prob=_as(self.final_prob, np.float16),
         )
 
     def text_table(
@@ -146,7 +154,8 @@ def logit_lens(model, token_ids, top_k: int = 5) -> LogitLens:
     rows = max(1, min(layers * length, _CHUNK_ELEMENTS // vocabulary))
     program = model_program(model, ("logit_lens", top_k, rows), _lens_body(backbone, top_k, rows))
     next_ids = np.append(ids[1:], 0).astype(np.int32)  # the last position has no next token
-    top_ids, top_probs, rank, entropy = (np.asarray(a) for a in program(ids[None], next_ids))
+    results = (np.asarray(a) for a in program(ids[None], next_ids))
+    top_ids, top_probs, rank, entropy, target_prob, final_rank, final_prob = results
     return LogitLens(
         token_ids=ids,
         top_ids=top_ids.astype(np.int32),
@@ -154,11 +163,19 @@ def logit_lens(model, token_ids, top_k: int = 5) -> LogitLens:
         target_rank=rank[:, : length - 1].astype(np.int32),
         entropy=entropy.astype(np.float32),
         vocabulary_size=vocabulary,
+        target_prob=target_prob[:, : length - 1].astype(np.float32),
+        final_rank=final_rank.astype(np.int32),
+        final_prob=final_prob.astype(np.float32),
     )
 
 
+def _as(array: np.ndarray | None, dtype) -> np.ndarray | None:
+    return None if array is None else array.astype(dtype)
+
+
 def _lens_body(backbone, top_k: int, rows: int):
-    """``(ids [1, T], next_ids [T]) -> (top_ids, top_probs [L, T, k], rank, entropy [L, T])``."""
+    """``(ids [1, T], next_ids [T]) -> (top_ids, top_probs [L, T, k], rank, entropy,
+    target_prob [L, T], final_rank, final_prob [L])``."""
     layers = int(backbone.num_layers)
     names = [f"layers.{i}.residual_out" for i in range(layers)]
 
@@ -171,7 +188,8 @@ def _lens_body(backbone, top_k: int, rows: int):
         rank = ops.sum(ops.cast(logits > target_logit, "int32"), axis=-1)
         log_p = logits - log_z
         entropy = -ops.sum(ops.exp(log_p) * log_p, axis=-1)
-        return ops.cast(top_ids, "int32"), ops.exp(top_logits - log_z), rank, entropy
+        target_prob = ops.exp(target_logit - log_z)[:, 0]
+        return ops.cast(top_ids, "int32"), ops.exp(top_logits - log_z), rank, entropy, target_prob
 
     def body(ids, next_ids):
         length = ids.shape[1]
@@ -191,11 +209,17 @@ def _lens_body(backbone, top_k: int, rows: int):
         targets = ops.reshape(targets, (chunks, rows))
         # A loop (jax.lax.map on JAX): one chunk's logits live at a time.
         results = ops.map(project, (states, targets))
-        return tuple(
+        top_ids, top_probs, rank, entropy, target_prob = (
             ops.reshape(ops.reshape(r, (chunks * rows, *r.shape[2:]))[:total], (layers, length, -1))
             if r.ndim == 3
             else ops.reshape(ops.reshape(r, (chunks * rows,))[:total], (layers, length))
             for r in results
         )
+        # The last position has no next token: follow the model's own choice there instead, its
+        # rank and probability at every layer (one more projection of L rows).
+        last = ops.stack([hooks.captured[name][0][length - 1] for name in names])
+        choice = ops.tile(ops.reshape(top_ids[layers - 1, length - 1, 0], (1,)), (layers,))
+        _, _, final_rank, _, final_prob = project((last, choice))
+        return top_ids, top_probs, rank, entropy, target_prob, final_rank, final_prob
 
     return body
