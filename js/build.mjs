@@ -12,6 +12,7 @@ const entries = {
   preprocess: "js/preprocess/index.ts",
   attention: "js/attention/index.ts",
   probabilities: "js/probabilities/index.ts",
+  lens: "js/lens/index.ts",
   training: "js/training/index.ts",
 };
 

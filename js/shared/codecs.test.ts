@@ -35,6 +35,24 @@ describe("decodeArray", () => {
   });
 });
 
+describe("float16", () => {
+  it("decodes half-precision bits as numpy writes them, at an odd offset too", () => {
+    // numpy.array([1, 0.5, -2, 0.3333, 6.1e-5, 1e-7, 65504, 0], float16).view(uint16)
+    const bits = Uint16Array.from([15360, 14336, 49152, 13653, 1023, 2, 31743, 0]);
+    const raw = new Uint8Array(1 + bits.byteLength);
+    raw.set(new Uint8Array(bits.buffer), 1);
+    const view = new DataView(raw.buffer, 1, bits.byteLength);
+    const array = decodeArray({ dtype: "float16", shape: [2, 4], buffer: 0 }, [view]);
+    const values = Array.from(array.data as Float32Array);
+    expect(values.slice(0, 3)).toEqual([1, 0.5, -2]);
+    expect(values[3]).toBeCloseTo(0.3333, 4);
+    expect(values[4]).toBeCloseTo(6.1e-5, 7); // the largest subnormal
+    expect(values[5]).toBeCloseTo(1.19e-7, 9); // 2 steps of 2**-24
+    expect(values.slice(6)).toEqual([65504, 0]);
+    expect(array.shape).toEqual([2, 4]);
+  });
+});
+
 describe("quantised codes", () => {
   // The same numbers as kerasllm_widget/inspect/quantization.py produces for [0, 0.25, 1] (gamma 0.5):
   // codes round(sqrt(x) * 255) = [0, 128, 255].

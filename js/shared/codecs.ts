@@ -2,7 +2,15 @@
 // gamma-compressed 8/16-bit codes attention maps travel in (kerasllm_widget/inspect/quantization.py):
 // value = scale * (code / levels) ** (1 / gamma), with one scale or one per index of axis 0.
 
-export type DType = "uint8" | "uint16" | "int32" | "int64" | "float32" | "float64" | "bool";
+export type DType =
+  | "uint8"
+  | "uint16"
+  | "int32"
+  | "int64"
+  | "float16"
+  | "float32"
+  | "float64"
+  | "bool";
 
 export interface ArrayHeader {
   dtype: DType;
@@ -32,6 +40,7 @@ const BYTES: Record<DType, number> = {
   uint16: 2,
   int32: 4,
   int64: 8,
+  float16: 2,
   float32: 4,
   float64: 8,
 };
@@ -50,7 +59,8 @@ function bytesOf(buffer: BufferLike): { buffer: ArrayBufferLike; offset: number;
 
 /**
  * The typed array a header describes. Copies only when the bytes are not aligned for the type
- * (a DataView into a larger message buffer may start at any byte).
+ * (a DataView into a larger message buffer may start at any byte); float16 arrives as a
+ * Float32Array (a copy: not every browser has Float16Array).
  */
 export function decodeArray(header: ArrayHeader, buffers: readonly BufferLike[]): NdArray {
   const source = buffers[header.buffer];
@@ -85,11 +95,39 @@ function view(dtype: DType, buffer: ArrayBufferLike, offset: number, count: numb
       return new Int32Array(buffer, offset, count);
     case "int64":
       return new BigInt64Array(buffer, offset, count);
+    case "float16":
+      return halfToFloat(new Uint16Array(buffer, offset, count));
     case "float32":
       return new Float32Array(buffer, offset, count);
     case "float64":
       return new Float64Array(buffer, offset, count);
   }
+}
+
+let halfTable: Float32Array | null = null;
+
+/** IEEE 754 half-precision bits -> float32, through a table of all 65,536 values (built once). */
+export function halfToFloat(bits: Uint16Array): Float32Array {
+  if (halfTable === null) {
+    halfTable = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const sign = h & 0x8000 ? -1 : 1;
+      const exponent = (h >> 10) & 0x1f;
+      const fraction = h & 0x3ff;
+      halfTable[h] =
+        exponent === 0
+          ? sign * 2 ** -14 * (fraction / 1024)
+          : exponent === 31
+            ? fraction === 0
+              ? sign * Number.POSITIVE_INFINITY
+              : Number.NaN
+            : sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+    }
+  }
+  const table = halfTable;
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = table[bits[i] ?? 0] ?? 0;
+  return out;
 }
 
 /** How many code levels an integer dtype has (255 for uint8). */

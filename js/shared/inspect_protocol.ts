@@ -23,6 +23,7 @@ export const REQUEST = {
   attentionOverview: "attention.overview",
   probabilities: "probabilities.request",
   step: "step.request",
+  lens: "lens.request",
 } as const;
 
 /** Kernel to front end. */
@@ -35,6 +36,8 @@ export const RESPONSE = {
   attentionProgress: "attention.progress",
   probabilities: "probabilities.result",
   step: "step.state",
+  lens: "lens.result",
+  lensProgress: "lens.progress",
   error: "inspect.error",
 } as const;
 
@@ -184,6 +187,35 @@ export interface StepState extends Envelope<"step.state"> {
   text: string;
 }
 
+/** The logit lens of one sequence: `[layers, T, k]` top ids (int32) and probabilities (float16),
+ *  `[layers, T]` entropy (float16), and per position the token the chart follows (`target_ids`:
+ *  the next one; at the last position the model's own choice) with its rank (int32) and
+ *  probability (float16) at every layer. `labels`: the text of every id shown. */
+export interface LensResult extends Envelope<"lens.result"> {
+  sequence_id: string;
+  pieces: string[];
+  roles: string[];
+  num_layers: number;
+  top_k: number;
+  compute_s: number;
+  labels: Record<string, string>;
+  arrays: {
+    token_ids: ArrayHeader;
+    top_ids: ArrayHeader;
+    top_probs: ArrayHeader;
+    entropy: ArrayHeader;
+    target_ids: ArrayHeader;
+    target_rank: ArrayHeader;
+    target_probs: ArrayHeader;
+  };
+}
+
+/** A lens pass over `length` tokens has started (id ""; not an answer). */
+export interface LensProgress extends Envelope<"lens.progress"> {
+  length: number;
+  num_layers: number;
+}
+
 export interface InspectError extends Envelope<"inspect.error"> {
   request_kind: string;
   code: ErrorCode;
@@ -199,6 +231,8 @@ export type InspectResponse =
   | AttentionProgress
   | ProbabilitiesResult
   | StepState
+  | LensResult
+  | LensProgress
   | InspectError;
 
 const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));

@@ -3,25 +3,13 @@
 // from the model's traits (at most once per frame), so a re-displayed view shows the whole run.
 
 import type { AnyModel } from "@anywidget/types";
-import { h, perFrame } from "../shared/dom";
+import { h, perFrame, svg } from "../shared/dom";
 import { formatSeconds } from "../shared/format";
 import { extent, formatValue, linearScale, movingAverage, pathWithGaps } from "./chart";
 import { type StepPoint, TRAINING_REQUEST, type TrainingModel } from "./protocol";
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 const WIDTH = 640;
 const MARGIN = { left: 52, right: 12, top: 10, bottom: 22 };
-
-function svg<K extends keyof SVGElementTagNameMap>(
-  tag: K,
-  attrs: Record<string, string | number>,
-  ...children: (SVGElement | string)[]
-): SVGElementTagNameMap[K] {
-  const el = document.createElementNS(SVG_NS, tag);
-  for (const [name, value] of Object.entries(attrs)) el.setAttribute(name, String(value));
-  for (const child of children) el.append(child);
-  return el;
-}
 
 interface Series {
   xs: number[];

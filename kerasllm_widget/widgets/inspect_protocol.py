@@ -34,6 +34,7 @@ ATTENTION_REQUEST = "attention.request"
 ATTENTION_OVERVIEW = "attention.overview"  # {sequence_id, size}: every layer's thumbnails
 PROBABILITIES_REQUEST = "probabilities.request"  # {}: the conversation scored token by token
 STEP_REQUEST = "step.request"  # {action, token_id?, text?}
+LENS_REQUEST = "lens.request"  # {text: str | None (the conversation)}: answers lens.result
 
 # Kernel -> front end.
 TOKENS_RESULT = "tokens.result"  # {tables: [TokenTable], labels: [str]}
@@ -50,6 +51,10 @@ PROBABILITIES_RESULT = (
     "probabilities.result"  # {sequence_id, pieces, roles, labels, arrays} + buffers
 )
 STEP_STATE = "step.state"  # {prompt_tail, steps, distribution, proposal, finished, text}
+# {sequence_id, pieces, roles, num_layers, top_k, compute_s, labels, arrays} + buffers: the
+# logit lens, top-k probabilities and the next token's probability as float16, ids as int32.
+LENS_RESULT = "lens.result"
+LENS_PROGRESS = "lens.progress"  # {length, num_layers}, id "": a lens pass has started
 INSPECT_ERROR = "inspect.error"  # {request_kind, code, message}
 
 STEP_ACTIONS = ("start", "propose", "accept", "choose", "undo", "reset", "finish")
@@ -63,6 +68,7 @@ REQUEST_KINDS = frozenset(
         ATTENTION_OVERVIEW,
         PROBABILITIES_REQUEST,
         STEP_REQUEST,
+        LENS_REQUEST,
     }
 )
 RESPONSE_KINDS = frozenset(
@@ -75,10 +81,20 @@ RESPONSE_KINDS = frozenset(
         ATTENTION_PROGRESS,
         PROBABILITIES_RESULT,
         STEP_STATE,
+        LENS_RESULT,
+        LENS_PROGRESS,
         INSPECT_ERROR,
     }
 )
-NAMESPACES = ("tokens.", "preprocess.", "attention.", "probabilities.", "step.", "inspect.")
+NAMESPACES = (
+    "tokens.",
+    "preprocess.",
+    "attention.",
+    "probabilities.",
+    "step.",
+    "lens.",
+    "inspect.",
+)
 
 # Error codes of inspect.error.
 ERROR_BAD_REQUEST = "bad_request"
@@ -102,6 +118,7 @@ _FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
     ATTENTION_OVERVIEW: {"sequence_id": (str,), "size": (int,)},
     PROBABILITIES_REQUEST: {},
     STEP_REQUEST: {"action": (str,), "token_id": (int, _NONE), "text": (str, _NONE)},
+    LENS_REQUEST: {"text": (str, _NONE)},
 }
 
 

@@ -31,6 +31,7 @@ from kerasllm_widget.inspect.pieces import piece
 from kerasllm_widget.widgets import inspect_protocol as P
 from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
+from kerasllm_widget.widgets.lens_requests import LensRequests
 from kerasllm_widget.widgets.step_mode import StepMode
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class InspectorService:
         )
         self._preparing: str | None = None  # the sequence whose forward pass idle work extends
         self.timings: dict[str, float] = {}  # the last compute time of each request kind
+        self.lens = LensRequests(model=model, sequence=sequence, send=self._send)
         self._closed = False
 
     # ---- entry point (kernel main thread) ----
@@ -125,6 +127,7 @@ class InspectorService:
             P.ATTENTION_OVERVIEW: (self._overview_start, "attention.overview"),
             P.PROBABILITIES_REQUEST: (self._probabilities, "probabilities.request"),
             P.STEP_REQUEST: (self._step_request, None),
+            P.LENS_REQUEST: (self.lens.answer, None),
         }[request.kind]
         self.submit(request, *handler)
         return True
