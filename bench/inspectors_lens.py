@@ -1,7 +1,8 @@
 """The logit lens and attribution on SmolLM2, for ``bench/inspectors.py --sections lens``.
 
 Prints the logit lens at each length (first use, then a pass once compiled, the compact 16-bit
-arrays a view sends), gradient x input for one target (and another target of the same text: no
+arrays, and "one view after the pass": building the answer a lens view receives from a computed
+lens, its float16/int32 arrays and the text of each distinct id), gradient x input for one target (and another target of the same text: no
 compilation), integrated gradients, and beside them captum's ``LayerIntegratedGradients`` on
 transformers over the same text with the same baseline (the zero embedding) and rule
 (midpoints): time, peak memory, and the Pearson correlation of its scores with ours. Peak
@@ -60,6 +61,8 @@ def lens_figures(
 
     from kerasllm_widget import inspect
     from kerasllm_widget.inspect import attributions
+    from kerasllm_widget.widgets.inspect_protocol import pack_arrays
+    from kerasllm_widget.widgets.lens_requests import lens_arrays, lens_labels
 
     backbone = model.backbone
     layers, vocabulary = int(backbone.num_layers), int(backbone.vocabulary_size)
@@ -89,6 +92,26 @@ def lens_figures(
             f"(forward + {layers} layers x {length} positions projected) · the view's arrays in "
             f"16 bits {view_s * 1e3:5.2f} ms, {sent / 1e3:7.1f} KB (the full [layers, T, vocabulary] "
             f"in float32 would be {full / 1e9:5.1f} GB) · peak +{peak:6.0f} MB",
+            flush=True,
+        )
+
+        def view_payload(lens=lens):
+            headers, buffers = pack_arrays(lens_arrays(lens))
+            return buffers, lens_labels(lens, model.preprocessor.tokenizer)
+
+        (buffers, labels), payload_s, payload_peak = measured(view_payload)
+        sent = sum(memoryview(b).nbytes for b in buffers)
+        rows.append(
+            {
+                "what": f"one lens view after the pass (its answer built), T={length}",
+                "first_s": float("nan"),
+                "s": payload_s,
+                "peak_mb": payload_peak,
+            }
+        )
+        print(
+            f"one lens view after the pass T={length:5d}: answer built in {payload_s * 1e3:6.1f} ms "
+            f"({sent / 1e3:7.1f} KB of float16/int32 arrays, {len(labels)} distinct token texts)",
             flush=True,
         )
     ids = corpus_ids(gradient_length)
