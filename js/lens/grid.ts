@@ -5,7 +5,7 @@
 
 import { displayText } from "../attention/text_strip";
 import { percent } from "../probabilities/bars";
-import { css, entropyColour, probabilityColour, type Rgb, textOn } from "../shared/colour";
+import { BLUES, css, entropyColour, interpolate, type Rgb, textOn } from "../shared/colour";
 import { h } from "../shared/dom";
 import { type LensData, topAt } from "./lens_data";
 
@@ -17,10 +17,14 @@ export interface GridEvents {
   select(position: number): void;
 }
 
-/** A cell's background: its top token's probability, or the entropy of the whole distribution. */
+/**
+ * A cell's background: its top token's probability on the sequential blues (white at 0, navy at
+ * 1: a top token is rarely below 1%, so the chat's log-spaced red-to-green scale would paint
+ * nearly every cell green), or the entropy of the whole distribution.
+ */
 export function cellColour(data: LensData, layer: number, position: number, by: ColourBy): Rgb {
   if (by === "entropy") return entropyColour(data.entropy[layer * data.length + position] ?? -1);
-  return probabilityColour(topAt(data, layer, position).prob);
+  return interpolate(BLUES, topAt(data, layer, position).prob);
 }
 
 export class LensGrid {
@@ -39,6 +43,9 @@ export class LensGrid {
       role: "grid",
       "aria-label": `Logit lens: ${data.layers} layers x ${data.length} positions`,
       style: `grid-template-columns: auto repeat(${data.length}, var(--kw-lens-cell-width))`,
+      // The arrow keys move between columns here; without this, Notebook 7's command-mode
+      // shortcuts (Lumino) take them first.
+      "data-lm-suppress-shortcuts": "true",
     });
     const fragment = document.createDocumentFragment();
     fragment.append(h("div", { class: "kw-lens-corner" }, "layer"));

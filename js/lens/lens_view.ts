@@ -159,11 +159,17 @@ export class LensView {
       ),
     );
     this.tip.hidden = false;
-    // Beside the cell, inside the view (the tip is positioned against .kw-lens).
+    // Beside the cell, inside the view (the tip is positioned against .kw-lens): right of it
+    // and level with it, or left of it and above where the view ends first.
     const box = cell.target.getBoundingClientRect();
     const root = this.el.getBoundingClientRect();
-    this.tip.style.left = `${Math.max(0, box.right - root.left + 4)}px`;
-    this.tip.style.top = `${Math.max(0, box.top - root.top)}px`;
+    const { offsetWidth: width, offsetHeight: height } = this.tip;
+    let left = box.right - root.left + 4;
+    if (left + width > root.width) left = box.left - root.left - width - 4;
+    let top = box.top - root.top;
+    if (top + height > root.height) top = box.bottom - root.top - height;
+    this.tip.style.left = `${Math.max(0, left)}px`;
+    this.tip.style.top = `${Math.max(0, top)}px`;
   }
 
   private select(position: number): void {

@@ -11,7 +11,7 @@ import { settlesAt, type Trajectory } from "./lens_data";
 const WIDTH = 280;
 const PANEL = 96;
 const GAP = 26;
-const MARGIN = { left: 44, right: 10, top: 8, bottom: 22 };
+const MARGIN = { left: 44, right: 10, top: 18, bottom: 22 };
 
 /** Where a rank (0 = top) goes on the log axis: log10(rank + 1), so the top rank sits at 0. */
 export function rankPosition(rank: number): number {
@@ -48,7 +48,8 @@ export function renderRankChart(path: Trajectory): SVGSVGElement {
   const y = linearScale({ min: 0, max: 1 }, probTop + PANEL, probTop);
   const maxRank = Math.max(...path.ranks, 9);
   const ticks = rankTicks(maxRank);
-  const deepest = rankPosition((ticks[ticks.length - 1] ?? 1) * 10 - 1);
+  ticks.push((ticks[ticks.length - 1] ?? 1) * 10); // the panel's bottom edge
+  const deepest = rankPosition((ticks[ticks.length - 1] ?? 10) - 1);
   const r = linearScale({ min: 0, max: deepest }, rankTop, rankTop + PANEL);
 
   const axis = svg("g", { class: "kw-lens-axis" });
@@ -72,16 +73,19 @@ export function renderRankChart(path: Trajectory): SVGSVGElement {
     axis.append(
       svg("text", { x: x(layer), y: height - 6, "text-anchor": "middle" }, String(layer)),
     );
+  const title = (at: number, text: string) =>
+    svg("text", { x: MARGIN.left, y: at, class: "kw-lens-axis-title" }, text);
   axis.append(
+    title(probTop - 6, "probability"),
+    title(rankTop - 6, "rank (log scale, #1 = top)"),
     svg(
       "text",
-      { x: MARGIN.left, y: probTop + PANEL + 14, class: "kw-lens-axis-title" },
-      "probability",
-    ),
-    svg("text", { x: MARGIN.left, y: rankTop - 4, class: "kw-lens-axis-title" }, "rank (log)"),
-    svg(
-      "text",
-      { x: WIDTH - MARGIN.right, y: height - 6, "text-anchor": "end", class: "kw-lens-axis-title" },
+      {
+        x: x((layers - 1) / 4),
+        y: height - 6,
+        "text-anchor": "middle",
+        class: "kw-lens-axis-title",
+      },
       "layer",
     ),
   );
