@@ -313,6 +313,7 @@ def run_gpu(
     )
     engine = engine_for(model)
     rng = np.random.default_rng(0)
+    greedy = {}
     print(
         f"{'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
         f"{'steps/s':>8} {'of HBM bound':>13}"
@@ -323,20 +324,25 @@ def run_gpu(
             engine.chunk_size = chunk  # tokens per decode call: a static shape, compiled once each
             for _ in range(3):  # the first run compiles
                 timings = RequestTimings()
-                for _ in engine.generate_tokens(
-                    prompts,
-                    max_new_tokens=new_tokens,
-                    sampler=Sampler(temperature=0.0),
-                    timings=timings,
-                ):
-                    pass
+                tokens = [
+                    chunk.tokens[0]
+                    for chunk in engine.generate_tokens(
+                        prompts,
+                        max_new_tokens=new_tokens,
+                        sampler=Sampler(temperature=0.0),
+                        timings=timings,
+                    )
+                ]
                 engine.clear_cache()
+            greedy[batch] = [int(t) for chunk in tokens for t in chunk]
             steps = timings.decode_tokens_per_s
             print(
                 f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
                 f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
                 f"{steps:>8.0f} {steps / bound:>12.1%}"
             )
+    for batch, tokens in greedy.items():  # compare runs with and without the GPU kernels
+        print(f"greedy tokens, batch {batch}, first row: {tokens[:24]} ... {len(tokens)} tokens")
     print_steering_rows(model, engine, new_tokens)
     if profile:
         engine.chunk_size = chunk_sizes[-1]
