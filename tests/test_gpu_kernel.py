@@ -6,6 +6,8 @@ wiring; `bench/gpu_kernels.py` checks them compiled on a GPU."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -98,3 +100,23 @@ def test_the_streamed_layout_decodes_as_the_plain_one(monkeypatch):
         layer["down"], StreamedKernel
     )
     assert fused.streamed_lm_head and fused.lm_head is None
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_the_kernels_lower_to_triton_for_cuda(rows):
+    # No GPU here: lowering for CUDA still runs Pallas' Triton lowering of both kernels at the
+    # Llama-3.2-1B decode shapes (the down product's long reduction, the fused gate/up halves).
+    from jax import export
+
+    def lowered(fn, n, k):
+        x = jax.ShapeDtypeStruct((rows, k), jnp.bfloat16)
+        w = jax.ShapeDtypeStruct((n, k), jnp.bfloat16)
+        exported = export.export(
+            jax.jit(partial(fn, interpret=False)),
+            platforms=["cuda"],
+            disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(x, w)
+        return exported.mlir_module()
+
+    assert "xla.gpu.triton" in lowered(gpu.matvec, 2048, 8192)
+    assert "xla.gpu.triton" in lowered(gpu.gate_up_silu, 16384, 2048)

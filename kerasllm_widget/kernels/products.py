@@ -76,7 +76,7 @@ def enabled() -> bool:
 def gpu_enabled() -> bool:
     """Whether the engine's decode programs should use the GPU decode kernels: JAX runs on a
     CUDA GPU, the model is not laid out by a `keras.distribution` (a Pallas call has no sharding
-    rule), and they are not turned off (see `kerasllm_widget.kernels.gpu`)."""
+    rule), and they are turned on (see `kerasllm_widget.kernels.gpu.available`)."""
     return keras.distribution.distribution() is None and gpu.available()
 
 
