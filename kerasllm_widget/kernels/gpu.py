@@ -58,6 +58,8 @@ MAX_ROWS = 16
 # Which of a layer's products the engine's layout hands to the kernels ("attention": q/k/v and
 # the attention output; "lm_head": the tied output projection).
 STREAMED = frozenset({"attention", "gate_up", "down", "lm_head"})
+# Programs wanted per product: two for each of an H100's or H200's 132 multiprocessors.
+_PROGRAMS = 264
 # The tensor cores' smallest product has 16 rows: more than one row is padded to it.
 _DOT_ROWS = 16
 
@@ -91,18 +93,20 @@ def _cuda() -> bool:
 
 def tiling(rows: int, n: int, k: int) -> Tiling | None:
     """The tiling for ``rows`` times a ``[n, k]`` weight, or None when no tiling divides the
-    shapes (the caller keeps XLA's product).
+    shapes (the caller keeps XLA's product). The widest block of outputs that still gives every
+    multiprocessor two programs (`_PROGRAMS`), and blocks of inputs short enough for four
+    pipelined loads per program. A first guess until `bench/gpu_kernels.py` has swept tilings
+    on a GPU.
 
     Example:
         >>> tiling(1, 2048, 8192)
         Tiling(block_n=8, block_k=1024, num_warps=4, num_stages=3)
     """
-    dot = rows > 1
-    wanted_n = 16 if dot else 8
-    if n >= 32768:  # the output projection: plenty of programs at any width
-        wanted_n = 64 if dot else 16
-    block_n = next((b for b in (wanted_n, 32, 16, 8) if n % b == 0 and (b >= 16 or not dot)), 0)
-    block_k = next((b for b in (1024, 512, 256, 128, 64) if k % b == 0), 0)
+    widths = (32, 16) if rows > 1 else (16, 8)  # the tensor cores' product needs 16 outputs
+    block_n = next((b for b in widths if n % b == 0 and n // b >= _PROGRAMS), 0)
+    block_n = block_n or next((b for b in reversed(widths) if n % b == 0), 0)
+    block_k = next((b for b in (1024, 512, 256, 128) if k % b == 0 and k // b >= 4), 0)
+    block_k = block_k or next((b for b in (64, 32, 16) if k % b == 0), 0)
     if not block_n or not block_k:
         return None
     return Tiling(block_n, block_k, 4, 3)
