@@ -9,9 +9,12 @@ chat then counts compilations after warm-up.
     python bench/generate.py                      # float32 and bfloat16, every engine found
     python bench/generate.py --dtypes float32 --no-llama-cpp
     python bench/generate.py --gpu                # Llama-3.2-1B-shaped, random bf16 weights
+    python bench/generate.py --gpu --gpu-dtype float16 --gpu-kernels on
 
 ``--gpu`` runs a random-weight model shaped like Llama-3.2-1B (2.47 GB of bfloat16 weights) at
-batch 1 and 8 and prints tokens/s and the fraction of the HBM bound (4.8 TB/s on an H200).
+batch 1 and 8, with the GPU decode kernels off and on, and prints tokens/s and the fraction of
+the HBM bound (4.8 TB/s on an H200); ``--gpu-dtype float16`` runs the shape a T4-class GPU
+(no bfloat16) would.
 """
 
 from __future__ import annotations
@@ -265,15 +268,24 @@ def worker_chat(turns: int) -> dict:
 
 
 def run_gpu(
-    batches: list[int], new_tokens: int, chunk_sizes: list[int], profile: bool = False
+    batches: list[int],
+    new_tokens: int,
+    chunk_sizes: list[int],
+    profile: bool = False,
+    kernel_modes: tuple[str, ...] = ("off", "on"),
+    dtype: str = "bfloat16",
 ) -> None:
+    """Decode speed of a random-weight Llama-3.2-1B-shaped model in ``dtype`` (float16: the
+    path of a Colab-class GPU without bfloat16), once per GPU-kernel mode (``KERASLLM_GPU_KERNELS``
+    off, then on: a fresh engine each, so the two rows are the same device in one run), with
+    the greedy tokens of each so that the two can be compared."""
+    import gc
+
     import jax
     import keras
     import numpy as np
 
-    from kerasllm_widget.generation.engine import RequestTimings
-    from kerasllm_widget.generation.registry import engine_for
-    from kerasllm_widget.generation.samplers import Sampler
+    from kerasllm_widget.generation.engine import GenerationEngine
     from kerasllm_widget.models.llama3_backbone import Llama3Backbone
     from kerasllm_widget.models.llama3_causal_lm import Llama3CausalLM
 
@@ -282,7 +294,7 @@ def run_gpu(
         f"device: {getattr(device, 'device_kind', device.platform)} ({jax.default_backend()}), "
         f"jax {jax.__version__}, keras {keras.__version__}"
     )
-    keras.config.set_dtype_policy("bfloat16")
+    keras.config.set_dtype_policy(dtype)
     backbone = Llama3Backbone(
         vocabulary_size=128256,
         num_layers=16,
@@ -301,53 +313,70 @@ def run_gpu(
         },
         tie_word_embeddings=True,
         max_sequence_length=131072,
-        dtype="bfloat16",
+        dtype=dtype,
     )
     model = Llama3CausalLM(backbone)
     weight_bytes = sum(int(np.prod(v.shape)) * 2 for v in model.weights)
     hbm = 4.8e12
     bound = hbm / weight_bytes
     print(
-        f"Llama-3.2-1B shape, random bfloat16 weights: {weight_bytes / 1e9:.2f} GB; "
-        f"HBM bound at batch 1: {bound:.0f} tok/s"
+        f"Llama-3.2-1B shape, random {dtype} weights: {weight_bytes / 1e9:.2f} GB; "
+        f"HBM bound at batch 1 (4.8 TB/s): {bound:.0f} tok/s"
     )
-    engine = engine_for(model)
-    rng = np.random.default_rng(0)
     print(
-        f"{'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} "
-        f"{'steps/s':>8} {'of HBM bound':>13}"
+        f"{'kernels':>7} {'batch':>5} {'chunk':>5} {'TTFT ms':>8} {'prefill tok/s':>14} "
+        f"{'decode tok/s':>13} {'steps/s':>8} {'of HBM bound':>13}"
     )
-    for batch in batches:
-        prompts = rng.integers(1000, 100000, size=(batch, PROMPT_TOKENS)).tolist()
-        for chunk in chunk_sizes:
-            engine.chunk_size = chunk  # tokens per decode call: a static shape, compiled once each
-            for _ in range(3):  # the first run compiles
-                timings = RequestTimings()
-                for _ in engine.generate_tokens(
-                    prompts,
-                    max_new_tokens=new_tokens,
-                    sampler=Sampler(temperature=0.0),
-                    timings=timings,
-                ):
-                    pass
-                engine.clear_cache()
-            steps = timings.decode_tokens_per_s
-            print(
-                f"{batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
-                f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
-                f"{steps:>8.0f} {steps / bound:>12.1%}"
+    greedy = {}
+    for mode in kernel_modes:
+        os.environ["KERASLLM_GPU_KERNELS"] = "1" if mode == "on" else "0"
+        engine = GenerationEngine(model)
+        rng = np.random.default_rng(0)  # the same prompts in every mode
+        for batch in batches:
+            prompts = rng.integers(1000, 100000, size=(batch, PROMPT_TOKENS)).tolist()
+            for chunk in chunk_sizes:
+                engine.chunk_size = chunk  # tokens per decode call: a static shape each
+                timings, tokens = decode_run(engine, prompts, new_tokens, runs=3)
+                greedy[mode, batch] = tokens
+                steps = timings.decode_tokens_per_s
+                print(
+                    f"{mode:>7} {batch:>5} {chunk:>5} {timings.time_to_first_token_s * 1e3:>8.1f} "
+                    f"{timings.prefill_tokens_per_s * batch:>14.0f} {steps * batch:>13.0f} "
+                    f"{steps:>8.0f} {steps / bound:>12.1%}"
+                )
+        if mode == kernel_modes[-1]:
+            print_steering_rows(model, engine, new_tokens)
+            if profile:
+                engine.chunk_size = chunk_sizes[-1]
+                print_gpu_profile(engine, new_tokens)
+        del engine
+        gc.collect()
+    for (mode, batch), tokens in greedy.items():
+        same = all(greedy[m, batch] == tokens for m in kernel_modes)
+        print(
+            f"greedy tokens, kernels {mode}, batch {batch}, first row: {tokens[:16]} ... "
+            f"{'the same in every mode' if same else 'DIFFERENT between modes'}"
+        )
+
+
+def decode_run(engine, prompts, new_tokens: int, runs: int):
+    """The last of ``runs`` greedy generations (the first compiles): its timings and the first
+    row's tokens."""
+    from kerasllm_widget.generation.engine import RequestTimings
+    from kerasllm_widget.generation.samplers import Sampler
+
+    for _ in range(runs):
+        timings = RequestTimings()
+        outputs = list(
+            engine.generate_tokens(
+                prompts,
+                max_new_tokens=new_tokens,
+                sampler=Sampler(temperature=0.0),
+                timings=timings,
             )
-    print_steering_rows(model, engine, new_tokens)
-    if profile:
-        engine.chunk_size = chunk_sizes[-1]
-        prompts = rng.integers(1000, 100000, size=(1, PROMPT_TOKENS)).tolist()
-        folder = tempfile.mkdtemp(prefix="kerasllm-profile-")
-        with jax.profiler.trace(folder):
-            for _ in engine.generate_tokens(
-                prompts, max_new_tokens=new_tokens, sampler=Sampler(temperature=0.0)
-            ):
-                pass
-        print_gpu_profile(folder, new_tokens)
+        )
+        engine.clear_cache()
+    return timings, [int(t) for out in outputs for t in out.tokens[0]]
 
 
 def print_steering_rows(model, engine, new_tokens: int, repeats: int = 3) -> None:
@@ -379,11 +408,22 @@ def print_steering_rows(model, engine, new_tokens: int, repeats: int = 3) -> Non
     )
 
 
-def print_gpu_profile(folder: str, steps: int) -> None:
-    """Where a decode step's time goes on the device: kernel time per step and the top kernels."""
+def print_gpu_profile(engine, steps: int) -> None:
+    """Where a decode step's time goes on the device: kernel time per step and the top kernels
+    of one batch-1 generation of ``steps`` tokens."""
     import collections
     import gzip
 
+    import jax
+    import numpy as np
+
+    from kerasllm_widget.generation.samplers import Sampler
+
+    prompts = np.random.default_rng(2).integers(1000, 100000, size=(1, PROMPT_TOKENS)).tolist()
+    folder = tempfile.mkdtemp(prefix="kerasllm-profile-")
+    with jax.profiler.trace(folder):
+        for _ in engine.generate_tokens(prompts, steps, sampler=Sampler(temperature=0.0)):
+            pass
     trace = json.load(gzip.open(sorted(Path(folder).rglob("*.trace.json.gz"))[-1]))
     names = {
         e["pid"]: e["args"]["name"]
@@ -434,6 +474,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--chunks", default="16,64", help="decode tokens per call (--gpu)")
     parser.add_argument("--profile", action="store_true", help="device time per token (--gpu)")
+    parser.add_argument(
+        "--gpu-kernels", default="off,on", help="GPU decode kernel modes to run (--gpu)"
+    )
+    parser.add_argument(
+        "--gpu-dtype", default="bfloat16", help="bfloat16, or float16 for a T4-class GPU (--gpu)"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument(
         "--no-int8", action="store_true", help="skip our model after quantize('int8')"
@@ -469,6 +515,8 @@ def main() -> None:
             args.new_tokens,
             [int(c) for c in args.chunks.split(",")],
             args.profile,
+            tuple(args.gpu_kernels.split(",")),
+            args.gpu_dtype,
         )
         return
 

@@ -287,3 +287,42 @@ def test_top_k_equals_lax_top_k_ties_included(k):
     np.testing.assert_array_equal(np.asarray(ids), np.asarray(expected_ids))
     with pytest.raises(ValueError, match="k=49153"):
         cpu.top_k(x, 49153)
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B14
+cpu MHz\t\t: 2600.000
+flags\t\t: fpu sse2 avx2 avx512f
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2000.00
+Features\t: fp asimd evtstrm aes sve
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
+
+def test_the_cache_key_names_the_cpu_features_on_x86_and_aarch64():
+    x86 = cpu.cpu_signature(X86_CPUINFO, "x86_64")
+    assert "avx512f" in x86 and "AMD EPYC 9B14" in x86 and "2600" not in x86
+    arm = cpu.cpu_signature(ARM_CPUINFO, "aarch64")
+    assert "Features : fp asimd evtstrm aes sve" in arm and "0xd40" in arm
+    # Another feature set, another key; only a clock-rate change keeps it.
+    assert cpu.cpu_signature(ARM_CPUINFO.replace(" sve", ""), "aarch64") != arm
+    assert cpu.cpu_signature(X86_CPUINFO.replace("2600", "3100"), "x86_64") == x86
+
+
+def test_the_cache_key_without_feature_lines_hashes_what_is_readable():
+    plain = "processor : 0\nhart : 0\nuarch : sifive,u74\n"
+    signature = cpu.cpu_signature(plain, "riscv64")
+    assert signature.startswith("riscv64\n")
+    assert signature != cpu.cpu_signature(plain.replace("u74", "p550"), "riscv64")
+    assert cpu.cpu_signature(None, "ppc64le") == "ppc64le"
+
+
+@needs_cpu_kernel
+def test_the_cache_key_names_the_compiler_version():
+    version = cpu.compiler_version(os.environ.get("CXX") or "c++")
+    assert version and any(ch.isdigit() for ch in version)
+    assert cpu.compiler_version("/nonexistent/c++") == ""

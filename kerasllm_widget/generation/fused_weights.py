@@ -22,6 +22,12 @@ device, in one jitted call) and passes them to its compiled programs beside the 
 ``kernels`` (static: part of the compiled programs' signature) says whether the programs send
 decode-sized products to the CPU kernel.
 
+On a CUDA GPU with the GPU decode kernels (`kerasllm_widget.kernels.gpu`), every float product
+of a layer is stored ``[out, in]`` and wrapped as a `StreamedKernel` (q/k/v, attention output,
+gate/up side by side, down: the down copy is the one extra array, 537 MB for Llama-3.2-1B in
+bfloat16), and the tied output projection is read in place (``streamed_lm_head``): a decode
+step's products go to the kernels, a prompt's to XLA's dot on the same arrays.
+
 The variables (checkpoint names and shapes, LoRA adapters, the unfused layers that training and
 the inspectors use) are left as they are. A layer with LoRA, a bias or a quantized kernel keeps
 its unfused path. Each pair of arrays costs the memory of the kernels it fuses: the engine keeps
@@ -38,7 +44,8 @@ import keras
 from keras import ops
 
 from kerasllm_widget.kernels import products
-from kerasllm_widget.kernels.products import QuantizedKernel, plain_dense
+from kerasllm_widget.kernels.gpu import STREAMED
+from kerasllm_widget.kernels.products import QuantizedKernel, StreamedKernel, plain_dense
 from kerasllm_widget.models.llama3_forward import TransposedAttentionKernels
 
 __all__ = [
@@ -55,20 +62,28 @@ __all__ = [
 class FusedWeights:
     """Per transformer layer ``{"qkv": ..., "gate_up": ...}`` (either may be absent; ``qkv`` is
     a `TransposedAttentionKernels` on an accelerator), the output projection
-    ``[hidden, vocabulary]`` or None, and whether the CPU decode kernel is used."""
+    ``[hidden, vocabulary]`` or None, whether the CPU decode kernel is used, and whether the
+    GPU decode kernel reads the tied output projection in place."""
 
     layers: tuple
     lm_head: Any
     kernels: bool = dataclasses.field(default=False, metadata={"static": True})
+    streamed_lm_head: bool = dataclasses.field(default=False, metadata={"static": True})
 
 
 def fusion_plan(
-    model, on_cpu: bool | None = None, kernels: bool | None = None
-) -> tuple[tuple[tuple[str, ...], ...], bool, bool]:
+    model,
+    on_cpu: bool | None = None,
+    kernels: bool | None = None,
+    gpu_kernels: bool | None = None,
+) -> tuple[tuple[tuple[str, ...], ...], bool | str, bool]:
     """Which layers get fused kernels (``(("qkv", "gate_up"), ...)``; ``"qkv_t"`` for the
-    transposed attention kernels of an accelerator), whether the transposed output projection
-    is derived, and whether the CPU decode kernel is used (default: where it can be,
-    `kerasllm_widget.kernels.products.enabled`).
+    transposed attention kernels of an accelerator; ``"qkv_s"``, ``"gate_up_s"``, ``"down_s"``
+    for the ``[out, in]`` copies the GPU decode kernels stream), whether the transposed output
+    projection is derived (``"streamed"``: the GPU kernel reads the tied table in place), and
+    whether the CPU decode kernel is used (default: where it can be,
+    `kerasllm_widget.kernels.products.enabled`; ``gpu_kernels`` likewise,
+    `kerasllm_widget.kernels.products.gpu_enabled`).
 
     Example:
         >>> fusion_plan(model)[1]  # doctest: +SKIP
@@ -78,6 +93,9 @@ def fusion_plan(
         on_cpu = jax.default_backend() == "cpu"
     if kernels is None:
         kernels = on_cpu and products.enabled()
+    if gpu_kernels is None:
+        gpu_kernels = not on_cpu and products.gpu_enabled()
+    streamed = STREAMED if gpu_kernels else frozenset()
     backbone = model.backbone
     layers = []
     int8_layers = 0
@@ -94,13 +112,18 @@ def fusion_plan(
             continue
         if all(plain_dense(d) for d in qkv_dense):
             transposed = not on_cpu and plain_dense(attention.output_dense)
-            parts.append("qkv_t" if transposed else "qkv")
+            qkv = "qkv_s" if transposed and "attention" in streamed else "qkv_t"
+            parts.append(qkv if transposed else "qkv")
         if all(plain_dense(d) for d in gate_up_dense):
-            parts.append("gate_up")
+            parts.append("gate_up_s" if "gate_up" in streamed else "gate_up")
+        if "down" in streamed and plain_dense(layer.feedforward_output_dense):
+            parts.append("down_s")
         layers.append(tuple(parts))
     embedding = backbone.token_embedding
     float_table = embedding.tie_weights and getattr(embedding, "quantization_mode", None) is None
     lm_head: bool | str = bool(on_cpu and not kernels and float_table)
+    if "lm_head" in streamed and float_table:
+        lm_head = "streamed"
     if kernels and float_table and int8_layers == len(layers) and layers:
         # Keras leaves a tied embedding in float when it quantizes the model; the decode kernel
         # reads the output projection as int8 too (per-row scales), or it would be half the
@@ -141,7 +164,7 @@ def derive_fused_weights(model, plan) -> FusedWeights:
                 layer.feedforward_gate_dense, layer.feedforward_intermediate_dense
             )
             fused["down"] = quantized(layer.feedforward_output_dense)
-        if "qkv" in parts or "qkv_t" in parts:
+        if {"qkv", "qkv_t", "qkv_s"} & set(parts):
             qkv = ops.concatenate(
                 [
                     kernel(attention.query_dense),
@@ -151,18 +174,24 @@ def derive_fused_weights(model, plan) -> FusedWeights:
                 axis=-1,
             )
             fused["qkv"] = qkv
-            if "qkv_t" in parts:
+            if "qkv_t" in parts or "qkv_s" in parts:
+                wrap = StreamedKernel if "qkv_s" in parts else (lambda array: array)
                 fused["qkv"] = TransposedAttentionKernels(
-                    ops.transpose(qkv), ops.transpose(kernel(attention.output_dense))
+                    wrap(ops.transpose(qkv)), wrap(ops.transpose(kernel(attention.output_dense)))
                 )
-        if "gate_up" in parts:
-            fused["gate_up"] = ops.concatenate(
+        if "gate_up" in parts or "gate_up_s" in parts:
+            gate_up = ops.concatenate(
                 [
                     kernel(layer.feedforward_gate_dense),
                     kernel(layer.feedforward_intermediate_dense),
                 ],
                 axis=-1,
             )
+            fused["gate_up"] = (
+                StreamedKernel(ops.transpose(gate_up)) if "gate_up_s" in parts else gate_up
+            )
+        if "down_s" in parts:
+            fused["down"] = StreamedKernel(ops.transpose(kernel(layer.feedforward_output_dense)))
         layers.append(fused)
     lm_head = None
     if lm_head_wanted == "q8":
@@ -171,9 +200,9 @@ def derive_fused_weights(model, plan) -> FusedWeights:
         step = ops.where(step > 0, step, 1.0)
         codes = ops.cast(ops.clip(ops.round(table / step[:, None]), -127, 127), "int8")
         lm_head = QuantizedKernel(codes, step)
-    elif lm_head_wanted:
+    elif lm_head_wanted and lm_head_wanted != "streamed":
         lm_head = ops.transpose(ops.cast(backbone.token_embedding.embeddings, dtype))
-    return FusedWeights(tuple(layers), lm_head, kernels)
+    return FusedWeights(tuple(layers), lm_head, kernels, lm_head_wanted == "streamed")
 
 
 def derive_in_scope(model, variables, values, plan) -> FusedWeights:

@@ -45,6 +45,8 @@ __all__ = [
     "TOP_K_TARGET",
     "attention",
     "available",
+    "compiler_version",
+    "cpu_signature",
     "matvec",
     "reason_unavailable",
     "take_rows",
@@ -71,14 +73,54 @@ _lock = threading.Lock()
 _state: dict = {}  # "ok": bool, "why": str, "library": ctypes.CDLL
 
 
+def cpu_signature(cpuinfo: str | None, machine: str) -> str:
+    """What ``-march=native`` compiles for, from the text of ``/proc/cpuinfo`` (None where it
+    cannot be read) and ``platform.machine()``: the CPU's model and feature lines, whatever the
+    architecture calls them (x86 "flags", aarch64 "Features", POWER "cpu", RISC-V "isa"), or the
+    machine and a hash of the whole text where it has none of them. Part of the kernel's cache
+    key, so that a home folder shared between machines never loads a build for another CPU.
+
+    Example:
+        >>> cpu_signature("CPU part : 0xd0c\\nFeatures : fp asimd", "aarch64").splitlines()
+        ['aarch64', 'CPU part : 0xd0c', 'Features : fp asimd']
+    """
+    if not cpuinfo:
+        return machine
+    keys = ("model name", "flags", "features", "cpu model", "cpu", "isa", "vendor_id", "cpu part")
+    lines = {
+        " ".join(line.split())
+        for line in cpuinfo.splitlines()
+        if line.split(":")[0].strip().lower() in keys
+    }
+    if not any(
+        line.split(":")[0].strip().lower() in ("flags", "features", "isa") for line in lines
+    ):
+        # Clock rates change from one reading to the next: hash the rest.
+        steady = [
+            ln
+            for ln in cpuinfo.splitlines()
+            if not ("mhz" in ln.lower() or "bogomips" in ln.lower())
+        ]
+        lines.add(hashlib.sha256("\n".join(steady).encode()).hexdigest()[:16])
+    return "\n".join([machine, *sorted(lines)])
+
+
 def _cpu_signature() -> str:
-    """What ``-march=native`` compiles for: the CPU model and its feature flags."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-        return "\n".join(sorted(set(lines)))
     except OSError:
-        return platform.processor() or platform.machine()
+        text = None
+    return cpu_signature(text, platform.machine())
+
+
+def compiler_version(compiler: str) -> str:
+    """The first line of ``compiler --version`` ("" when it does not answer): a compiler
+    upgrade may change the code it makes, so it is part of the kernel's cache key too."""
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (result.stdout.strip().splitlines() or [""])[0]
 
 
 def _compiler() -> str | None:
@@ -90,7 +132,12 @@ def _compiler() -> str | None:
 
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), jax.lib.__version__.encode(), _cpu_signature().encode()):
+    for part in (
+        _SOURCE.read_bytes(),
+        jax.lib.__version__.encode(),
+        _cpu_signature().encode(),
+        compiler_version(compiler).encode(),
+    ):
         digest.update(part)
     digest.update(" ".join([compiler, *_FLAGS]).encode())
     return cache_root() / "kernels" / f"decode-{digest.hexdigest()[:16]}.so"

@@ -10,6 +10,11 @@ route their products through `product` / `dense_product`, which pick the kernel 
 
 and fall back to the layer's own call for everything else (LoRA, biases, int8 prompts, which
 keep Keras' own int8 arithmetic).
+
+On a GPU the engine's layout wraps the weights that the GPU decode kernels stream
+(`kerasllm_widget.kernels.gpu`) as `StreamedKernel` (stored ``[out, in]``): `product` and
+`swiglu` hand decode-sized products of those to the kernels and give every other product of
+them (a prompt) to XLA's dot.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ import jax
 import keras
 from keras import ops
 
-from kerasllm_widget.kernels import cpu
+from kerasllm_widget.kernels import cpu, gpu
 
 __all__ = [
     "MAX_KERNEL_ROWS",
     "QuantizedKernel",
+    "StreamedKernel",
     "dense_product",
     "enabled",
     "for_rows",
+    "gpu_enabled",
     "plain_dense",
     "product",
+    "swiglu",
 ]
 
 # Above this many rows (batch x tokens) a product is a matrix-matrix product: the kernel's
@@ -47,6 +55,13 @@ class QuantizedKernel(NamedTuple):
     scale: Any
 
 
+class StreamedKernel(NamedTuple):
+    """A float weight stored ``[out, in]`` whose decode-sized products the GPU decode kernels
+    take (`kerasllm_widget.kernels.gpu`); larger products of it are XLA's."""
+
+    kernel: Any
+
+
 def enabled() -> bool:
     """Whether the engine's programs should use the CPU kernel: JAX runs on the CPU, the model is
     not laid out by a `keras.distribution` (the kernel has no sharding rule), and the kernel
@@ -56,6 +71,13 @@ def enabled() -> bool:
         and keras.distribution.distribution() is None
         and cpu.available()
     )
+
+
+def gpu_enabled() -> bool:
+    """Whether the engine's decode programs should use the GPU decode kernels: JAX runs on a
+    CUDA GPU, the model is not laid out by a `keras.distribution` (a Pallas call has no sharding
+    rule), and they are turned on (see `kerasllm_widget.kernels.gpu.available`)."""
+    return keras.distribution.distribution() is None and gpu.available()
 
 
 def plain_dense(dense, mode: str | None = None) -> bool:
@@ -90,12 +112,26 @@ def product(x, w, *, scale=None, transposed: bool = False, kernels: bool = False
     may be a `QuantizedKernel`."""
     if isinstance(w, QuantizedKernel):
         w, scale, transposed = w.kernel, w.scale, True
+    if isinstance(w, StreamedKernel):
+        w, transposed = ops.convert_to_tensor(w.kernel), True
+        if scale is None and gpu.takes(_rows(x), *w.shape):
+            return gpu.matvec(x, w)
     w = ops.convert_to_tensor(w)
     if kernels and _kernel_takes(x, w, transposed):
         return cpu.matvec(x, w, scale, transposed=transposed)
     w = ops.cast(w, x.dtype)
     y = ops.einsum("...k,nk->...n", x, w) if transposed else ops.matmul(x, w)
     return y if scale is None else ops.cast(y * scale, x.dtype)
+
+
+def swiglu(x, gate_up, width: int, *, kernels: bool = False):
+    """``silu(gate) * up`` of ``x`` times the gate and up kernels side by side (``gate_up``:
+    ``[in, 2 * width]``, or a `StreamedKernel` ``[2 * width, in]`` whose decode-sized product
+    and activation the GPU kernel does in one pass)."""
+    if isinstance(gate_up, StreamedKernel) and gpu.takes(_rows(x), width, x.shape[-1]):
+        return gpu.gate_up_silu(x, ops.convert_to_tensor(gate_up.kernel))
+    both = product(x, gate_up, kernels=kernels)
+    return ops.silu(both[..., :width]) * both[..., width:]
 
 
 def for_rows(fused: dict, x, kernels: bool) -> dict:

@@ -25,7 +25,14 @@ import keras
 from keras import ops
 
 from kerasllm_widget.kernels import cpu
-from kerasllm_widget.kernels.products import QuantizedKernel, dense_product, for_rows, product
+from kerasllm_widget.kernels.products import (
+    QuantizedKernel,
+    StreamedKernel,
+    dense_product,
+    for_rows,
+    product,
+    swiglu,
+)
 from kerasllm_widget.models.hook_points import (
     _NO_HOOKS,
     HOOK_POINTS,
@@ -143,6 +150,10 @@ def logits(backbone, hidden, layout=None, hooks: Hooks | None = None):
         result = product(
             ops.cast(hidden, embedding.compute_dtype), table, transposed=tied, kernels=True
         )
+    elif getattr(layout, "streamed_lm_head", False):  # the tied table read in place, on a GPU
+        result = product(
+            ops.cast(hidden, embedding.compute_dtype), StreamedKernel(embedding.embeddings)
+        )
     else:
         result = embedding(hidden, reverse=True)
     return hooks("logits", ops.cast(result, "float32"))
@@ -184,13 +195,11 @@ def decoder_block(
     x = x + hooks(f"layers.{index}.attention.out", attended)
     h = layer.feedforward_norm(x)
     if "gate_up" in fused:
-        gate_up = product(h, fused["gate_up"], kernels=kernels)
-        width = layer.intermediate_dim
-        gate, up = gate_up[..., :width], gate_up[..., width:]
+        hidden = swiglu(h, fused["gate_up"], layer.intermediate_dim, kernels=kernels)
     else:
         gate = dense_product(layer.feedforward_gate_dense, h, kernels=kernels)
         up = dense_product(layer.feedforward_intermediate_dense, h, kernels=kernels)
-    hidden = ops.silu(gate) * up
+        hidden = ops.silu(gate) * up
     if "down" in fused:
         down = product(hidden, fused["down"], kernels=kernels)
     else:
