@@ -4,7 +4,7 @@ import { InspectClient } from "../shared/inspect_client";
 import { REQUEST, RESPONSE } from "../shared/inspect_protocol";
 import { decodeLens, settlesAt, trajectory } from "./lens_data";
 import { LensView } from "./lens_view";
-import { rankPosition, rankTicks } from "./rank_chart";
+import { chartCaption, rankPosition, rankTicks } from "./rank_chart";
 
 /** numpy's float16 bits of a few probabilities (np.array([...], np.float16).view(np.uint16)). */
 const HALF: Record<number, number> = {
@@ -203,5 +203,32 @@ describe("LensView", () => {
     view.refresh();
     expect(channel.sent.filter((m) => m.kind === REQUEST.lens).length).toBe(2);
     view.dispose();
+  });
+});
+
+describe("chartCaption", () => {
+  const path = (ranks: number[]) => ({
+    position: 0,
+    tokenId: 2,
+    piece: "the",
+    predicted: false,
+    ranks,
+    probs: ranks.map((rank) => (rank === 0 ? 0.5 : 0.1)),
+  });
+
+  it("names the layer from which the token stays on top", () => {
+    expect(chartCaption(path([3, 0, 0]))).toContain("the top token from layer 1 on");
+  });
+
+  it("says when the token led at earlier layers but not at the last", () => {
+    const caption = chartCaption(path([0, 0, 2]));
+    expect(caption).toContain("the top token at 2 layers, not at the last");
+    expect(caption).not.toContain("never");
+  });
+
+  it("says never only when no layer ranked it first", () => {
+    expect(chartCaption(path([4, 2, 1]))).toContain(
+      "never the top token (at the last layer rank 2",
+    );
   });
 });

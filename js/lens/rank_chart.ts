@@ -129,7 +129,9 @@ export function chartCaption(path: Trajectory): string {
   const settled = settlesAt(path);
   const last = path.ranks.length - 1;
   const end = `at the last layer rank ${(path.ranks[last] ?? 0) + 1}, ${percent(path.probs[last] ?? 0)}`;
-  return settled === null
-    ? `${what}: never the top token (${end}).`
-    : `${what}: the top token from layer ${settled} on (${end}).`;
+  if (settled !== null) return `${what}: the top token from layer ${settled} on (${end}).`;
+  const topLayers = path.ranks.flatMap((rank, layer) => (rank === 0 ? [layer] : []));
+  if (topLayers.length === 0) return `${what}: never the top token (${end}).`;
+  const which = topLayers.length === 1 ? `layer ${topLayers[0]}` : `${topLayers.length} layers`;
+  return `${what}: the top token at ${which}, not at the last (${end}).`;
 }
