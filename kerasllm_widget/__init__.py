@@ -26,6 +26,7 @@ _EXPORTS = {
     "PreprocessorInspector": "kerasllm_widget.widgets.preprocessor_inspector",
     "AttentionView": "kerasllm_widget.widgets.attention_view",
     "ProbabilitiesView": "kerasllm_widget.widgets.probabilities_view",
+    "AttributionView": "kerasllm_widget.widgets.attribution_view",
     "TrainingMonitor": "kerasllm_widget.widgets.training_monitor",
     "PresetError": "kerasllm_widget.checkpoints.errors",
 }

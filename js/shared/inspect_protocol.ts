@@ -23,6 +23,9 @@ export const REQUEST = {
   attentionOverview: "attention.overview",
   probabilities: "probabilities.request",
   step: "step.request",
+  attributionOpen: "attribution.open",
+  attribution: "attribution.request",
+  attributionStop: "attribution.stop",
 } as const;
 
 /** Kernel to front end. */
@@ -35,6 +38,9 @@ export const RESPONSE = {
   attentionProgress: "attention.progress",
   probabilities: "probabilities.result",
   step: "step.state",
+  attributionSequence: "attribution.sequence",
+  attributionProgress: "attribution.progress",
+  attribution: "attribution.result",
   error: "inspect.error",
 } as const;
 
@@ -49,7 +55,7 @@ export const STEP_ACTIONS = [
 ] as const;
 
 export type StepAction = (typeof STEP_ACTIONS)[number];
-export type ErrorCode = "bad_request" | "not_ready" | "superseded" | "failed";
+export type ErrorCode = "bad_request" | "not_ready" | "superseded" | "failed" | "stopped";
 
 // ---- payloads ----
 
@@ -184,6 +190,36 @@ export interface StepState extends Envelope<"step.state"> {
   text: string;
 }
 
+export interface AttributionSequence extends Envelope<"attribution.sequence"> {
+  sequence_id: string;
+  pieces: string[];
+  roles: string[];
+  /** Which tokens are the tokenizer's special tokens (the chat template's markers). */
+  special: boolean[];
+  /** The methods the kernel offers, in its order (inspect.ATTRIBUTION_METHODS). */
+  methods: string[];
+  max_steps: number;
+}
+
+/** Integrated-gradient steps done so far (the request's id; sent after each batch). */
+export interface AttributionProgress extends Envelope<"attribution.progress"> {
+  sequence_id: string;
+  target_position: number;
+  done: number;
+  total: number;
+}
+
+export interface AttributionResult extends Envelope<"attribution.result"> {
+  sequence_id: string;
+  target_position: number;
+  target_id: number;
+  method: string;
+  steps: number;
+  compute_s: number;
+  /** float32 [target_position]: one score per token before the target. */
+  scores: ArrayHeader;
+}
+
 export interface InspectError extends Envelope<"inspect.error"> {
   request_kind: string;
   code: ErrorCode;
@@ -199,6 +235,9 @@ export type InspectResponse =
   | AttentionProgress
   | ProbabilitiesResult
   | StepState
+  | AttributionSequence
+  | AttributionProgress
+  | AttributionResult
   | InspectError;
 
 const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));

@@ -34,6 +34,14 @@ ATTENTION_REQUEST = "attention.request"
 ATTENTION_OVERVIEW = "attention.overview"  # {sequence_id, size}: every layer's thumbnails
 PROBABILITIES_REQUEST = "probabilities.request"  # {}: the conversation scored token by token
 STEP_REQUEST = "step.request"  # {action, token_id?, text?}
+ATTRIBUTION_OPEN = (
+    "attribution.open"  # {text: str | None}: which tokens; answers attribution.sequence
+)
+# {sequence_id, target_position, method, steps?}: scores of the tokens before target_position for
+# the token there; answered by attribution.progress (integrated gradients, after each batch of
+# steps) and then attribution.result, or inspect.error ("stopped", "superseded").
+ATTRIBUTION_REQUEST = "attribution.request"
+ATTRIBUTION_STOP = "attribution.stop"  # {}: stops the attribution running or waiting (no answer)
 
 # Kernel -> front end.
 TOKENS_RESULT = "tokens.result"  # {tables: [TokenTable], labels: [str]}
@@ -50,6 +58,11 @@ PROBABILITIES_RESULT = (
     "probabilities.result"  # {sequence_id, pieces, roles, labels, arrays} + buffers
 )
 STEP_STATE = "step.state"  # {prompt_tail, steps, distribution, proposal, finished, text}
+# {sequence_id, pieces, roles, special: [bool], methods: [str], max_steps}
+ATTRIBUTION_SEQUENCE = "attribution.sequence"
+ATTRIBUTION_PROGRESS = "attribution.progress"  # {sequence_id, target_position, done, total}
+# {sequence_id, target_position, target_id, method, steps, compute_s, scores} + 1 float32 buffer
+ATTRIBUTION_RESULT = "attribution.result"
 INSPECT_ERROR = "inspect.error"  # {request_kind, code, message}
 
 STEP_ACTIONS = ("start", "propose", "accept", "choose", "undo", "reset", "finish")
@@ -63,6 +76,9 @@ REQUEST_KINDS = frozenset(
         ATTENTION_OVERVIEW,
         PROBABILITIES_REQUEST,
         STEP_REQUEST,
+        ATTRIBUTION_OPEN,
+        ATTRIBUTION_REQUEST,
+        ATTRIBUTION_STOP,
     }
 )
 RESPONSE_KINDS = frozenset(
@@ -75,16 +91,28 @@ RESPONSE_KINDS = frozenset(
         ATTENTION_PROGRESS,
         PROBABILITIES_RESULT,
         STEP_STATE,
+        ATTRIBUTION_SEQUENCE,
+        ATTRIBUTION_PROGRESS,
+        ATTRIBUTION_RESULT,
         INSPECT_ERROR,
     }
 )
-NAMESPACES = ("tokens.", "preprocess.", "attention.", "probabilities.", "step.", "inspect.")
+NAMESPACES = (
+    "tokens.",
+    "preprocess.",
+    "attention.",
+    "probabilities.",
+    "step.",
+    "attribution.",
+    "inspect.",
+)
 
 # Error codes of inspect.error.
 ERROR_BAD_REQUEST = "bad_request"
 ERROR_NOT_READY = "not_ready"  # no model yet, or nothing to inspect
 ERROR_SUPERSEDED = "superseded"  # a newer request of the same kind replaced this one
 ERROR_FAILED = "failed"  # the computation raised
+ERROR_STOPPED = "stopped"  # the user stopped it (attribution.stop)
 
 _NONE = type(None)
 # Every field a request may carry, with its types (``None`` among them: it may be left out).
@@ -102,6 +130,14 @@ _FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
     ATTENTION_OVERVIEW: {"sequence_id": (str,), "size": (int,)},
     PROBABILITIES_REQUEST: {},
     STEP_REQUEST: {"action": (str,), "token_id": (int, _NONE), "text": (str, _NONE)},
+    ATTRIBUTION_OPEN: {"text": (str, _NONE)},
+    ATTRIBUTION_REQUEST: {
+        "sequence_id": (str,),
+        "target_position": (int,),
+        "method": (str,),
+        "steps": (int, _NONE),
+    },
+    ATTRIBUTION_STOP: {},
 }
 
 
