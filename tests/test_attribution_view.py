@@ -83,16 +83,18 @@ def test_the_service_gives_inspect_attributions_scores_for_a_chat(smollm2_chat):
 
 
 @pytest.mark.slow
-def test_integrated_gradients_report_each_batch_and_stop_between_batches(smollm2_chat):
+def test_integrated_gradients_report_each_batch_and_stop_between_batches(smollm2_chat, monkeypatch):
     chat, sequence = smollm2_chat
     model = chat.chat_state.model
     history = chat.history
     front = _front(chat)
     opened, _ = front.ask(P.ATTRIBUTION_OPEN, text=None)
     position = _reply_position(opened)
-    steps = 48
-    batch = attributions.steps_per_batch(model.backbone, len(sequence), steps)
-    assert steps // batch >= 3, "the conversation is too short to need several batches"
+    # Two steps a pass (a long conversation's budget, at this one's cost): 6 steps in 3 passes.
+    per_step = attributions._bytes_per_step(model.backbone, len(sequence))
+    monkeypatch.setattr(attributions, "_GRADIENT_BUDGET_BYTES", 2 * per_step)
+    steps, batch = 6, 2
+    assert attributions.steps_per_batch(model.backbone, len(sequence), steps) == batch
 
     answer_id = front.request(
         P.ATTRIBUTION_REQUEST,
@@ -117,14 +119,14 @@ def test_integrated_gradients_report_each_batch_and_stop_between_batches(smollm2
         sequence_id=opened["sequence_id"],
         target_position=position - 1,
         method=IG,
-        steps=steps,
+        steps=4096,
     )
     _wait_for(lambda: any(m.get("done", 0) > 0 for m, _ in front.answers(stopped_id)))
     front.request(P.ATTRIBUTION_STOP)
     assert front.wait_idle(600)
     last = front.answers(stopped_id)[-1][0]
     assert last["kind"] == P.INSPECT_ERROR and last["code"] == P.ERROR_STOPPED
-    assert re.fullmatch(rf"stopped after \d+ of {steps} steps", last["message"])
+    assert re.fullmatch(r"stopped after \d+ of 4096 steps", last["message"])
     assert not any(m["kind"] == P.ATTRIBUTION_RESULT for m, _ in front.answers(stopped_id))
     assert chat.history == history
     answer, _ = front.ask(

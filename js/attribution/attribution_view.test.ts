@@ -156,6 +156,10 @@ describe("AttributionView", () => {
       steps: 32,
       target_position: 9,
     });
+    // The steps box losing focus fires "change" again: the same settings are not asked twice.
+    const asked = channel.sent.length;
+    view.el.querySelector(".kw-attr-steps")?.dispatchEvent(new Event("change"));
+    expect(channel.sent.length).toBe(asked);
     const stop = view.el.querySelector<HTMLButtonElement>(".kw-attr-stop");
     expect(stop?.hidden).toBe(false);
     channel.reply({

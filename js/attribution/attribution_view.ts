@@ -210,6 +210,10 @@ export class AttributionView {
   }
 
   private settingsChanged(): void {
+    // A box losing focus fires "change" again for a value already asked for.
+    if (this.method === this.el.dataset.method && String(this.steps) === this.el.dataset.steps) {
+      return;
+    }
     this.showStepsControl();
     this.options.onSettings?.(this.method, this.steps);
     this.run();
@@ -232,6 +236,8 @@ export class AttributionView {
     this.errorEl.hidden = true;
     this.el.dataset.state = "running";
     this.el.dataset.method = method;
+    this.el.dataset.target = String(target);
+    this.el.dataset.steps = String(steps);
     this.stopButton.hidden = !gradual;
     this.stopButton.disabled = false;
     this.progressEl.hidden = !gradual;
@@ -276,7 +282,8 @@ export class AttributionView {
     this.scoredMethod = result.method;
     this.el.dataset.state = "ready";
     const steps = result.method === "integrated_gradients" ? `, ${result.steps} steps` : "";
-    this.statusEl.textContent = `${METHOD_LABELS[result.method] ?? result.method} for ${what}${steps} in ${result.compute_s.toFixed(2)} s. Hover a token for its score.`;
+    const label = METHOD_LABELS[result.method] ?? result.method;
+    this.statusEl.textContent = `${label.charAt(0).toUpperCase()}${label.slice(1)} for ${what}${steps} in ${result.compute_s.toFixed(2)} s. Hover a token for its score.`;
     this.renderTokens();
   }
 

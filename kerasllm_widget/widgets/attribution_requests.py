@@ -161,12 +161,18 @@ class AttributionRequests:
                     raise _Ended(P.ERROR_SUPERSEDED)
 
         started = time.perf_counter()
-        gradient_steps = steps if method == "integrated_gradients" else 1
+        gradual = method == "integrated_gradients"  # the one method that takes many passes
+        gradient_steps = steps if gradual else 1
         try:
-            if method == "integrated_gradients":
+            if gradual:
                 progress(0, steps)  # the view shows the run at once, Stop included
             scores = inspect.attribution(
-                model, current.ids, position, method=method, steps=steps, progress=progress
+                model,
+                current.ids,
+                position,
+                method=method,
+                steps=steps,
+                progress=progress if gradual else None,
             )
         except _Ended as ended:
             message = (
