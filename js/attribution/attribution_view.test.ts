@@ -85,6 +85,7 @@ describe("the colour scale", () => {
     expect(pg).toBeGreaterThan(pr); // green: raised it
     expect(pg).toBeGreaterThan(pb);
     expect(nr).toBeGreaterThan(ng); // magenta: lowered it
+    expect(nb).toBeGreaterThan(ng);
     expect(attributionColour(0, 1)).toEqual(NEUTRAL);
     // Stronger means darker, on both sides.
     expect(luminance(attributionColour(1, 1))).toBeLessThan(luminance(attributionColour(0.3, 1)));

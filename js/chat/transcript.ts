@@ -5,6 +5,7 @@
 // assistant text goes through the Markdown sanitizer, or, with colouring on, is shown token by
 // token coloured by probability or entropy (see token_colours.ts).
 
+import { ATTRIBUTION_TAB } from "../attribution/chat_tab";
 import { copyText, h } from "../shared/dom";
 import { formatRate } from "../shared/format";
 import { renderMarkdown } from "../shared/markdown";
@@ -224,7 +225,7 @@ export class TranscriptView {
       const record = selected === null ? undefined : tokens[selected];
       if (record) {
         const attribute = () =>
-          requestTab(this.el, "attribution", { reply_id: entry.id, token_index: selected });
+          requestTab(this.el, ATTRIBUTION_TAB, { reply_id: entry.id, token_index: selected });
         body.append(renderAlternatives(record, () => this.pick(entry, null), attribute));
       }
     } else if (text) {

@@ -4,7 +4,7 @@
 
 import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
-import { renderAttributionTab } from "../attribution/chat_tab";
+import { ATTRIBUTION_TAB, renderAttributionTab } from "../attribution/chat_tab";
 import { renderChat } from "../chat/chat_view";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
@@ -26,7 +26,7 @@ export const TABS: TabDefinition[] = [
   { id: "tokens", label: "Tokens", render: renderTokensTab },
   { id: "attention", label: "Attention", render: renderAttentionTab },
   { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
-  { id: "attribution", label: "Attribution", render: renderAttributionTab },
+  { id: ATTRIBUTION_TAB, label: "Attribution", render: renderAttributionTab },
   {
     id: "training",
     label: "Training",
