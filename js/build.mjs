@@ -14,6 +14,7 @@ const entries = {
   probabilities: "js/probabilities/index.ts",
   lens: "js/lens/index.ts",
   training: "js/training/index.ts",
+  attribution: "js/attribution/index.ts",
 };
 
 const options = {

@@ -27,6 +27,7 @@ _EXPORTS = {
     "AttentionView": "kerasllm_widget.widgets.attention_view",
     "ProbabilitiesView": "kerasllm_widget.widgets.probabilities_view",
     "LogitLensView": "kerasllm_widget.widgets.logit_lens_view",
+    "AttributionView": "kerasllm_widget.widgets.attribution_view",
     "TrainingMonitor": "kerasllm_widget.widgets.training_monitor",
     "PresetError": "kerasllm_widget.checkpoints.errors",
 }

@@ -79,8 +79,15 @@ export function renderColouredReply(
   );
 }
 
-/** The alternatives the model weighed at one token, as bars (the chosen token marked). */
-export function renderAlternatives(record: TokenRecord, onClose: () => void): HTMLElement {
+/**
+ * The alternatives the model weighed at one token, as bars (the chosen token marked); with
+ * `onAttribute`, an "Attribute" button that explains the token in the Attribution tab.
+ */
+export function renderAlternatives(
+  record: TokenRecord,
+  onClose: () => void,
+  onAttribute?: () => void,
+): HTMLElement {
   const bars = record.top_k.map((alt) => ({
     tokenId: alt.token_id,
     piece: alt.text,
@@ -98,6 +105,17 @@ export function renderAlternatives(record: TokenRecord, onClose: () => void): HT
       "div",
       { class: "kw-prob-heading" },
       `Token ${record.index}: “${record.text}” · ${prob < 0 ? "p unknown" : `p = ${percent(prob)}`}`,
+      onAttribute
+        ? h(
+            "button",
+            {
+              class: "kw-icon kw-alternatives-attribute",
+              title: "Which earlier tokens pushed the model towards this one",
+              onclick: onAttribute,
+            },
+            "Attribute",
+          )
+        : null,
       h("button", { class: "kw-icon kw-alternatives-close", onclick: onClose }, "Close"),
     ),
     record.top_k.length > 0

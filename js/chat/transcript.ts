@@ -5,10 +5,12 @@
 // assistant text goes through the Markdown sanitizer, or, with colouring on, is shown token by
 // token coloured by probability or entropy (see token_colours.ts).
 
+import { ATTRIBUTION_TAB } from "../attribution/chat_tab";
 import { copyText, h } from "../shared/dom";
 import { formatRate } from "../shared/format";
 import { renderMarkdown } from "../shared/markdown";
 import type { StopReason, TokenRecord, TranscriptEntry } from "../shared/protocol";
+import { requestTab } from "../shared/tab_requests";
 import { renderAlternatives, renderColouredReply, type TokenColouring } from "./token_colours";
 
 export interface TranscriptActions {
@@ -221,7 +223,11 @@ export class TranscriptView {
         ),
       );
       const record = selected === null ? undefined : tokens[selected];
-      if (record) body.append(renderAlternatives(record, () => this.pick(entry, null)));
+      if (record) {
+        const attribute = () =>
+          requestTab(this.el, ATTRIBUTION_TAB, { reply_id: entry.id, token_index: selected });
+        body.append(renderAlternatives(record, () => this.pick(entry, null), attribute));
+      }
     } else if (text) {
       body.innerHTML = renderMarkdown(text);
     }

@@ -5,11 +5,13 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { h } from "../shared/dom";
 import type { ChatModel } from "../shared/protocol";
+import { deliverTabRequest, SHOW_TAB, type ShowTab } from "../shared/tab_requests";
 import { TABS, type TabDefinition } from "./tabs";
 import "../chat/chat.css";
 import "./shell.css";
 import "../shared/inspect.css";
 import "../training/training.css";
+import "../attribution/attribution.css";
 
 function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefinition[]) {
   const panels = new Map<string, { el: HTMLElement; cleanup: (() => void) | null }>();
@@ -60,6 +62,15 @@ function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefin
     buttons.set(tab.id, button);
     strip.append(button);
   }
+  // A view asking for another tab (the Chat tab's "Attribute"): show it, then hand it the detail.
+  root.addEventListener(SHOW_TAB, (event) => {
+    const { tab, detail } = (event as CustomEvent<ShowTab>).detail;
+    const wanted = tabs.find((candidate) => candidate.id === tab);
+    if (!wanted || !offered(wanted)) return;
+    show(tab);
+    const panel = panels.get(tab);
+    if (panel) deliverTabRequest(panel.el, detail);
+  });
   const events = [...new Set(tabs.flatMap((tab) => tab.changes ?? []))];
   for (const event of events) model.on(event, refresh);
   el.classList.add("kerasllm-widget");

@@ -4,6 +4,7 @@
 
 import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
+import { ATTRIBUTION_TAB, renderAttributionTab } from "../attribution/chat_tab";
 import { renderChat } from "../chat/chat_view";
 import { renderLensTab } from "../lens/chat_tab";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
@@ -27,6 +28,7 @@ export const TABS: TabDefinition[] = [
   { id: "attention", label: "Attention", render: renderAttentionTab },
   { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
   { id: "lens", label: "Lens", render: renderLensTab },
+  { id: ATTRIBUTION_TAB, label: "Attribution", render: renderAttributionTab },
   {
     id: "training",
     label: "Training",

@@ -59,6 +59,11 @@ export class InspectClient {
     });
   }
 
+  /** Sends a message that gets no answer of its own (a stop). */
+  notify(kind: string, fields: Record<string, unknown> = {}): void {
+    this.model.send(envelope(kind, newInspectId(), fields));
+  }
+
   /** Sends a request whose answers keep coming (the attention overview); returns its id. */
   stream(
     kind: string,

@@ -24,6 +24,9 @@ export const REQUEST = {
   probabilities: "probabilities.request",
   step: "step.request",
   lens: "lens.request",
+  attributionOpen: "attribution.open",
+  attribution: "attribution.request",
+  attributionStop: "attribution.stop",
 } as const;
 
 /** Kernel to front end. */
@@ -38,6 +41,9 @@ export const RESPONSE = {
   step: "step.state",
   lens: "lens.result",
   lensProgress: "lens.progress",
+  attributionSequence: "attribution.sequence",
+  attributionProgress: "attribution.progress",
+  attribution: "attribution.result",
   error: "inspect.error",
 } as const;
 
@@ -52,7 +58,7 @@ export const STEP_ACTIONS = [
 ] as const;
 
 export type StepAction = (typeof STEP_ACTIONS)[number];
-export type ErrorCode = "bad_request" | "not_ready" | "superseded" | "failed";
+export type ErrorCode = "bad_request" | "not_ready" | "superseded" | "failed" | "stopped";
 
 // ---- payloads ----
 
@@ -216,6 +222,36 @@ export interface LensProgress extends Envelope<"lens.progress"> {
   num_layers: number;
 }
 
+export interface AttributionSequence extends Envelope<"attribution.sequence"> {
+  sequence_id: string;
+  pieces: string[];
+  roles: string[];
+  /** Which tokens are the tokenizer's special tokens (the chat template's markers). */
+  special: boolean[];
+  /** The methods the kernel offers, in its order (inspect.ATTRIBUTION_METHODS). */
+  methods: string[];
+  max_steps: number;
+}
+
+/** Integrated-gradient steps done so far (the request's id; sent after each batch). */
+export interface AttributionProgress extends Envelope<"attribution.progress"> {
+  sequence_id: string;
+  target_position: number;
+  done: number;
+  total: number;
+}
+
+export interface AttributionResult extends Envelope<"attribution.result"> {
+  sequence_id: string;
+  target_position: number;
+  target_id: number;
+  method: string;
+  steps: number;
+  compute_s: number;
+  /** float32 [target_position]: one score per token before the target. */
+  scores: ArrayHeader;
+}
+
 export interface InspectError extends Envelope<"inspect.error"> {
   request_kind: string;
   code: ErrorCode;
@@ -233,6 +269,9 @@ export type InspectResponse =
   | StepState
   | LensResult
   | LensProgress
+  | AttributionSequence
+  | AttributionProgress
+  | AttributionResult
   | InspectError;
 
 const RESPONSE_KINDS: ReadonlySet<string> = new Set(Object.values(RESPONSE));

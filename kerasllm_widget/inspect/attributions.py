@@ -13,7 +13,8 @@ The gradients come from `jax.grad` over the model's one forward with an edit on 
 puts a traced input in place of the looked-up embeddings. Each method is one compiled program per
 sequence length: the target position and id are traced, so asking about another token of the
 same text recompiles nothing (the positions after the target cannot reach it through the causal
-mask, and get exact zeros).
+mask, and get exact zeros). Integrated gradients runs its steps in batches, one call of the
+program each, so that a long run can report its progress and be stopped between two batches.
 
 Example:
     >>> scores = attribution(model, ids, target_position=5)  # doctest: +SKIP
@@ -22,6 +23,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -55,12 +58,17 @@ def attribution(
     target_id: int | None = None,
     method: str = "grad_x_input",
     steps: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Scores ``[target_position]`` (float32), one per token of ``token_ids[:target_position]``,
     for the log-probability of ``target_id`` (default ``token_ids[target_position]``) as the
     token after that prefix. ``method``: ``"grad_x_input"``, ``"integrated_gradients"``
     (``steps`` midpoints from the zero embedding) or ``"attention_rollout"``. The gradient
     methods need the JAX backend.
+
+    ``progress(done, total)``, if given, is called after each batch of gradient steps
+    (`steps_per_batch`; gradient x input is one step); an exception it raises ends the run
+    there and propagates, which is how a caller stops a long integrated-gradients run.
 
     Example:
         >>> ids = tokenizer("The capital of France is Paris")  # doctest: +SKIP
@@ -94,17 +102,25 @@ def attribution(
         scores = program(ids[None], np.int32(position))
         return np.asarray(scores, np.float32)[:position]
     if method == "grad_x_input":
-        alphas = np.ones((1, 1), np.float32)
+        steps, batch, midpoints = 1, 1, np.ones(1, np.float32)
     else:
         steps = settings.check_count(steps, "steps", 1, 4096)
         batch = steps_per_batch(backbone, length, steps)
-        alphas = np.zeros(-(-steps // batch) * batch, np.float32)  # padding: weight 0 below
-        alphas[:steps] = (np.arange(steps, dtype=np.float32) + 0.5) / steps
-        alphas = alphas.reshape(-1, batch)
-    weights = (alphas > 0).astype(np.float32)
+        midpoints = (np.arange(steps, dtype=np.float32) + 0.5) / steps
+    alphas = np.zeros(-(-steps // batch) * batch, np.float32)  # padding: weight 0 below
+    alphas[:steps] = midpoints
+    weights = (np.arange(alphas.size) < steps).astype(np.float32)
     program = model_program(model, ("attribution.gradient",), _gradient_body(backbone))
-    scores = program(ids[None], np.int32(position), np.int32(target), alphas, weights)
-    return (np.asarray(scores, np.float32) / weights.sum())[:position]
+    total = np.zeros(length, np.float64)
+    for start in range(0, alphas.size, batch):
+        chunk = slice(start, start + batch)
+        scores = program(
+            ids[None], np.int32(position), np.int32(target), alphas[chunk], weights[chunk]
+        )
+        total += np.asarray(scores, np.float32)
+        if progress is not None:
+            progress(min(start + batch, steps), steps)
+    return (total / steps).astype(np.float32)[:position]
 
 
 def steps_per_batch(backbone, length: int, steps: int) -> int:
@@ -134,36 +150,30 @@ def _bytes_per_step(backbone, length: int) -> int:
 
 
 def _gradient_body(backbone):
-    """``(ids [1, T], position, target, alphas [n, B], weights [n, B]) -> [T]``: the sum over
-    steps of ``weight * grad(log p(target | ids[:position]))`` at ``alpha * embeddings``, dotted
-    with the embeddings. ``grad_x_input`` is one step with alpha 1."""
+    """``(ids [1, T], position, target, alphas [B], weights [B]) -> [T]``: the sum over one
+    batch of steps of ``weight * grad(log p(target | ids[:position]))`` at ``alpha *
+    embeddings``, dotted with the embeddings. ``grad_x_input`` is one step with alpha 1."""
     import jax
     import jax.numpy as jnp
 
     def body(ids, position, target, alphas, weights):
-        length, batch = ids.shape[1], alphas.shape[1]
+        length, batch = ids.shape[1], alphas.shape[0]
         embeddings = llama3_forward.embed(backbone.token_embedding, ids)  # [1, T, D]
         batch_ids = jnp.broadcast_to(ids, (batch, length))
         positions, mask = causal_inputs(batch, length)
 
-        def log_prob(inputs, step_weights):  # inputs [B, T, D] -> weighted sum of log p
+        def log_prob(inputs):  # inputs [B, T, D] -> weighted sum of log p
             hooks = Hooks(edits={"embed": (lambda value, e: e, inputs)})
             hidden, _ = llama3_forward.forward(
                 backbone, batch_ids, positions=positions, attention_mask=mask, hooks=hooks
             )
             last = jax.lax.dynamic_index_in_dim(hidden, position - 1, axis=1, keepdims=False)
             log_p = jax.nn.log_softmax(llama3_forward.logits(backbone, last), axis=-1)
-            return jnp.sum(log_p[:, target] * step_weights)
+            return jnp.sum(log_p[:, target] * weights)
 
-        gradient = jax.grad(log_prob)
-
-        def step(total, chunk):
-            step_alphas, step_weights = chunk
-            inputs = (step_alphas[:, None, None] * embeddings).astype(embeddings.dtype)
-            return total + gradient(inputs, step_weights).astype("float32").sum(0), None
-
-        total, _ = jax.lax.scan(step, jnp.zeros(embeddings.shape[1:], "float32"), (alphas, weights))
-        return jnp.sum(total * embeddings[0].astype("float32"), axis=-1)
+        inputs = (alphas[:, None, None] * embeddings).astype(embeddings.dtype)
+        gradient = jax.grad(log_prob)(inputs).astype("float32").sum(0)
+        return jnp.sum(gradient * embeddings[0].astype("float32"), axis=-1)
 
     return body
 

@@ -35,6 +35,14 @@ ATTENTION_OVERVIEW = "attention.overview"  # {sequence_id, size}: every layer's 
 PROBABILITIES_REQUEST = "probabilities.request"  # {}: the conversation scored token by token
 STEP_REQUEST = "step.request"  # {action, token_id?, text?}
 LENS_REQUEST = "lens.request"  # {text: str | None (the conversation)}: answers lens.result
+ATTRIBUTION_OPEN = (
+    "attribution.open"  # {text: str | None}: which tokens; answers attribution.sequence
+)
+# {sequence_id, target_position, method, steps?}: scores of the tokens before target_position for
+# the token there; answered by attribution.progress (integrated gradients, after each batch of
+# steps) and then attribution.result, or inspect.error ("stopped", "superseded").
+ATTRIBUTION_REQUEST = "attribution.request"
+ATTRIBUTION_STOP = "attribution.stop"  # {}: stops the attribution running or waiting (no answer)
 
 # Kernel -> front end.
 TOKENS_RESULT = "tokens.result"  # {tables: [TokenTable], labels: [str]}
@@ -55,6 +63,11 @@ STEP_STATE = "step.state"  # {prompt_tail, steps, distribution, proposal, finish
 # logit lens, top-k probabilities and the next token's probability as float16, ids as int32.
 LENS_RESULT = "lens.result"
 LENS_PROGRESS = "lens.progress"  # {length, num_layers}, id "": a lens pass has started
+# {sequence_id, pieces, roles, special: [bool], methods: [str], max_steps}
+ATTRIBUTION_SEQUENCE = "attribution.sequence"
+ATTRIBUTION_PROGRESS = "attribution.progress"  # {sequence_id, target_position, done, total}
+# {sequence_id, target_position, target_id, method, steps, compute_s, scores} + 1 float32 buffer
+ATTRIBUTION_RESULT = "attribution.result"
 INSPECT_ERROR = "inspect.error"  # {request_kind, code, message}
 
 STEP_ACTIONS = ("start", "propose", "accept", "choose", "undo", "reset", "finish")
@@ -69,6 +82,9 @@ REQUEST_KINDS = frozenset(
         PROBABILITIES_REQUEST,
         STEP_REQUEST,
         LENS_REQUEST,
+        ATTRIBUTION_OPEN,
+        ATTRIBUTION_REQUEST,
+        ATTRIBUTION_STOP,
     }
 )
 RESPONSE_KINDS = frozenset(
@@ -83,6 +99,9 @@ RESPONSE_KINDS = frozenset(
         STEP_STATE,
         LENS_RESULT,
         LENS_PROGRESS,
+        ATTRIBUTION_SEQUENCE,
+        ATTRIBUTION_PROGRESS,
+        ATTRIBUTION_RESULT,
         INSPECT_ERROR,
     }
 )
@@ -93,6 +112,7 @@ NAMESPACES = (
     "probabilities.",
     "step.",
     "lens.",
+    "attribution.",
     "inspect.",
 )
 
@@ -101,6 +121,7 @@ ERROR_BAD_REQUEST = "bad_request"
 ERROR_NOT_READY = "not_ready"  # no model yet, or nothing to inspect
 ERROR_SUPERSEDED = "superseded"  # a newer request of the same kind replaced this one
 ERROR_FAILED = "failed"  # the computation raised
+ERROR_STOPPED = "stopped"  # the user stopped it (attribution.stop)
 
 _NONE = type(None)
 # Every field a request may carry, with its types (``None`` among them: it may be left out).
@@ -119,6 +140,14 @@ _FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
     PROBABILITIES_REQUEST: {},
     STEP_REQUEST: {"action": (str,), "token_id": (int, _NONE), "text": (str, _NONE)},
     LENS_REQUEST: {"text": (str, _NONE)},
+    ATTRIBUTION_OPEN: {"text": (str, _NONE)},
+    ATTRIBUTION_REQUEST: {
+        "sequence_id": (str,),
+        "target_position": (int,),
+        "method": (str,),
+        "steps": (int, _NONE),
+    },
+    ATTRIBUTION_STOP: {},
 }
 
 

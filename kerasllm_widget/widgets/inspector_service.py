@@ -28,6 +28,7 @@ import numpy as np
 from kerasllm_widget import inspect
 from kerasllm_widget.inspect._sources import tokenizer_of
 from kerasllm_widget.inspect.pieces import piece
+from kerasllm_widget.widgets import attribution_requests
 from kerasllm_widget.widgets import inspect_protocol as P
 from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
@@ -102,6 +103,9 @@ class InspectorService:
         self.timings: dict[str, float] = {}  # the last compute time of each request kind
         self.lens = LensRequests(model=model, sequence=sequence, send=self._send)
         self._closed = False
+        self._attribution = attribution_requests.AttributionRequests(
+            model=model, sequence=sequence, send=self._send
+        )
 
     # ---- entry point (kernel main thread) ----
 
@@ -115,6 +119,9 @@ class InspectorService:
             self._error(
                 request_id_of(content), str(content.get("kind")), P.ERROR_BAD_REQUEST, str(exc)
             )
+            return True
+        if request.kind in attribution_requests.KINDS:
+            self._attribution.handle(request, self.submit)
             return True
         handler = {
             P.TOKENS_REQUEST: (self._tokens, None),
@@ -182,6 +189,7 @@ class InspectorService:
 
     def close(self) -> None:
         self._closed = True
+        self._attribution.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- helpers ----
