@@ -5,6 +5,7 @@
 import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
 import { renderChat } from "../chat/chat_view";
+import { renderCacheTab } from "../kv_cache/chat_tab";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
 import { renderTokensTab } from "../tokens/chat_tab";
@@ -25,6 +26,7 @@ export const TABS: TabDefinition[] = [
   { id: "tokens", label: "Tokens", render: renderTokensTab },
   { id: "attention", label: "Attention", render: renderAttentionTab },
   { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
+  { id: "cache", label: "Cache", render: renderCacheTab },
   {
     id: "training",
     label: "Training",
