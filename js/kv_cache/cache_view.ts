@@ -54,6 +54,7 @@ export class KvCacheView {
   readonly el: HTMLElement;
   private readonly numbers = h("div", { class: "kw-kv-numbers" });
   private readonly bar = h("div", { class: "kw-kv-bar", role: "img" });
+  private readonly barCaption = h("div", { class: "kw-kv-bar-caption" });
   private readonly legend = h("div", { class: "kw-kv-legend" });
   private readonly grid = h("div", { class: "kw-kv-grid" });
   private readonly detail = h("div", { class: "kw-kv-detail" }, "Point at a slot to see it.");
@@ -71,6 +72,7 @@ export class KvCacheView {
       this.note,
       this.numbers,
       this.bar,
+      this.barCaption,
       this.legend,
       this.grid,
       this.detail,
@@ -131,6 +133,9 @@ export class KvCacheView {
     const description = this.description;
     if (!description) return;
     const slots = this.slots();
+    // For tests and scripts: how many slots are drawn, and whether a reply is still streaming.
+    this.el.dataset.used = String(slots.length);
+    this.el.dataset.running = String(description.running);
     this.note.textContent =
       slots.length === 0
         ? "The cache is empty: send a message and its tokens fill it."
@@ -195,6 +200,10 @@ export class KvCacheView {
       return part;
     });
     this.bar.replaceChildren(...parts);
+    const free = Math.max(0, description.capacity - slots.length);
+    this.barCaption.textContent = `${counts.reused} reused · ${counts.prefilled} prefilled · ${
+      counts.generated
+    } generated · ${free} free (the cache doubles when the chat needs more)`;
     this.bar.setAttribute(
       "aria-label",
       `${slots.length} of ${description.capacity} slots used: ${counts.reused} reused, ${counts.prefilled} prefilled, ${counts.generated} generated`,
