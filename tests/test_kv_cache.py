@@ -150,3 +150,20 @@ def test_protocol_kinds_match_the_typescript_mirror():
 
     assert block("REQUEST") == set(P.REQUEST_KINDS)
     assert block("RESPONSE") == set(P.RESPONSE_KINDS)
+
+
+def test_another_chat_on_the_same_model_takes_the_cache(tiny):
+    first = ChatState(tiny, system_prompt="Be brief.")
+    _turn(first, "Hello there")
+    other = ChatState(tiny, system_prompt="Be brief.")
+    _turn(other, "Something else entirely")
+    # The engine keeps one cache per model: it now holds the other chat's conversation.
+    cache = inspect.kv_cache(first)
+    assert cache.token_ids.tolist() == list(engine_for(tiny).last_request.held_ids)
+    assert (cache.message[_slots(cache, "system")] == 0).all()
+    assert (cache.message[_slots(cache, "system")[-1] + 1 :] == -1).all()
+    # Its next turn reuses what the two share: the system prompt.
+    second = _turn(first, "And again")
+    cache = inspect.kv_cache(first)
+    assert cache.reused_tokens == second.prompt_tokens - second.prefilled_tokens
+    assert (cache.message >= 0).all()

@@ -162,7 +162,7 @@ def kv_cache(chat: Any) -> KvCache:
     message = np.full(len(held), STALE, np.int32)
     for index, (start, end) in enumerate(spans):
         message[start:end] = index
-    if len(held) > len(prompt) or running:  # the reply (its header is in the prompt)
+    if _answers_this_chat(state, prompt, running):
         # The spans run on from slot 0, so what follows the last is the reply's header and text.
         message[spans[-1][1] :] = _reply_index(state, messages, running)
     source = np.full(len(held), GENERATED, np.uint8)
@@ -249,6 +249,17 @@ def _shared(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(mismatch[0]) if mismatch.size else n
+
+
+def _answers_this_chat(state: Any, prompt: list[int], running: bool) -> bool:
+    """Whether the last request answered this chat as it is now (another chat on the same model,
+    an edit or a reset since makes the cache hold someone else's conversation)."""
+    asked = list(state.messages)
+    if not running and asked and asked[-1]["role"] == "assistant":
+        asked = asked[:-1]
+    if not asked:
+        return False
+    return list(state.prompt_ids(asked)) == prompt
 
 
 def _reply_index(state: Any, messages: list[dict], running: bool) -> int:
