@@ -97,6 +97,27 @@ describe("KV cache view", () => {
 });
 
 describe("Cache tab of the chat", () => {
+  it("asks again once a model that was loading is ready", () => {
+    const model = new FakeModel<Record<string, unknown>>({
+      transcript: [],
+      status: { state: "loading" },
+    });
+    const el = document.createElement("div");
+    // biome-ignore lint/suspicious/noExplicitAny: the fake stands in for the chat's model
+    const cleanup = renderCacheTab(model.asModel() as any, el);
+    const first = model.sent[0] as { id: string };
+    model.kernelSends({
+      kind: "cache.error",
+      id: first.id,
+      code: "not_ready",
+      message: "the model is still loading",
+    });
+    expect(el.textContent).toContain("the model is still loading");
+    model.kernelSets("status", { state: "ready" });
+    expect(model.sent).toHaveLength(2);
+    cleanup();
+  });
+
   it("asks for the cache, grows by a slot per streamed token, and asks again at a new reply", async () => {
     const model = new FakeModel<Record<string, unknown>>({ transcript: [] });
     const el = document.createElement("div");

@@ -14,6 +14,7 @@ export function renderCacheTab(model: AnyModel<ChatModel>, el: HTMLElement): () 
   const view = new KvCacheView();
   let asked: string | null = null; // only the latest request's answer is drawn
   let reply: string | null = null;
+  let described = false; // an answer came (before it, a model still loading is asked again)
   const ask = () => {
     asked = newCacheId();
     model.send(envelope(REQUEST.cache, asked, {}));
@@ -35,15 +36,21 @@ export function renderCacheTab(model: AnyModel<ChatModel>, el: HTMLElement): () 
       if (answer.code !== "superseded") view.error(`Cache: ${answer.message}`);
       return;
     }
+    described = true;
     view.show(decodeCache(answer, buffers ?? []));
   };
+  const onStatus = () => {
+    if (!described && model.get("status")?.state === "ready") ask(); // the model has loaded
+  };
   model.on("msg:custom", onMessage);
+  model.on("change:status", onStatus);
   el.append(view.el);
   ask();
   const stop = onConversationChange(model, el, ask);
   return () => {
     stop();
     model.off("msg:custom", onMessage);
+    model.off("change:status", onStatus);
     view.dispose();
   };
 }
