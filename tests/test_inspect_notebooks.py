@@ -56,3 +56,16 @@ def test_attention_tour_notebook(smollm2_gguf):
         "AttentionView",
         "ProbabilitiesView",
     ]
+
+
+def test_inside_the_model_notebook(smollm2_gguf):
+    notebook = run_notebook("inside_the_model.ipynb")
+    text = outputs(notebook)
+    assert "layer │" in text and "Paris" in text  # the logit lens table
+    for method in ("grad_x_input", "integrated_gradients", "attention_rollout"):
+        assert f"{method}: " in text
+    assert "after turn 1: {'reused': 0," in text
+    assert (
+        "dropped" in text and "system" in text
+    )  # the small context dropped turns, kept the system
+    assert "ChatWidget" in widget_classes(notebook)

@@ -12,6 +12,7 @@ import "./shell.css";
 import "../shared/inspect.css";
 import "../training/training.css";
 import "../attribution/attribution.css";
+import "../kv_cache/kv_cache.css";
 
 function renderShell(model: AnyModel<ChatModel>, el: HTMLElement, tabs: TabDefinition[]) {
   const panels = new Map<string, { el: HTMLElement; cleanup: (() => void) | null }>();

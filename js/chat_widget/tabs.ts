@@ -6,6 +6,7 @@ import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
 import { ATTRIBUTION_TAB, renderAttributionTab } from "../attribution/chat_tab";
 import { renderChat } from "../chat/chat_view";
+import { renderCacheTab } from "../kv_cache/chat_tab";
 import { renderLensTab } from "../lens/chat_tab";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
@@ -29,6 +30,7 @@ export const TABS: TabDefinition[] = [
   { id: "probabilities", label: "Probabilities", render: renderProbabilitiesTab },
   { id: "lens", label: "Lens", render: renderLensTab },
   { id: ATTRIBUTION_TAB, label: "Attribution", render: renderAttributionTab },
+  { id: "cache", label: "Cache", render: renderCacheTab },
   {
     id: "training",
     label: "Training",

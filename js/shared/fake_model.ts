@@ -53,8 +53,8 @@ export class FakeModel<T extends Record<string, unknown>> {
     this.set(key, value);
   }
 
-  kernelSends(message: unknown): void {
-    this.emit("msg:custom", message, []);
+  kernelSends(message: unknown, buffers: readonly unknown[] = []): void {
+    this.emit("msg:custom", message, buffers);
   }
 
   listenerCount(): number {

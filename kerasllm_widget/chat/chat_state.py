@@ -91,6 +91,9 @@ class ChatState(ChatBranches):
         self.steering = steering
         # Message ids, reply token ids and the hidden branches (`chat_tree`).
         self.tree = ChatTree()
+        # Messages dropped from the prompt because the context filled, oldest first (the cache
+        # views list them); a reset forgets them.
+        self.dropped_messages: list[Message] = []
         self._lock = threading.Lock()
 
     # ---- formatting --------------------------------------------------------------------------
@@ -263,6 +266,7 @@ class ChatState(ChatBranches):
         with self._lock:
             self.messages.clear()
             self.tree = ChatTree()
+            self.dropped_messages = []
 
     # ---- the work ----------------------------------------------------------------------------
     def _fit_context(
@@ -356,7 +360,8 @@ class ChatState(ChatBranches):
             # The transcript shows the turn being answered; `_run` puts `before` back if the
             # reply never finishes.
             self.messages[:] = [*kept[:-1], user]
-        yield from self._run(before, user, prompt_ids, dropped, cancel_event, options)
+        lost = base[: len(base) + 1 - len(kept)]
+        yield from self._run(before, user, prompt_ids, (dropped, lost), cancel_event, options)
 
     def _turn_events(
         self, prompt_ids: list[int], cancel_event, options: TurnOptions
@@ -404,7 +409,9 @@ class ChatState(ChatBranches):
             return
         engine.precompile(engine.cache_length_for(needed), options.sampler, **programs)
 
-    def _run(self, before, user, prompt_ids, dropped, cancel_event, options: TurnOptions):
+    def _run(self, before, user, prompt_ids, dropping, cancel_event, options: TurnOptions):
+        """Streams the turn; ``dropping`` is ``(turns, messages)`` dropped to fit the context."""
+        dropped, lost = dropping
         finished = False
         try:
             for event in self._turn_events(prompt_ids, cancel_event, options):
@@ -414,6 +421,7 @@ class ChatState(ChatBranches):
                         reply = self.tree.message("assistant", event.text, event.token_ids)
                         self.messages.append(reply)
                     if dropped:
+                        self.dropped_messages.extend(lost)
                         event.dropped_turns = dropped
                         notice = (
                             f"The conversation outgrew the model's context "

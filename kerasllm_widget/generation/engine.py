@@ -19,6 +19,7 @@ while tracing. The sampler's knobs are traced too: a new temperature does not re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -48,7 +49,7 @@ from kerasllm_widget.generation.compilation import (
 )
 from kerasllm_widget.generation.engine_outputs import RequestTimings, StepOutputs
 from kerasllm_widget.generation.fused_weights import derive_in_scope, fusion_plan
-from kerasllm_widget.generation.kept_cache import CacheStore, edits_signature
+from kerasllm_widget.generation.kept_cache import CacheRecord, CacheStore, edits_signature
 from kerasllm_widget.generation.programs import (
     DecodeState,
     decode_n_tokens,
@@ -352,6 +353,7 @@ class GenerationEngine(AheadOfTime):
             chunk_length, padded = prefill_chunks(longest - start, start)
         chunk_length = min(chunk_length, cache_length - start)
         padded = max(padded, chunk_length)
+        self.last_request = record = CacheRecord.of(cache, prompts, start)
         arrays = prompt_arrays(
             prompts, start, padded, cache_length, int(self.model.backbone.vocabulary_size)
         )
@@ -465,6 +467,7 @@ class GenerationEngine(AheadOfTime):
                 index = int(state.index)
                 held = generated[0][:index] if generated is not None else []
                 self._caches.keep(state.cache, held, batch, signature)
+                self.last_request = dataclasses.replace(record, held_ids=tuple(held))
 
     def kept_cache_length(self) -> int | None:
         """Slots of the cache kept from the last request (None when nothing is kept)."""

@@ -17,7 +17,7 @@ import numpy as np
 from kerasllm_widget.generation.buckets import cache_length_for, prefill_chunks
 from kerasllm_widget.generation.programs import grow_cache, zero_cache
 
-__all__ = ["CacheStore", "KeptCache", "edits_signature"]
+__all__ = ["CacheRecord", "CacheStore", "KeptCache", "edits_signature"]
 
 
 def edits_signature(edits) -> tuple:
@@ -42,6 +42,53 @@ class KeptCache:
     length: int
     dtype: str
     signature: tuple = ()  # the edits the keys were computed under (`edits_signature`)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheRecord:
+    """What the engine's last request did with its cache: the public record the cache views read.
+
+    Set when the request has its cache (``held_ids`` None while it runs) and again when the cache
+    is kept. ``reused_tokens`` is the prefix of ``prompt_ids`` taken from the kept cache; the
+    rest of the prompt was computed by prefill, and the reply by decode.
+
+    Example:
+        >>> record = CacheRecord.of([(np.zeros((1, 8, 2, 4), np.float32),) * 2], [5, 6, 7], 2)
+        >>> record.bytes_per_token, record.capacity, record.reused_tokens
+        (64, 8, 2)
+    """
+
+    prompt_ids: tuple[int, ...]  # the request's prompt (batch 1; empty for batches)
+    reused_tokens: int
+    capacity: int  # slots allocated
+    batch: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    bytes_per_token: int  # keys and values of one slot of one row, every layer
+    held_ids: tuple[int, ...] | None = None  # what the kept cache holds (None while running)
+
+    @classmethod
+    def of(cls, cache: list, prompts: list[list[int]], reused: int) -> CacheRecord:
+        """The record of a request about to run on ``cache`` (per layer ``(keys, values)``)."""
+        keys = cache[0][0]
+        batch, capacity, kv_heads, head_dim = (int(n) for n in keys.shape)
+        # From the arrays themselves (shape and dtype), not from the config.
+        per_token = sum(
+            int(np.prod(a.shape[2:])) * np.dtype(a.dtype).itemsize for layer in cache for a in layer
+        )
+        return cls(
+            prompt_ids=tuple(prompts[0]) if len(prompts) == 1 else (),
+            reused_tokens=int(reused),
+            capacity=capacity,
+            batch=batch,
+            layers=len(cache),
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            dtype=str(np.dtype(keys.dtype)),
+            bytes_per_token=per_token,
+        )
 
 
 class CacheStore:

@@ -36,6 +36,8 @@ _EXPORTS = {
     "dequantize": "quantization",
     "downsample_max": "quantization",
     "quantize": "quantization",
+    "KvCache": "key_value_cache",
+    "kv_cache": "key_value_cache",
     "LogitLens": "lens",
     "logit_lens": "lens",
     "Step": "stepping",

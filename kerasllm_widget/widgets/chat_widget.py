@@ -41,6 +41,7 @@ from kerasllm_widget.widgets.chat_replies import (
 )
 from kerasllm_widget.widgets.chat_transcript import ChatTranscript, initial_status, last_index
 from kerasllm_widget.widgets.envelope import request_id_of
+from kerasllm_widget.widgets.kv_cache_service import KvCacheService
 from kerasllm_widget.widgets.reply_handle import ReplyHandle
 from kerasllm_widget.widgets.training_monitor import TrainingMonitor
 
@@ -112,6 +113,7 @@ class ChatWidget(anywidget.AnyWidget):
         self._closed = False
         # The inspector tabs (Tokens, Attention, Probabilities) share this comm; see chat_inspectors.
         self._inspectors = chat_inspector_service(self)
+        self._cache_view = KvCacheService(self)  # the Cache tab
         self.on_msg(self._on_custom_message)
         if model_or_chat_state is not None:
             self._attach(model_or_chat_state)
@@ -314,13 +316,14 @@ class ChatWidget(anywidget.AnyWidget):
             self._closed = True
             self._worker.close(timeout=2.0)
             self._inspectors.close()
+            self._cache_view.close()
         super().close()
 
     # ---- messages from the front end (kernel main thread) ----
 
     def _on_custom_message(self, widget: Any, content: Any, buffers: list[Any]) -> None:
-        if self._inspectors.handle(content, buffers):  # an inspector tab's request
-            return
+        if self._inspectors.handle(content, buffers) or self._cache_view.handle(content, buffers):
+            return  # an inspector tab's or the Cache tab's request
         try:
             request = P.parse_request(content)
         except P.ProtocolError as exc:
