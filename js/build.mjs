@@ -13,6 +13,7 @@ const entries = {
   attention: "js/attention/index.ts",
   probabilities: "js/probabilities/index.ts",
   training: "js/training/index.ts",
+  compare: "js/compare/index.ts",
 };
 
 const options = {

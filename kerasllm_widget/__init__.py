@@ -27,6 +27,7 @@ _EXPORTS = {
     "AttentionView": "kerasllm_widget.widgets.attention_view",
     "ProbabilitiesView": "kerasllm_widget.widgets.probabilities_view",
     "TrainingMonitor": "kerasllm_widget.widgets.training_monitor",
+    "CompareView": "kerasllm_widget.widgets.compare_view",
     "PresetError": "kerasllm_widget.checkpoints.errors",
 }
 

@@ -5,8 +5,10 @@
 import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
 import { renderChat } from "../chat/chat_view";
+import { hasCompare, renderCompareTab } from "../compare/chat_tab";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
+import { renderSteeringTab } from "../steering/steering_view";
 import { renderTokensTab } from "../tokens/chat_tab";
 import { hasTraining, renderTrainingTab } from "../training/chat_tab";
 
@@ -31,5 +33,13 @@ export const TABS: TabDefinition[] = [
     render: renderTrainingTab,
     available: hasTraining,
     changes: ["change:training"],
+  },
+  { id: "steering", label: "Steering", render: renderSteeringTab },
+  {
+    id: "compare",
+    label: "Compare",
+    render: renderCompareTab,
+    available: hasCompare,
+    changes: ["change:compare"],
   },
 ];
