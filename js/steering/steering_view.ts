@@ -14,7 +14,7 @@ import {
 } from "../shared/steer_protocol";
 import "./steering.css";
 
-export const STRENGTH = { min: -8, max: 8, step: 0.5, initial: 4 } as const;
+export const STRENGTH = { min: -8, max: 8, step: 0.5, initial: 2 } as const;
 
 export const DEFAULT_FOR = "I love this, it is wonderful!\nWhat a happy, delightful day.";
 export const DEFAULT_AGAINST = "I hate this, it is terrible.\nWhat a sad, miserable day.";

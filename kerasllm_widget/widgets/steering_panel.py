@@ -32,7 +32,7 @@ from kerasllm_widget.widgets.envelope import request_id_of
 
 log = logging.getLogger(__name__)
 
-ASK_MAX_NEW_TOKENS = 48  # a sentence or two each: the two replies are read side by side
+ASK_MAX_NEW_TOKENS = 32  # a sentence or two each: the two replies are read side by side
 REPLY_INTERVAL_S = 0.1  # the least time between two steer.reply messages of one reply
 
 
@@ -198,7 +198,9 @@ class SteeringPanel:
         question, strength = request.fields["question"], float(request.fields["strength"])
         if not np.isfinite(strength):
             raise ValueError(f"strength={strength!r}: use a finite number")
-        limit = int(request.fields["max_new_tokens"] or ASK_MAX_NEW_TOKENS)
+        # The chat's own length setting caps the two replies too.
+        chat_limit = int(getattr(self._chat, "max_new_tokens", ASK_MAX_NEW_TOKENS))
+        limit = int(request.fields["max_new_tokens"] or min(ASK_MAX_NEW_TOKENS, chat_limit))
         if not 1 <= limit <= 1024:
             raise ValueError(f"max_new_tokens={limit}: use 1..1024")
         system = self._chat.system_prompt
