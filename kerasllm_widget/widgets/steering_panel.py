@@ -106,7 +106,7 @@ class SteeringPanel:
 
     def handle(self, content: Any, buffers: Any = None) -> bool:
         """Handles ``content`` if it is a ``steer.`` message; False if it is someone else's."""
-        if not (P.is_steer_message(content) and str(content.get("kind")).startswith("steer.")):
+        if not (isinstance(content, dict) and str(content.get("kind", "")).startswith("steer.")):
             return False
         try:
             request = P.parse_request(content)
