@@ -9,7 +9,6 @@ to continue greedily from there ("what would B say from here"). The work runs on
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +22,10 @@ from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.inspect._sources import tokenizer_of
 from kerasllm_widget.inspect.pieces import piece
 from kerasllm_widget.widgets import steer_protocol as P
-from kerasllm_widget.widgets._worker import GenerationWorker, Task
-from kerasllm_widget.widgets.envelope import request_id_of
+from kerasllm_widget.widgets._worker import GenerationWorker
 from kerasllm_widget.widgets.inspect_protocol import pack_arrays
 from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
-
-log = logging.getLogger(__name__)
+from kerasllm_widget.widgets.worker_panel import Job, NotReady, WorkerPanel
 
 COMPARE_TOP_K = 5
 CONTINUE_MAX_NEW_TOKENS = 32  # "a few dozen tokens": enough to see where B would go
@@ -69,7 +66,7 @@ def model_name(model: Any, fallback: str) -> str:
     return f"{name} ({info['dtype']})" if info.get("dtype") else name
 
 
-class ComparePanel:
+class ComparePanel(WorkerPanel):
     """The kernel side of a Compare view (``compare.*`` messages).
 
     Args:
@@ -83,6 +80,8 @@ class ComparePanel:
         >>> panel.set_model_b(other)  # doctest: +SKIP
     """
 
+    namespace = "compare."
+
     def __init__(
         self,
         host: Any,
@@ -91,8 +90,7 @@ class ComparePanel:
         model_a: Callable[[], Any],
         sequence: Callable[[], InspectedSequence],
     ) -> None:
-        self._host = host
-        self._worker = worker
+        super().__init__(host, worker)
         self._model_a = model_a
         self._sequence = sequence
         self.model_b: Any = None
@@ -113,50 +111,19 @@ class ComparePanel:
         self.model_b = model_b
         return {"a": model_name(model_a, "A"), "b": model_name(model_b, "B")}
 
-    # ---- messages (kernel main thread) ----
+    def jobs(self) -> dict[str, Job]:
+        return {P.COMPARE_REQUEST: self._score, P.COMPARE_CONTINUE: self._continue}
 
-    def handle(self, content: Any, buffers: Any = None) -> bool:
-        """Handles ``content`` if it is a ``compare.`` message; False if it is someone else's."""
-        if not (isinstance(content, dict) and str(content.get("kind", "")).startswith("compare.")):
-            return False
-        try:
-            request = P.parse_request(content)
-        except P.ProtocolError as exc:
-            self._error(request_id_of(content), str(content.get("kind")), P.ERROR_BAD_REQUEST, exc)
-            return True
-        job = {P.COMPARE_REQUEST: self._score, P.COMPARE_CONTINUE: self._continue}[request.kind]
-        self._submit(request, job)
-        return True
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Blocks until the work submitted so far has ended (for tests and notebooks)."""
-        return self._worker.submit(Task(lambda cancel: None, stream=False)).wait(timeout)
+    def ready(self) -> None:
+        if self._model_a() is None or self.model_b is None:
+            raise NotReady("no second model yet: chat.compare_with(other)")
 
     # ---- jobs (worker thread) ----
-
-    def _submit(self, request: P.Request, job: Callable[[P.Request, threading.Event], Any]) -> None:
-        def run(cancel: threading.Event) -> Any:
-            if self._model_a() is None or self.model_b is None:
-                raise _NotReady("no second model yet: chat.compare_with(other)")
-            return job(request, cancel)
-
-        def failed(task: Task, exc: BaseException) -> None:
-            code = P.ERROR_NOT_READY if isinstance(exc, _NotReady) else P.ERROR_FAILED
-            if not isinstance(exc, _NotReady):
-                log.error("compare request %s failed", request.kind, exc_info=exc)
-            self._error(request.id, request.kind, code, exc)
-
-        def dropped(task: Task) -> None:
-            self._error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
-
-        self._worker.submit(
-            Task(run, stream=False, on_error=failed, on_dropped=dropped, name=request.kind)
-        )
 
     def _score(self, request: P.Request, cancel: threading.Event) -> None:
         sequence = self._sequence()
         if len(sequence) < 2:
-            raise _NotReady("there is nothing to compare yet: say something in the chat")
+            raise NotReady("there is nothing to compare yet: say something in the chat")
         model_a = self._model_a()
         result = inspect.compare_models(model_a, self.model_b, sequence.ids, top_k=COMPARE_TOP_K)
         self._scored = sequence
@@ -176,7 +143,7 @@ class ComparePanel:
             }
         )
         names = [model_name(model_a, "A"), model_name(self.model_b, "B")]
-        self._send(
+        self.send(
             P.envelope(
                 P.COMPARE_RESULT,
                 request.id,
@@ -193,7 +160,7 @@ class ComparePanel:
     def _continue(self, request: P.Request, cancel: threading.Event) -> None:
         scored, position = self._scored, request.fields["position"]
         if scored is None or scored.sequence_id != request.fields["sequence_id"]:
-            raise _NotReady("the conversation changed: compare it again first")
+            raise NotReady("the conversation changed: compare it again first")
         if not 0 <= position < len(scored):
             raise ValueError(f"position={position}: use 0..{len(scored) - 1}")
         limit = int(request.fields["max_new_tokens"] or CONTINUE_MAX_NEW_TOKENS)
@@ -216,7 +183,7 @@ class ComparePanel:
 
     def _continuation(self, request: P.Request, text: str, done: bool) -> None:
         fields = request.fields
-        self._send(
+        self.send(
             P.envelope(
                 P.COMPARE_CONTINUATION,
                 request.id,
@@ -226,17 +193,3 @@ class ComparePanel:
                 done=done,
             )
         )
-
-    def _error(self, request_id: str, kind: str, code: str, error: Any) -> None:
-        self._send(
-            P.envelope(P.STEER_ERROR, request_id, request_kind=kind, code=code, message=str(error))
-        )
-
-    def _send(self, content: dict, buffers: list | None = None) -> None:
-        if getattr(self._host, "comm", None) is None:  # closed: nobody to tell
-            return
-        self._host.send(content, buffers or None)
-
-
-class _NotReady(RuntimeError):
-    pass

@@ -14,10 +14,9 @@ long operation at its next decode step.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,10 +26,8 @@ from kerasllm_widget.generation.api import stream
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.generation.steering import steering_edits
 from kerasllm_widget.widgets import steer_protocol as P
-from kerasllm_widget.widgets._worker import GenerationWorker, Task
-from kerasllm_widget.widgets.envelope import request_id_of
-
-log = logging.getLogger(__name__)
+from kerasllm_widget.widgets._worker import GenerationWorker
+from kerasllm_widget.widgets.worker_panel import Job, NotReady, WorkerPanel
 
 ASK_MAX_NEW_TOKENS = 32  # a sentence or two each: the two replies are read side by side
 REPLY_INTERVAL_S = 0.1  # the least time between two steer.reply messages of one reply
@@ -62,7 +59,7 @@ def default_layer(num_layers: int) -> int:
     return max(0, min(num_layers - 1, num_layers // 3))
 
 
-class SteeringPanel:
+class SteeringPanel(WorkerPanel):
     """The kernel side of a ChatWidget's Steering tab (``steer.*`` messages).
 
     Args:
@@ -75,11 +72,11 @@ class SteeringPanel:
         True
     """
 
+    namespace = "steer."
+
     def __init__(self, chat: Any, worker: GenerationWorker) -> None:
+        super().__init__(chat, worker)
         self._chat = chat
-        self._worker = worker
-        self._lock = threading.Lock()
-        self._tasks: set[Task] = set()
         self.vector: np.ndarray | None = None  # the last vector computed in the tab
         self.layer: int | None = None  # the layer it was computed (and is added) at
         self._counts = (0, 0)  # how many prompts for and against it came from
@@ -102,74 +99,32 @@ class SteeringPanel:
             )
         state.steering = check_steering(state.model, steering)
 
-    # ---- messages (kernel main thread) ----
+    # ---- messages ----
 
     def handle(self, content: Any, buffers: Any = None) -> bool:
-        """Handles ``content`` if it is a ``steer.`` message; False if it is someone else's."""
-        if not (isinstance(content, dict) and str(content.get("kind", "")).startswith("steer.")):
-            return False
-        try:
-            request = P.parse_request(content)
-        except P.ProtocolError as exc:
-            self._error(request_id_of(content), str(content.get("kind")), P.ERROR_BAD_REQUEST, exc)
-            return True
-        if request.kind == P.STEER_CANCEL:
+        """Handles a ``steer.`` message; Stop at once, on the kernel's main thread."""
+        if isinstance(content, dict) and content.get("kind") == P.STEER_CANCEL:
             self.cancel()
             return True
-        if request.kind == P.STEER_APPLY:
-            self._guarded(request, self._apply)
-            return True
-        job = {
+        return super().handle(content, buffers)
+
+    def jobs(self) -> dict[str, Job]:
+        return {
             P.STEER_OPEN: self._info,
             P.STEER_COMPUTE: self._compute,
             P.STEER_ASK: self._ask,
-        }[request.kind]
-        self._submit(request, job)
-        return True
+            P.STEER_APPLY: self._apply,  # between two replies, never during one
+        }
 
-    def cancel(self) -> None:
-        """Stops this tab's computation now running and drops those waiting (not the chat's)."""
-        with self._lock:
-            tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
+    def ready(self) -> None:
+        if self.model() is None:
+            raise NotReady("the model is still loading")
 
     # ---- jobs (worker thread) ----
 
-    def _submit(self, request: P.Request, job: Callable[[P.Request, threading.Event], Any]) -> None:
-        def run(cancel: threading.Event) -> Any:
-            if self.model() is None:
-                raise _NotReady("the model is still loading")
-            return job(request, cancel)
-
-        def failed(task: Task, exc: BaseException) -> None:
-            code = P.ERROR_NOT_READY if isinstance(exc, _NotReady) else P.ERROR_FAILED
-            if not isinstance(exc, _NotReady):
-                log.error("steering request %s failed", request.kind, exc_info=exc)
-            self._error(request.id, request.kind, code, exc)
-
-        def dropped(task: Task) -> None:
-            self._error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
-
-        def after(task: Task) -> None:
-            with self._lock:
-                self._tasks.discard(task)
-
-        task = Task(
-            run,
-            stream=False,
-            on_error=failed,
-            on_dropped=dropped,
-            after=after,
-            name=request.kind,
-        )
-        with self._lock:
-            self._tasks.add(task)
-        self._worker.submit(task)
-
     def _info(self, request: P.Request, cancel: threading.Event) -> None:
         layers = int(self.model().backbone.num_layers)
-        self._send(
+        self.send(
             P.envelope(
                 P.STEER_INFO,
                 request.id,
@@ -186,15 +141,15 @@ class SteeringPanel:
             self.model(), fields["positive"], fields["negative"], layer=fields["layer"]
         )
         if cancel.is_set():  # stopped while it ran: the old vector stays
-            self._error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
+            self.error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
             return
         self.vector, self.layer = vector, int(fields["layer"])
         self._counts = (len(fields["positive"]), len(fields["negative"]))
-        self._send(P.envelope(P.STEER_VECTOR, request.id, **self._vector_summary()))
+        self.send(P.envelope(P.STEER_VECTOR, request.id, **self._vector_summary()))
 
     def _ask(self, request: P.Request, cancel: threading.Event) -> None:
         if self.vector is None or self.layer is None:
-            raise _NotReady("compute a vector first")
+            raise NotReady("compute a vector first")
         question, strength = request.fields["question"], float(request.fields["strength"])
         if not np.isfinite(strength):
             raise ValueError(f"strength={strength!r}: use a finite number")
@@ -210,7 +165,7 @@ class SteeringPanel:
         for which, edits in (("plain", None), ("steered", steering)):
             self._stream_reply(request, which, conversation, edits, limit, cancel)
             if cancel.is_set():  # the view leaves its busy state on this answer
-                self._error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
+                self.error(request.id, request.kind, P.ERROR_CANCELLED, "stopped")
                 return
 
     def _stream_reply(self, request, which, conversation, steering, limit, cancel) -> None:
@@ -233,24 +188,15 @@ class SteeringPanel:
             elif isinstance(event, DoneEvent):
                 self._reply(request.id, which, event.text, True, event.stop_reason)
 
-    def _apply(self, request: P.Request) -> None:
+    def _apply(self, request: P.Request, cancel: threading.Event) -> None:
         strength = request.fields["strength"]
         if strength is None:
             self.set(None)
         elif self.vector is None or self.layer is None:
-            raise _NotReady("compute a vector first")
+            raise NotReady("compute a vector first")
         else:
             self.set({self.layer: float(strength) * self.vector})
-        self._send(
-            P.envelope(
-                P.STEER_INFO,
-                request.id,
-                num_layers=int(self.model().backbone.num_layers),
-                layer=self.layer,
-                vector=self._vector_summary(),
-                applied=sorted(self.get() or {}),
-            )
-        )
+        self._info(request, cancel)  # what is applied now
 
     # ---- helpers ----
 
@@ -265,31 +211,9 @@ class SteeringPanel:
             "negative": negative,
         }
 
-    def _guarded(self, request: P.Request, fn: Callable[[P.Request], None]) -> None:
-        try:
-            fn(request)
-        except _NotReady as exc:
-            self._error(request.id, request.kind, P.ERROR_NOT_READY, exc)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            self._error(request.id, request.kind, P.ERROR_BAD_REQUEST, exc)
-
     def _reply(self, request_id: str, which: str, text: str, done: bool, reason: Any) -> None:
-        self._send(
+        self.send(
             P.envelope(
                 P.STEER_REPLY, request_id, which=which, text=text, done=done, stop_reason=reason
             )
         )
-
-    def _error(self, request_id: str, kind: str, code: str, error: Any) -> None:
-        self._send(
-            P.envelope(P.STEER_ERROR, request_id, request_kind=kind, code=code, message=str(error))
-        )
-
-    def _send(self, content: dict, buffers: list | None = None) -> None:
-        if getattr(self._chat, "comm", None) is None:  # closed: nobody to tell
-            return
-        self._chat.send(content, buffers or None)
-
-
-class _NotReady(RuntimeError):
-    pass
