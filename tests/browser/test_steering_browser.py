@@ -6,7 +6,8 @@ a large strength; the steered reply must differ from the unsteered one. Compare:
 conversation against a copy of SmolLM2 whose layer 3 MLP output is scaled by 3 (log-probability
 differences of up to about 2.6 nats on a short English sentence; the same model in bfloat16 moves
 them by at most about 0.13, too little to see), checks the tokens are coloured, opens both top-k
-lists and B's continuation. Screenshots: test-artifacts/steering-*.png and compare-*.png.
+lists and B's continuation; the standalone CompareView colours a text the same way.
+Screenshots: test-artifacts/steering-*.png and compare-*.png.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ CELLS = [
     "down = other.backbone.transformer_layers[3].feedforward_output_dense\n"
     "down.kernel.assign(down.kernel * 3.0)  # one layer's MLP output three times as strong\n"
     "chat.compare_with(other)",
+    "from kerasllm_widget import CompareView\n"
+    'CompareView(chat.chat_state.model, other, text="The capital of France is Paris.")',
 ]
 
 # The panel of the first (only) widget on the page.
@@ -148,3 +151,20 @@ def test_the_compare_tab_colours_tokens_by_the_difference(notebook):
         timeout=LOAD_TIMEOUT_S * 1000,
     )
     H.screenshot(chat.locator(".kw-root"), f"compare-{notebook.flavour}.png")
+
+
+def test_the_standalone_compare_view_colours_a_text(notebook):
+    page = notebook.page
+    notebook.run_cell(2)
+    view = page.locator(".kerasllm-widget").nth(1)
+    page.wait_for_function(
+        """() => document.querySelectorAll('.kerasllm-widget')[1]
+                   ?.querySelectorAll('button.kw-compare-token').length >= 5""",
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+    styles = view.locator("button.kw-compare-token").evaluate_all(
+        "buttons => buttons.map(b => getComputedStyle(b).backgroundColor)"
+    )
+    assert len(set(styles)) >= 2, styles
+    assert "mean KL" in view.inner_text()
+    H.screenshot(view.locator(".kw-root"), f"compare-view-{notebook.flavour}.png")
