@@ -15,6 +15,7 @@ const entries = {
   lens: "js/lens/index.ts",
   training: "js/training/index.ts",
   attribution: "js/attribution/index.ts",
+  compare: "js/compare/index.ts",
 };
 
 const options = {

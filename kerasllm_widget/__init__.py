@@ -29,6 +29,7 @@ _EXPORTS = {
     "LogitLensView": "kerasllm_widget.widgets.logit_lens_view",
     "AttributionView": "kerasllm_widget.widgets.attribution_view",
     "TrainingMonitor": "kerasllm_widget.widgets.training_monitor",
+    "CompareView": "kerasllm_widget.widgets.compare_view",
     "PresetError": "kerasllm_widget.checkpoints.errors",
 }
 

@@ -6,10 +6,12 @@ import type { AnyModel } from "@anywidget/types";
 import { renderAttentionTab } from "../attention/chat_tab";
 import { ATTRIBUTION_TAB, renderAttributionTab } from "../attribution/chat_tab";
 import { renderChat } from "../chat/chat_view";
+import { hasCompare, renderCompareTab } from "../compare/chat_tab";
 import { renderCacheTab } from "../kv_cache/chat_tab";
 import { renderLensTab } from "../lens/chat_tab";
 import { renderProbabilitiesTab } from "../probabilities/chat_tab";
 import type { ChatModel } from "../shared/protocol";
+import { renderSteeringTab } from "../steering/steering_view";
 import { renderTokensTab } from "../tokens/chat_tab";
 import { hasTraining, renderTrainingTab } from "../training/chat_tab";
 
@@ -37,5 +39,13 @@ export const TABS: TabDefinition[] = [
     render: renderTrainingTab,
     available: hasTraining,
     changes: ["change:training"],
+  },
+  { id: "steering", label: "Steering", render: renderSteeringTab },
+  {
+    id: "compare",
+    label: "Compare",
+    render: renderCompareTab,
+    available: hasCompare,
+    changes: ["change:compare"],
   },
 ];

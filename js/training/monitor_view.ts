@@ -7,6 +7,7 @@ import { h, perFrame, svg } from "../shared/dom";
 import { formatSeconds } from "../shared/format";
 import { extent, formatValue, linearScale, movingAverage, pathWithGaps } from "./chart";
 import { type StepPoint, TRAINING_REQUEST, type TrainingModel } from "./protocol";
+import { renderStartComparison } from "./start_compare";
 
 const WIDTH = 640;
 const MARGIN = { left: 52, right: 12, top: 10, bottom: 22 };
@@ -208,7 +209,13 @@ export function renderMonitor(model: AnyModel<TrainingModel>, el: HTMLElement): 
     samples.replaceChildren(
       ...(prompt ? [h("li", { class: "kw-train-prompt" }, `Prompt: ${prompt}`)] : []),
       ...sampleList.map((s) =>
-        h("li", {}, h("span", { class: "kw-train-sample-epoch" }, `epoch ${s.epoch}`), s.text),
+        h(
+          "li",
+          {},
+          h("span", { class: "kw-train-sample-epoch" }, `epoch ${s.epoch}`),
+          s.text,
+          s.compare ? renderStartComparison(s.compare) : null,
+        ),
       ),
     );
     const message = model.get("error");

@@ -29,6 +29,8 @@ export interface Sample {
   epoch: number;
   prompt: string;
   text: string;
+  /** The reply scored under the starting and the current weights (training_start.py). */
+  compare?: StartComparison | null;
 }
 
 export interface Progress {
@@ -48,4 +50,14 @@ export interface TrainingModel {
   progress: Progress;
   sample_prompt_text: string;
   error: string;
+}
+
+/** A sample's reply tokens under the weights `fit` started from and the current ones. */
+export interface StartComparison {
+  pieces: string[];
+  logprob_start: number[];
+  logprob_now: number[];
+  kl: number[];
+  mean_kl: number;
+  start: "lora" | "copy";
 }

@@ -50,6 +50,7 @@ _EXPORTS = {
     "run_with_cache": "hooks",
     "run_with_hooks": "hooks",
     "ModelComparison": "steering",
+    "compare_logits": "steering",
     "compare_models": "steering",
     "steering_vector": "steering",
     "TokenTable": "token_table",

@@ -16,7 +16,7 @@ import numpy as np
 
 from kerasllm_widget.inspect.hooks import run_with_cache, run_with_hooks
 
-__all__ = ["ModelComparison", "compare_models", "steering_vector"]
+__all__ = ["ModelComparison", "compare_logits", "compare_models", "steering_vector"]
 
 
 def _prompt_ids(model, prompt: Any, argument: str) -> list[int]:
@@ -86,6 +86,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def _check_top_k(top_k: Any) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r}: use a whole number >= 1.")
+
+
 def compare_models(model_a, model_b, token_ids, top_k: int = 5) -> ModelComparison:
     """Scores ``token_ids`` (one sequence) under both models.
 
@@ -105,14 +110,31 @@ def compare_models(model_a, model_b, token_ids, top_k: int = 5) -> ModelComparis
             f"The models have different vocabularies ({vocab_a} and {vocab_b} tokens): compare "
             "models that share a tokenizer."
         )
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k={top_k!r}: use a whole number >= 1.")
-    log_a = _log_softmax(run_with_hooks(model_a, ids)[0])
-    log_b = _log_softmax(run_with_hooks(model_b, ids)[0])
+    _check_top_k(top_k)  # before two forward passes
+    log_a = run_with_hooks(model_a, ids)[0]
+    log_b = run_with_hooks(model_b, ids)[0]
+    return compare_logits(log_a, log_b, ids, top_k=top_k)
+
+
+def compare_logits(logits_a, logits_b, token_ids, top_k: int = 5) -> ModelComparison:
+    """`compare_models` from the two models' logits ``[T, vocabulary]`` of ``token_ids``
+    (for scores computed another way, e.g. one model under two sets of weights).
+
+    Example:
+        >>> diff = compare_logits(logits_start, logits_now, ids)  # doctest: +SKIP
+    """
+    ids = np.asarray(token_ids).reshape(-1)
+    _check_top_k(top_k)
+    log_a = _log_softmax(np.asarray(logits_a))
+    log_b = _log_softmax(np.asarray(logits_b))
+    if log_a.shape != log_b.shape or log_a.shape[0] != ids.size:
+        raise ValueError(
+            f"logits_a {log_a.shape} and logits_b {log_b.shape} must both be [{ids.size}, vocabulary]."
+        )
     steps = np.arange(ids.size - 1)
     following = ids[1:].astype(np.int64)
     kl = (np.exp(log_a[:-1]) * (log_a[:-1] - log_b[:-1])).sum(-1)
-    k = min(int(top_k), vocab_a)
+    k = min(int(top_k), log_a.shape[-1])
 
     def top(log_probs):
         order = np.argsort(-log_probs, axis=-1, kind="stable")[:, :k]

@@ -31,6 +31,7 @@ from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._bundle import bundle
+from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
 from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
 from kerasllm_widget.widgets.chat_replies import (
@@ -40,9 +41,11 @@ from kerasllm_widget.widgets.chat_replies import (
     describe,
 )
 from kerasllm_widget.widgets.chat_transcript import ChatTranscript, initial_status, last_index
+from kerasllm_widget.widgets.compare_panel import ComparePanel, resolve_model
 from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.kv_cache_service import KvCacheService
 from kerasllm_widget.widgets.reply_handle import ReplyHandle
+from kerasllm_widget.widgets.steering_panel import SteeringPanel
 from kerasllm_widget.widgets.training_monitor import TrainingMonitor
 
 __all__ = ["SAMPLING_NAMES", "TRAINING_WAIT_MESSAGE", "ChatWidget", "ReplyHandle"]
@@ -86,6 +89,8 @@ class ChatWidget(anywidget.AnyWidget):
     training = traitlets.Instance(TrainingMonitor, allow_none=True).tag(
         sync=True, **widget_serialization
     )
+    # The names of the two models of the Compare tab ({"a", "b"}; the tab shows once set).
+    compare = traitlets.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -114,6 +119,12 @@ class ChatWidget(anywidget.AnyWidget):
         # The inspector tabs (Tokens, Attention, Probabilities) share this comm; see chat_inspectors.
         self._inspectors = chat_inspector_service(self)
         self._cache_view = KvCacheService(self)  # the Cache tab
+        # The Steering and Compare tabs run on the chat's worker, behind its replies.
+        self._steering = SteeringPanel(self, self._worker)
+        source = ChatSource(chat=self)
+        self._compare = ComparePanel(
+            self, self._worker, model_a=source.model, sequence=lambda: source.sequence(None)
+        )
         self.on_msg(self._on_custom_message)
         if model_or_chat_state is not None:
             self._attach(model_or_chat_state)
@@ -209,6 +220,30 @@ class ChatWidget(anywidget.AnyWidget):
         monitor = TrainingMonitor(sample_prompt=sample_prompt, **kwargs)
         self.training = monitor
         return monitor
+
+    @property
+    def steering(self) -> dict | None:
+        """``{layer: vector}`` added to the residual after that decoder layer in every reply
+        from now on (None: off); checked when set (layer in range, vector ``[hidden]``, finite).
+
+        Example:
+            >>> v = inspect.steering_vector(model, ["I love it"], ["I hate it"], layer=10)  # doctest: +SKIP
+            >>> chat.steering = {10: 4.0 * v}  # doctest: +SKIP
+        """
+        return self._steering.get()
+
+    @steering.setter
+    def steering(self, value: dict | None) -> None:
+        self._steering.set(value)
+
+    def compare_with(self, other: Any) -> None:
+        """Adds a Compare tab: the conversation scored under this model and ``other`` (a
+        `Llama3CausalLM`, a preset name or a ChatWidget) token by token.
+
+        Example:
+            >>> chat.compare_with("smollm2-135m-instruct")  # doctest: +SKIP
+        """
+        self.compare = self._compare.set_model_b(resolve_model(other))
 
     @property
     def chat_state(self) -> Any:
@@ -322,8 +357,9 @@ class ChatWidget(anywidget.AnyWidget):
     # ---- messages from the front end (kernel main thread) ----
 
     def _on_custom_message(self, widget: Any, content: Any, buffers: list[Any]) -> None:
-        if self._inspectors.handle(content, buffers) or self._cache_view.handle(content, buffers):
-            return  # an inspector tab's or the Cache tab's request
+        tabs = (self._inspectors, self._cache_view, self._steering, self._compare)
+        if any(tab.handle(content, buffers) for tab in tabs):
+            return  # an inspector tab's, the Cache, Steering or Compare tab's request
         try:
             request = P.parse_request(content)
         except P.ProtocolError as exc:

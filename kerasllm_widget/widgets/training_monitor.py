@@ -32,6 +32,7 @@ import traitlets
 
 from kerasllm_widget.training.turns import forget_generation_cache, model_turns
 from kerasllm_widget.widgets._bundle import bundle
+from kerasllm_widget.widgets.training_start import StartingWeights
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,10 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         title: shown in the panel's header.
         update_interval_s: at most one update of the step curve per this many seconds.
         max_points: the step curve is thinned beyond this many points.
+        compare_start: for a full fine-tune, keep a copy of the starting weights so that each
+            sample is also scored under them (doubles the weights' memory). A LoRA run always
+            compares, for free: its starting weights are the base model without the adapters.
+            See `training_start`.
 
     Example:
         >>> monitor = TrainingMonitor(sample_prompt=[{"role": "user", "content": "Hi!"}])  # doctest: +SKIP
@@ -87,7 +92,9 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
     status = traitlets.Unicode("idle").tag(sync=True)  # idle | training | done | stopped | error
     steps = traitlets.List().tag(sync=True)  # {step, epoch, loss, lr, seconds}
     epochs = traitlets.List().tag(sync=True)  # {epoch, loss, val_loss, metrics, seconds}
-    samples = traitlets.List().tag(sync=True)  # {epoch, prompt, text}
+    # {epoch, prompt, text, compare?}: compare (`StartingWeights.compare`) scores the reply
+    # under the starting and the current weights.
+    samples = traitlets.List().tag(sync=True)
     progress = traitlets.Dict().tag(sync=True)  # {epoch, epochs, step, steps_per_epoch, ...}
     sample_prompt_text = traitlets.Unicode("").tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
@@ -99,6 +106,7 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         title: str = "Training",
         update_interval_s: float = 0.25,
         max_points: int = 4000,
+        compare_start: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(title=title, **kwargs)
@@ -107,6 +115,8 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
         self.max_new_tokens = int(max_new_tokens)
         self.update_interval_s = float(update_interval_s)
         self.max_points = int(max_points)
+        self.compare_start = bool(compare_start)
+        self._start: StartingWeights | None = None
         self.sample_prompt_text = _prompt_text(sample_prompt)
         self._pending: list[dict] = []
         self._last_sync = 0.0
@@ -156,6 +166,8 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
             "seconds_per_step": None,
         }
         self.status = "training"
+        if self.sample_prompt is not None:
+            self._start = StartingWeights.capture(self.model, self.compare_start)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = int(epoch)
@@ -247,7 +259,14 @@ class TrainingMonitor(anywidget.AnyWidget, keras.callbacks.Callback):
             log.exception("TrainingMonitor: sample generation failed")
             self.error = f"sample generation failed: {error}"
             return None
-        return {"epoch": epoch, "prompt": self.sample_prompt_text, "text": str(text)}
+        sample = {"epoch": epoch, "prompt": self.sample_prompt_text, "text": str(text)}
+        if self._start is not None:
+            try:
+                sample["compare"] = self._start.compare(model, self.sample_prompt, str(text))
+            except Exception as error:  # a failed comparison must not end the training run
+                log.exception("TrainingMonitor: scoring under the starting weights failed")
+                self.error = f"comparing with the starting weights failed: {error}"
+        return sample
 
 
 def _prompt_text(prompt: Any) -> str:

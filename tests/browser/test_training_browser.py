@@ -22,7 +22,8 @@ CELLS = [
     "model.compile(optimizer=keras.optimizers.AdamW(1e-2))\n"
     "chat = ChatWidget(model, temperature=0.0, max_new_tokens=8)\n"
     'monitor = chat.training_monitor(sample_prompt="Hello!", max_new_tokens=6,\n'
-    '                                title="Tiny Llama learns", update_interval_s=0.0)\n'
+    '                                title="Tiny Llama learns", update_interval_s=0.0,\n'
+    "                                compare_start=True)\n"
     "chat",
     "history = model.fit(CORPUS * 2, batch_size=4, epochs=4, callbacks=[monitor], verbose=0)\n"
     'print("LOSSES", [round(v, 3) for v in history.history["loss"]])',
@@ -72,6 +73,10 @@ def test_training_tab_draws_the_live_curve_of_a_fit(server):
             assert training.locator(".kw-train-epoch circle").count() == 4
             assert training.locator(".kw-train-epochs tr").count() == 5  # header + 4 epochs
             assert training.locator(".kw-train-samples li").count() == 5  # prompt + 4 samples
+            # Each sample scored under the starting weights too (compare_start=True): a coloured
+            # line of its tokens with the mean KL.
+            deltas = training.locator(".kw-train-delta")
+            assert deltas.count() >= 1 and "mean KL" in deltas.first.inner_text()
             stats = training.locator(".kw-train-stats").inner_text()
             assert "epoch 4/4" in stats and "step 4/4" in stats and "lr 1.00e-2" in stats
             shot = H.screenshot(panel.locator(".kw-root"), "training-tab.png")
