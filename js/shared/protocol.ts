@@ -18,6 +18,9 @@ export const REQUEST = {
   cancel: "chat.cancel",
   clear: "chat.clear",
   sync: "chat.sync",
+  branch: "chat.branch",
+  switch: "chat.switch",
+  exportTree: "chat.export_tree",
 } as const;
 
 /** Kernel to front end. */
@@ -26,6 +29,7 @@ export const RESPONSE = {
   done: "chat.done",
   error: "chat.error",
   snapshot: "chat.snapshot",
+  tree: "chat.tree",
 } as const;
 
 export type RequestKind = (typeof REQUEST)[keyof typeof REQUEST];
@@ -55,7 +59,25 @@ export interface EditRequest extends Envelope<"chat.edit"> {
 export type CancelRequest = Envelope<"chat.cancel">;
 export type ClearRequest = Envelope<"chat.clear">;
 export type SyncRequest = Envelope<"chat.sync">;
+/** Continue reply `message_id` from its first `token_index` tokens and `token_id` or the typed
+ * `text` (both null: the model picks); it streams in place of the reply, which stays a sibling. */
+export interface BranchRequest extends Envelope<"chat.branch"> {
+  message_id: string;
+  token_index: number;
+  token_id: number | null;
+  text: string | null;
+}
+/** Show sibling `index` of message `message_id` (an entry with `siblings`). */
+export interface SwitchRequest extends Envelope<"chat.switch"> {
+  message_id: string;
+  index: number;
+}
+/** Ask for the whole conversation tree (answered by `chat.tree`), for the JSON export. */
+export type ExportTreeRequest = Envelope<"chat.export_tree">;
 export type Request =
+  | ExportTreeRequest
+  | BranchRequest
+  | SwitchRequest
   | SendRequest
   | RegenerateRequest
   | EditRequest
@@ -115,7 +137,12 @@ export interface SnapshotMessage extends Envelope<"chat.snapshot"> {
   tokens: TokenRecord[];
 }
 
-export type Response = TokenBatch | DoneMessage | ErrorMessage | SnapshotMessage;
+/** The conversation tree as `ChatState.to_json` writes it (null: no model yet). */
+export interface TreeMessage extends Envelope<"chat.tree"> {
+  document: string | null;
+}
+
+export type Response = TokenBatch | DoneMessage | ErrorMessage | SnapshotMessage | TreeMessage;
 
 // ---- durable state (traitlets) ----
 
@@ -131,6 +158,10 @@ export interface TranscriptEntry {
   notice?: string;
   error?: string;
   stats?: ReplyStats;
+  /** The id of the ChatState message this entry stands for, once the model read it. */
+  state_id?: string;
+  /** [shown index, count] when the message has siblings (branches, regenerated replies). */
+  siblings?: [number, number];
 }
 
 export type WidgetState = "loading" | "ready" | "generating" | "error";
@@ -193,6 +224,9 @@ export function parseResponse(raw: unknown): Response | null {
     case RESPONSE.snapshot:
       if (typeof message.text !== "string" || typeof message.count !== "number") return null;
       return message as unknown as SnapshotMessage;
+    case RESPONSE.tree:
+      if (typeof message.document !== "string" && message.document !== null) return null;
+      return message as unknown as TreeMessage;
     default:
       return null;
   }

@@ -45,6 +45,17 @@ class ChatBranches:
             self.messages[:] = self.tree.with_ids(self.messages)
             return self.tree.siblings(self.messages, message_id)
 
+    def sibling_counts(self) -> dict[str, tuple[int, int]]:
+        """``{message id: (index, count)}`` for every message on the visible path that has
+        siblings: which of them it is, and how many there are (the panel's ``‹ 2 / 3 ›``).
+
+        Example:
+            >>> chat.sibling_counts()  # doctest: +SKIP
+            {'3f2a9c0e1b7d': (1, 2)}
+        """
+        with self._lock:
+            return self.tree.shown_counts()
+
     def switch(self, message_id: str, index: int) -> list[dict[str, Any]]:
         """Shows sibling ``index`` of ``message_id``, followed by that sibling's own
         continuation; returns the new `messages`.
@@ -79,6 +90,32 @@ class ChatBranches:
             >>> events = list(chat.branch(reply, 5, token_id=1234, temperature=0))  # doctest: +SKIP
             >>> events = list(chat.branch(reply, 5, text=" Actually,"))  # doctest: +SKIP
         """
+        messages, position, prefix = self._branch_point(
+            message_id, token_index, token_id, text, sampling.get("stop_token_ids")
+        )
+        options = self._options(sampling)
+        return self._branch_run(messages, position, prefix, cancel_event, options)
+
+    def branch_prefix(
+        self,
+        message_id: str,
+        token_index: int,
+        token_id: int | None = None,
+        *,
+        text: str | None = None,
+        stop_token_ids=None,
+    ) -> list[int]:
+        """The token ids a `branch` with these arguments starts from (the reply's first
+        ``token_index`` ids, then ``token_id`` or the tokens of ``text``), checked as `branch`
+        checks them.
+
+        Example:
+            >>> chat.branch_prefix(chat.messages[-1]["id"], 2, token_id=1234)  # doctest: +SKIP
+            [40, 1021, 1234]
+        """
+        return self._branch_point(message_id, token_index, token_id, text, stop_token_ids)[2]
+
+    def _branch_point(self, message_id, token_index, token_id, text, stop_token_ids):
         with self._lock:
             self.messages[:] = messages = self.tree.with_ids(self.messages)
             position = self.tree.position(messages, message_id)
@@ -98,17 +135,16 @@ class ChatBranches:
             raise IndexError(
                 f"token_index={token_index!r} is not in this reply: use 0 to {len(reply)}."
             )
-        prefix = [*reply[:token_index], *self._chosen_ids(token_id, text, sampling)]
-        options = self._options(sampling)
-        return self._branch_run(messages, position, prefix, cancel_event, options)
+        prefix = [*reply[:token_index], *self._chosen_ids(token_id, text, stop_token_ids)]
+        return messages, position, prefix
 
-    def _chosen_ids(self, token_id: int | None, text: str | None, sampling: dict) -> list[int]:
+    def _chosen_ids(self, token_id: int | None, text: str | None, stop_token_ids) -> list[int]:
         """The ids a branch starts with after its prefix: ``token_id``, or ``text`` tokenized."""
         if token_id is not None and text is not None:
             raise ValueError(
                 f"token_id={token_id!r} and text={text!r}: give one of them, or neither."
             )
-        stops = stop_token_ids_of(self.model.tokenizer, sampling.get("stop_token_ids"))
+        stops = stop_token_ids_of(self.model.tokenizer, stop_token_ids)
         if text is not None:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"text={text!r} is not allowed: type some text, or pass None.")

@@ -82,6 +82,10 @@ class ChatTree:
             rows.append({"id": message["id"], "content": message["content"]})
         return {"index": group["shown"], "messages": rows}
 
+    def shown_counts(self) -> dict[str, tuple[int, int]]:
+        """``{shown id: (index, count)}`` of every sibling group."""
+        return {g["ids"][g["shown"]]: (g["shown"], len(g["ids"])) for g in self.groups.values()}
+
     def add_sibling(self, messages: list[Message], position: int, new: Message) -> list[Message]:
         """Makes ``new`` a sibling of ``messages[position]`` and shows it; returns the new path
         (the old message's continuation is kept hidden)."""
