@@ -110,7 +110,7 @@ describe("branching a reply from one of its tokens", () => {
 
   it("moves between alternatives with the arrows and closes on Esc", async () => {
     const popover = openToken(1);
-    await Promise.resolve(); // the popover takes the focus once it is drawn
+    await new Promise((resolve) => setTimeout(resolve, 0)); // it takes the focus once drawn
     const rows = [...popover.querySelectorAll<HTMLButtonElement>("button.kw-bar-row")];
     expect(document.activeElement).toBe(rows[0]);
     popover.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowDown", bubbles: true }));

@@ -104,6 +104,8 @@ export function renderTokenPopover(target: TokenTarget, options: TokenPopoverOpt
       class: "kw-alternatives kw-token-popover",
       role: "dialog",
       "aria-label": `Token ${record.index}`,
+      // The notebook's own shortcuts (arrows select cells, Esc leaves edit mode) stay out.
+      "data-lm-suppress-shortcuts": "true",
     },
     h(
       "div",

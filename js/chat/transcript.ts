@@ -370,7 +370,9 @@ export class TranscriptView {
           ? null
           : "This reply is not part of the conversation the model reads.",
     });
-    queueMicrotask(() => focusPopover(popover));
+    // After the click that opened it has finished its way up: a notebook that activates the
+    // cell on a click (Notebook 7) would take the focus back from an earlier call.
+    setTimeout(() => focusPopover(popover), 0);
     return popover;
   }
 
