@@ -7,6 +7,7 @@ wrong request is answered at once without changing anything."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from test_chat_widget import FrontEnd, _idle, _tiny_chat_model, _wait_for
@@ -104,3 +105,29 @@ def test_a_wrong_branch_is_answered_at_once_and_changes_nothing(chat, fields, ma
     assert chat.transcript == before
     with pytest.raises(ValueError, match="index from 0 to 0"):
         chat.switch(before[1]["id"], 1)
+
+
+def test_stop_during_a_branch_keeps_what_it_said_as_a_sibling(chat):
+    view = FrontEnd(chat)
+    chat.send("hello").result(timeout=180)
+    reply = chat.transcript[1]
+    chat.max_new_tokens = 400
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(event):  # the branch's first token of its own waits for the Stop
+        reached.set()
+        release.wait(60)
+
+    chat.on_token(hold)
+    branch = view.request(
+        "chat.branch", message_id=reply["id"], token_index=2, token_id=None, text=None
+    )
+    assert reached.wait(180)
+    view.request("chat.cancel")
+    assert chat.transcript[1]["status"] == "cancelled"  # shown at once
+    release.set()
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", branch), what="the stop")
+    new = chat.transcript[1]
+    assert new["status"] == "cancelled" and new["stop_reason"] == "cancelled"
+    assert new["siblings"] == [1, 2]
+    assert len(chat.chat_state.token_ids(new["state_id"])) < 2 + 400
