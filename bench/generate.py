@@ -483,7 +483,9 @@ def main() -> None:
         return
 
     if args.branch:
+        print(f"SmolLM2-135M-Instruct (GGUF), load average {os.getloadavg()[0]:.1f} at start")
         print(branch_line(spawn(["--worker", "branch"])))
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         return
 
     if args.steering:
