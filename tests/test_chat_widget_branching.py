@@ -73,6 +73,33 @@ def test_a_branch_streams_in_place_of_the_reply_and_switch_brings_it_back(chat):
     assert len(json.loads(tree["document"])["branches"][0]["ids"]) == 2
 
 
+def test_a_view_that_did_not_see_a_reply_stream_gets_its_tokens(chat):
+    view = FrontEnd(chat)
+    first = view.request("chat.send", text="hello")
+    _wait_for(lambda: _idle(chat) and view.of_kind("chat.done", first), what="the reply")
+    reply = chat.transcript[1]
+    asked = view.request("chat.get_tokens", message_id=reply["id"])
+    (answer,) = view.of_kind("chat.tokens", asked)
+    assert answer["reply_id"] == reply["id"] and answer["tokens"] == _streamed(view, first)
+
+    # A reply the panel never streamed (a ChatState passed in with it): decoded from its ids.
+    from kerasllm_widget.widgets.chat_widget import ChatWidget
+
+    other = ChatWidget(chat.chat_state)
+    try:
+        other.transcript = [{**e, "id": f"copy-{e['id']}"} for e in chat.transcript]
+        other_view = FrontEnd(other)
+        asked = other_view.request("chat.get_tokens", message_id=f"copy-{reply['id']}")
+        (decoded,) = other_view.of_kind("chat.tokens", asked)
+        assert [t["token_id"] for t in decoded["tokens"]] == [
+            t["token_id"] for t in answer["tokens"]
+        ]
+        assert "".join(t["text"] for t in decoded["tokens"]) == reply["content"]
+        assert all(t["logprob"] is None and t["top_k"] == [] for t in decoded["tokens"])
+    finally:
+        other.close()
+
+
 def test_a_typed_continuation_and_regenerate_make_siblings_too(chat):
     view = FrontEnd(chat)
     chat.send("hello").result(timeout=180)

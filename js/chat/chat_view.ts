@@ -85,6 +85,7 @@ export class ChatView {
       regenerate: () => this.send(request(REQUEST.regenerate, {})),
       edit: (entry, text) => this.send(request(REQUEST.edit, { message_id: entry.id, text })),
       branch: (entry, index, tokenId, text) => this.branch(entry, index, tokenId, text),
+      loadTokens: (entry) => this.send(request(REQUEST.getTokens, { message_id: entry.id })),
       switchTo: (entry, index) =>
         this.send(request(REQUEST.switch, { message_id: entry.id, index })),
       tokenActions: this.tokenActions,
@@ -272,6 +273,10 @@ export class ChatView {
         break;
       case "chat.tree":
         this.onTree(message);
+        break;
+      case "chat.tokens":
+        this.replyTokens.set(message.reply_id, message.tokens);
+        this.redraw();
         break;
     }
   }

@@ -122,6 +122,24 @@ describe("branching a reply from one of its tokens", () => {
     expect(sent("chat.cancel")).toHaveLength(0);
   });
 
+  it("asks the kernel for the tokens of a reply this view did not see stream", async () => {
+    const [user, answer] = model.get("transcript");
+    const other = { ...answer, id: "a2", state_id: "m3" } as TranscriptEntry;
+    model.kernelSets("transcript", [user as TranscriptEntry, other]);
+    await nextFrame();
+    reply().querySelector<HTMLButtonElement>(".kw-branch-toggle")?.click();
+    expect(sent("chat.get_tokens")[0]).toMatchObject({ message_id: "a2" });
+    model.kernelSends({
+      kind: "chat.tokens",
+      id: (sent("chat.get_tokens")[0] as { id: string }).id,
+      reply_id: "a2",
+      tokens: [record(0, "Hello", 0.9), record(1, " again", 0.5)],
+    });
+    await nextFrame();
+    const tokens = [...reply().querySelectorAll(".kw-coloured-token")].map((t) => t.textContent);
+    expect(tokens).toEqual(["Hello", " again"]);
+  });
+
   it("shows ‹ 2 / 3 › on a message with siblings and asks the kernel to switch", async () => {
     const [user, answer] = model.get("transcript");
     model.kernelSets("transcript", [

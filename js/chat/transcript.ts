@@ -26,6 +26,8 @@ export interface TranscriptActions {
   edit(entry: TranscriptEntry, text: string): void;
   /** Continue reply `entry` from token `index` with `tokenId` or typed `text` (null: model picks). */
   branch(entry: TranscriptEntry, index: number, tokenId: number | null, text: string | null): void;
+  /** Ask the kernel for the tokens of a reply this view did not see stream. */
+  loadTokens(entry: TranscriptEntry): void;
   /** Show sibling `index` of `entry`. */
   switchTo(entry: TranscriptEntry, index: number): void;
   /** The action row of a token's popover (besides its alternatives and the typed continuation). */
@@ -278,7 +280,9 @@ export class TranscriptView {
     const actions = h("div", { class: "kw-actions" });
     if (!pending) {
       if (text) actions.append(this.copyButton(text));
-      if (tokens && this.colouring === null) actions.append(this.tokenToggle(entry));
+      if (this.colouring === null && (tokens || entry.state_id)) {
+        actions.append(this.tokenToggle(entry, tokens !== undefined));
+      }
       if (isLast) {
         actions.append(
           h(
@@ -328,7 +332,7 @@ export class TranscriptView {
   }
 
   /** Shows a reply token by token (to branch it from a token), or as text again. */
-  private tokenToggle(entry: TranscriptEntry): HTMLElement {
+  private tokenToggle(entry: TranscriptEntry, known: boolean): HTMLElement {
     const on = this.tokenMode.has(entry.id);
     return h(
       "button",
@@ -341,6 +345,7 @@ export class TranscriptView {
         onclick: () => {
           if (on) this.tokenMode.delete(entry.id);
           else this.tokenMode.add(entry.id);
+          if (!known) this.actions.loadTokens(entry); // drawn when they arrive
           this.pick(entry, null);
         },
       },

@@ -21,6 +21,7 @@ export const REQUEST = {
   branch: "chat.branch",
   switch: "chat.switch",
   exportTree: "chat.export_tree",
+  getTokens: "chat.get_tokens",
 } as const;
 
 /** Kernel to front end. */
@@ -30,6 +31,7 @@ export const RESPONSE = {
   error: "chat.error",
   snapshot: "chat.snapshot",
   tree: "chat.tree",
+  tokens: "chat.tokens",
 } as const;
 
 export type RequestKind = (typeof REQUEST)[keyof typeof REQUEST];
@@ -74,7 +76,13 @@ export interface SwitchRequest extends Envelope<"chat.switch"> {
 }
 /** Ask for the whole conversation tree (answered by `chat.tree`), for the JSON export. */
 export type ExportTreeRequest = Envelope<"chat.export_tree">;
+/** Ask for a finished reply's token records (answered by `chat.tokens`), to branch it in a view
+ * that did not see it stream. */
+export interface GetTokensRequest extends Envelope<"chat.get_tokens"> {
+  message_id: string;
+}
 export type Request =
+  | GetTokensRequest
   | ExportTreeRequest
   | BranchRequest
   | SwitchRequest
@@ -142,7 +150,19 @@ export interface TreeMessage extends Envelope<"chat.tree"> {
   document: string | null;
 }
 
-export type Response = TokenBatch | DoneMessage | ErrorMessage | SnapshotMessage | TreeMessage;
+/** A finished reply's tokens (as it streamed, or decoded from its ids without probabilities). */
+export interface TokensMessage extends Envelope<"chat.tokens"> {
+  reply_id: string;
+  tokens: TokenRecord[];
+}
+
+export type Response =
+  | TokenBatch
+  | DoneMessage
+  | ErrorMessage
+  | SnapshotMessage
+  | TreeMessage
+  | TokensMessage;
 
 // ---- durable state (traitlets) ----
 
@@ -224,6 +244,10 @@ export function parseResponse(raw: unknown): Response | null {
     case RESPONSE.snapshot:
       if (typeof message.text !== "string" || typeof message.count !== "number") return null;
       return message as unknown as SnapshotMessage;
+    case RESPONSE.tokens:
+      if (typeof message.reply_id !== "string" || !Array.isArray(message.tokens)) return null;
+      if (!message.tokens.every(isTokenRecord)) return null;
+      return message as unknown as TokensMessage;
     case RESPONSE.tree:
       if (typeof message.document !== "string" && message.document !== null) return null;
       return message as unknown as TreeMessage;

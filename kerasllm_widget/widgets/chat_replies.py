@@ -186,6 +186,18 @@ class ChatReplies:
             )
         return index, entries[index]["state_id"]
 
+    def reply_records(self, entry_id: str) -> list[dict[str, Any]] | None:
+        """The token records of the finished reply ``entry_id``: as it streamed, or decoded
+        from ChatState's token ids (without probabilities); None when there are none."""
+        records = self._transcript.records(entry_id)
+        if records:
+            return records
+        found = self._transcript.find(entry_id)
+        state = self._widget.chat_state
+        state_id = (found or {}).get("state_id")
+        ids = state.token_ids(state_id) if state is not None and state_id else None
+        return prefix_records(state.model.tokenizer, ids, None) if ids else None
+
     def switch(self, entry_id: str, index: int) -> Task:
         """Queues showing sibling ``index`` of the message ``entry_id`` (after the reply being
         made, if any: the conversation does not change under a reply)."""

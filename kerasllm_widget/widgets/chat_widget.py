@@ -386,6 +386,7 @@ class ChatWidget(anywidget.AnyWidget):
             P.CHAT_BRANCH: lambda r: self._branch(r.id, **r.fields),
             P.CHAT_SWITCH: lambda r: self._switch(**r.fields),
             P.CHAT_EXPORT_TREE: self._handle_export_tree,
+            P.CHAT_GET_TOKENS: self._handle_get_tokens,
         }[request.kind]
         try:
             handler(request)
@@ -430,6 +431,16 @@ class ChatWidget(anywidget.AnyWidget):
         to_json = getattr(self._state, "to_json", None)  # None while the model loads
         document = to_json() if to_json is not None else None
         self._emit(P.envelope(P.CHAT_TREE, request.id, document=document))
+
+    def _handle_get_tokens(self, request: P.Request) -> None:
+        message_id = request.fields["message_id"]
+        tokens = self._replies.reply_records(message_id)
+        if tokens is None:
+            self._broadcast_error(
+                request.id, None, P.ERROR_NOTHING_TO_DO, "That reply has no tokens to show."
+            )
+            return
+        self._emit(P.envelope(P.CHAT_TOKENS, request.id, reply_id=message_id, tokens=tokens))
 
     def _handle_sync(self, request: P.Request) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ CHAT_SYNC = "chat.sync"  # {}: ask for a snapshot of the reply being generated
 CHAT_BRANCH = "chat.branch"
 CHAT_SWITCH = "chat.switch"  # {message_id, index}: show another sibling of a message
 CHAT_EXPORT_TREE = "chat.export_tree"  # {}: ask for the conversation tree (the JSON export)
+CHAT_GET_TOKENS = "chat.get_tokens"  # {message_id}: ask for a reply's token records
 
 # Kernel -> front end.
 CHAT_TOKEN = "chat.token"  # {reply_id, tokens: [TokenEvent dicts]}
@@ -41,12 +42,15 @@ CHAT_DONE = "chat.done"  # {reply_id, stop_reason, text, notice, stats}
 CHAT_ERROR = "chat.error"  # {reply_id | None, code, message}
 CHAT_SNAPSHOT = "chat.snapshot"  # {reply_id | None, text, count, tokens}
 CHAT_TREE = "chat.tree"  # {document: ChatState.to_json() | None}
+CHAT_TOKENS = "chat.tokens"  # {reply_id, tokens: [TokenEvent dicts]}: a finished reply's tokens
 
 REQUEST_KINDS = frozenset(
     {CHAT_SEND, CHAT_REGENERATE, CHAT_EDIT, CHAT_CANCEL, CHAT_CLEAR, CHAT_SYNC}
-    | {CHAT_BRANCH, CHAT_SWITCH, CHAT_EXPORT_TREE}
+    | {CHAT_BRANCH, CHAT_SWITCH, CHAT_EXPORT_TREE, CHAT_GET_TOKENS}
 )
-RESPONSE_KINDS = frozenset({CHAT_TOKEN, CHAT_DONE, CHAT_ERROR, CHAT_SNAPSHOT, CHAT_TREE})
+RESPONSE_KINDS = frozenset(
+    {CHAT_TOKEN, CHAT_DONE, CHAT_ERROR, CHAT_SNAPSHOT, CHAT_TREE, CHAT_TOKENS}
+)
 
 # Error codes of `chat.error`. Only "generation" errors are also written into the transcript.
 ERROR_BAD_REQUEST = "bad_request"
@@ -71,6 +75,7 @@ _REQUEST_FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
     },
     CHAT_SWITCH: {"message_id": (str,), "index": (int,)},
     CHAT_EXPORT_TREE: {},
+    CHAT_GET_TOKENS: {"message_id": (str,)},
 }
 
 
