@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { chatState, FakeModel, nextFrame, READY } from "../shared/fake_model";
 import type { ChatModel, TokenRecord, TranscriptEntry } from "../shared/protocol";
 import { renderChat } from "./chat_view";
+import { readable } from "./token_popover";
 
 function record(index: number, text: string, prob: number): TokenRecord {
   return {
@@ -25,6 +26,12 @@ const STATS = {
 };
 
 describe("branching a reply from one of its tokens", () => {
+  it("shows line breaks and tabs in the alternatives, and an empty token as ∅", () => {
+    expect(readable("\n\n")).toBe("↵↵");
+    expect(readable("\tx")).toBe("⇥x");
+    expect(readable("")).toBe("∅");
+  });
+
   let model: FakeModel<ChatModel>;
   let el: HTMLElement;
   let cleanup: () => void;

@@ -41,13 +41,13 @@ export function renderTokenPopover(target: TokenTarget, options: TokenPopoverOpt
   const disabled = options.disabledReason !== null;
   const bars = record.top_k.map((alt) => ({
     tokenId: alt.token_id,
-    piece: alt.text,
+    piece: readable(alt.text),
     prob: alt.prob,
     mark: alt.token_id === record.token_id ? ("chosen" as const) : undefined,
   }));
   const prob = tokenProbability(record);
   if (prob >= 0 && !bars.some((bar) => bar.tokenId === record.token_id)) {
-    bars.push({ tokenId: record.token_id, piece: record.text, prob, mark: "chosen" });
+    bars.push({ tokenId: record.token_id, piece: readable(record.text), prob, mark: "chosen" });
   }
   const alternatives =
     bars.length > 0
@@ -139,6 +139,11 @@ export function renderTokenPopover(target: TokenTarget, options: TokenPopoverOpt
     rows[next]?.focus();
   });
   return popover;
+}
+
+/** A token's text where a line break or a tab can be seen (a bare newline reads as nothing). */
+export function readable(text: string): string {
+  return text.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
 }
 
 /** Gives the focus to the popover's first alternative (or its text box) once it is drawn. */

@@ -103,7 +103,9 @@ def branch_flow(notebook: H.NotebookPage, label: str) -> None:
     assert branch.locator(".kw-markdown").inner_text() != first_text
     branch_tokens = _reply_tokens(branch)
     assert branch_tokens[:BRANCH_AT] == first_tokens[:BRANCH_AT]
-    assert branch_tokens[BRANCH_AT] == piece != first_tokens[BRANCH_AT]
+    # The popover shows a line break as ↵.
+    chosen = branch_tokens[BRANCH_AT].replace("\n", "↵").replace("\t", "⇥")
+    assert chosen == piece and branch_tokens[BRANCH_AT] != first_tokens[BRANCH_AT]
     branch.locator(".kw-branch-toggle").click()  # back to text
     H.screenshot(panel.locator(".kw-root"), f"branch-{label}-branched.png")
 
