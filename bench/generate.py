@@ -10,6 +10,7 @@ chat then counts compilations after warm-up.
     python bench/generate.py --dtypes float32 --no-llama-cpp
     python bench/generate.py --gpu                # Llama-3.2-1B-shaped, random bf16 weights
     python bench/generate.py --gpu --gpu-dtype float16 --gpu-kernels on
+    python bench/generate.py --branch             # only: a branch's time to first token
 
 ``--gpu`` runs a random-weight model shaped like Llama-3.2-1B (2.47 GB of bfloat16 weights) at
 batch 1 and 8, with the GPU decode kernels off and on, and prints tokens/s and the fraction of
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from generate_branch import branch_line, worker_branch  # bench/generate_branch.py, beside this
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -495,6 +498,12 @@ def main() -> None:
         action="store_true",
         help="only: SmolLM2 float32 decode with a steering vector on against off",
     )
+    parser.add_argument(
+        "--branch",
+        action="store_true",
+        help="only: time to first token of a branch at token 200 vs a fresh prompt as long",
+    )
+    parser.add_argument("--no-branch", action="store_true", help="skip the branch row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -506,6 +515,7 @@ def main() -> None:
             "transformers": lambda: worker_transformers(args.dtype, args.repeats),
             "llama.cpp": lambda: worker_llama_cpp(args.dtype, args.repeats),
             "chat": lambda: worker_chat(args.chat_turns),
+            "branch": lambda: worker_branch(str(smollm2_gguf()), STORY),
         }[args.worker]
         print(json.dumps(work()))
         return
@@ -518,6 +528,12 @@ def main() -> None:
             tuple(args.gpu_kernels.split(",")),
             args.gpu_dtype,
         )
+        return
+
+    if args.branch:
+        print(f"SmolLM2-135M-Instruct (GGUF), load average {os.getloadavg()[0]:.1f} at start")
+        print(branch_line(spawn(["--worker", "branch"])))
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         return
 
     if args.steering:
@@ -648,6 +664,8 @@ def main() -> None:
                 f"top-k 50, top-p 0.9), "
                 f"{chat['context_tokens']} tokens of context at the end"
             )
+    if not args.no_branch:
+        print(f"\n{branch_line(spawn(['--worker', 'branch']))}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

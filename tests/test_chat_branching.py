@@ -183,3 +183,93 @@ def test_markdown_of_the_visible_path(model):
     text = chat.to_markdown(title="tiny")
     assert text.startswith("# Chat with tiny\n\n**System prompt**\n\n> Be brief.\n")
     assert "## User\n\nhello\n" in text and "## Assistant" in text
+
+
+def test_regenerate_keeps_the_old_reply_as_a_sibling(model):
+    chat, _, done = _answered(model)
+    first = dict(chat.messages[1])
+    _done(chat.regenerate(max_new_tokens=4, temperature=1.0, seed=3))
+    second = dict(chat.messages[1])
+    assert len(chat.messages) == 2 and second["id"] != first["id"]
+    siblings = chat.branches(second["id"])
+    assert siblings["index"] == 1
+    assert [m["id"] for m in siblings["messages"]] == [first["id"], second["id"]]
+    assert chat.switch(second["id"], 0)[1] == first
+    assert chat.token_ids(first["id"]) == done.token_ids
+
+
+def test_edit_keeps_the_old_question_and_its_continuation_as_a_sibling(model):
+    chat, _, _ = _answered(model)
+    chat.send("and then?", max_new_tokens=3, **GREEDY)
+    old_path = [dict(m) for m in chat.messages]
+    _done(chat.edit(2, "and after that?", max_new_tokens=3, **GREEDY))
+    assert [m["content"] for m in chat.messages[:3]] == [
+        "hello",
+        old_path[1]["content"],
+        "and after that?",
+    ]
+    new_question = chat.messages[2]["id"]
+    assert chat.branches(new_question)["index"] == 1
+    assert chat.switch(new_question, 0) == old_path
+
+
+def test_a_failing_regenerate_or_edit_leaves_messages_and_tree_as_they_were(model, monkeypatch):
+    chat, tokens, _ = _answered(model)
+    _done(chat.branch(chat.messages[1]["id"], K, tokens[K].top_k[1].token_id, max_new_tokens=3))
+    chat.send("and then?", max_new_tokens=3, **GREEDY)
+    before, tree = [dict(m) for m in chat.messages], _state(chat)
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("the device went away")
+
+    monkeypatch.setattr("kerasllm_widget.chat.chat_state.stream_ids", broken)
+    for events in (chat.regenerate(), chat.edit(0, "hi"), chat.edit(2, "and?")):
+        with pytest.raises(RuntimeError, match="device went away"):
+            list(events)
+        assert chat.messages == before and _state(chat) == tree
+
+
+def test_truncate_and_undo_take_the_branches_hanging_from_what_they_remove(model):
+    chat, tokens, _ = _answered(model)
+    first = chat.messages[1]["id"]
+    _done(chat.branch(first, K, tokens[K].top_k[1].token_id, max_new_tokens=3, **GREEDY))
+    chat.send("and then?", max_new_tokens=3, **GREEDY)
+    _done(chat.regenerate(max_new_tokens=3, temperature=1.0, seed=1))
+    assert len(_state(chat)["branches"]) == 2
+
+    chat.undo()  # the second exchange and the regenerated reply's sibling
+    state = _state(chat)
+    assert len(chat.messages) == 2 and len(state["branches"]) == 1
+    assert chat.branches(first)["index"] == 1  # the first reply's branches stay
+
+    chat.truncate(1)  # the reply and both of its siblings
+    state = _state(chat)
+    assert state["branches"] == [] and state["token_ids"] == {}
+    with pytest.raises(KeyError, match="not a message"):
+        chat.switch(first, 0)
+
+
+def test_a_branch_typed_by_the_user_continues_after_the_typed_tokens(model):
+    chat, _, done = _answered(model)
+    typed = model.tokenizer.tokenize(" blue")
+    branch_done = _done(chat.branch(chat.messages[1]["id"], 2, text=" blue", max_new_tokens=3))
+    ids = chat.token_ids(chat.messages[1]["id"])
+    assert ids[: 2 + len(typed)] == [*done.token_ids[:2], *typed]
+    assert branch_done.prefilled_tokens <= len(typed) + 1
+    with pytest.raises(ValueError, match="give one of them"):
+        chat.branch(chat.messages[1]["id"], 1, 5, text="x")
+    with pytest.raises(ValueError, match="text=''"):
+        chat.branch(chat.messages[1]["id"], 1, text="")
+
+
+def test_a_branch_at_token_200_prefills_only_its_new_tokens(model):
+    chat = ChatState(model)
+    done = _done(chat.stream("hello", max_new_tokens=210, **GREEDY))
+    assert len(done.token_ids) == 210
+    reply = chat.messages[1]["id"]
+    branch_done = _done(chat.branch(reply, 200, 7, max_new_tokens=4, **GREEDY))
+    assert branch_done.prompt_tokens > 200
+    # The kept cache holds the prompt and the first 200 tokens: only the chosen one is new
+    # (and the last kept position, which the engine recomputes for its logits).
+    assert branch_done.prefilled_tokens <= 2

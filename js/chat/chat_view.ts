@@ -5,6 +5,7 @@
 // that opens mid-reply asks for a `chat.snapshot` and continues from there.
 
 import type { AnyModel } from "@anywidget/types";
+import { ATTRIBUTION_TAB } from "../attribution/chat_tab";
 import { download, h, perFrame } from "../shared/dom";
 import {
   type ChatModel,
@@ -17,13 +18,21 @@ import {
   type Status,
   type TokenRecord,
   type TranscriptEntry,
+  type TreeMessage,
 } from "../shared/protocol";
 import { StreamAssembler } from "../shared/stream";
+import { requestTab } from "../shared/tab_requests";
 import { Composer } from "./composer";
-import { exportFilename, transcriptToJson, transcriptToMarkdown } from "./export";
+import {
+  type ExportContext,
+  exportFilename,
+  transcriptToJson,
+  transcriptToMarkdown,
+} from "./export";
 import { SettingsDrawer } from "./settings";
 import { StatusLine } from "./status_line";
 import type { TokenColouring } from "./token_colours";
+import type { TokenAction } from "./token_popover";
 import { TranscriptView } from "./transcript";
 
 /** How many alternatives the engine records per token while replies are coloured. */
@@ -61,12 +70,39 @@ export class ChatView {
   private readonly redraw = perFrame(() => this.draw());
   /** The engine's token records of each reply this view saw stream (for the colouring). */
   private readonly replyTokens = new Map<string, TokenRecord[]>();
+  /** The JSON exports waiting for the kernel's conversation tree, by request id. */
+  private readonly exports = new Map<string, ExportContext>();
+  /** The actions of a token's popover; one more analysis of a token is one more line here. */
+  private readonly tokenActions: readonly TokenAction[] = [
+    {
+      label: "Continue from here",
+      title: "Let the model continue the reply from this token on (a new branch)",
+      name: "kw-branch-here",
+      run: (target) => this.branch(target.entry, target.index, null, null),
+    },
+    {
+      label: "Attribute",
+      title: "Which earlier tokens pushed the model towards this one (the Attribution tab)",
+      name: "kw-alternatives-attribute",
+      run: (target) =>
+        requestTab(this.el, ATTRIBUTION_TAB, {
+          reply_id: target.entry.id,
+          token_index: target.index,
+        }),
+    },
+  ];
 
   constructor(private readonly model: AnyModel<ChatModel>) {
     this.transcript = new TranscriptView({
       regenerate: () => this.send(request(REQUEST.regenerate, {})),
       edit: (entry, text) => this.send(request(REQUEST.edit, { message_id: entry.id, text })),
+      branch: (entry, index, tokenId, text) => this.branch(entry, index, tokenId, text),
+      loadTokens: (entry) => this.send(request(REQUEST.getTokens, { message_id: entry.id })),
+      switchTo: (entry, index) =>
+        this.send(request(REQUEST.switch, { message_id: entry.id, index })),
+      tokenActions: this.tokenActions,
     });
+    this.transcript.setColouring(null, (id) => this.tokensOf(id));
     this.composer = new Composer({
       send: (text) => this.send(request(REQUEST.send, { text })),
       stop: () => this.stop(),
@@ -188,6 +224,30 @@ export class ChatView {
     return true;
   }
 
+  /** Continues reply `entry` from its token `index` with `tokenId` or `text` (null: the model
+   * picks): a new branch streams in its place. */
+  private branch(
+    entry: TranscriptEntry,
+    index: number,
+    tokenId: number | null,
+    text: string | null,
+  ): void {
+    this.send(
+      request(REQUEST.branch, {
+        message_id: entry.id,
+        token_index: index,
+        token_id: tokenId,
+        text,
+      }),
+    );
+  }
+
+  private tokensOf(id: string): readonly TokenRecord[] | undefined {
+    return id === this.assembler.replyId && this.assembler.count > 0
+      ? this.assembler.tokens
+      : this.replyTokens.get(id);
+  }
+
   private stop(): void {
     this.send(request(REQUEST.cancel, {}));
   }
@@ -223,17 +283,20 @@ export class ChatView {
       case "chat.error":
         this.onError(message);
         break;
+      case "chat.tree":
+        this.onTree(message);
+        break;
+      case "chat.tokens":
+        this.replyTokens.set(message.reply_id, message.tokens);
+        this.redraw();
+        break;
     }
   }
 
   /** Colours the replies token by token (null: Markdown). The engine records each token's top
    * alternatives only when asked, so turning this on asks for them (as the Probabilities tab does). */
   private colourBy(colouring: TokenColouring | null): void {
-    this.transcript.setColouring(colouring, (id) =>
-      id === this.assembler.replyId && this.assembler.count > 0
-        ? this.assembler.tokens
-        : this.replyTokens.get(id),
-    );
+    this.transcript.setColouring(colouring, (id) => this.tokensOf(id));
     if (colouring && Number(this.model.get("top_k_alternatives") ?? 0) < COLOURING_ALTERNATIVES) {
       this.model.set("top_k_alternatives", COLOURING_ALTERNATIVES);
       this.model.save_changes();
@@ -297,7 +360,7 @@ export class ChatView {
   }
 
   private exportAs(format: "md" | "json"): void {
-    const context = {
+    const context: ExportContext = {
       transcript: this.entries(),
       modelInfo: this.model.get("model_info") ?? {},
       systemPrompt: this.model.get("system_prompt") ?? "",
@@ -311,9 +374,27 @@ export class ChatView {
         seed: this.model.get("seed"),
       },
     };
-    const filename = exportFilename(context.modelInfo, format);
-    if (format === "json") download(filename, transcriptToJson(context), "application/json");
-    else download(filename, transcriptToMarkdown(context), "text/markdown");
+    if (format === "json") {
+      // The whole tree (every branch) is the kernel's: the file is written once it answers.
+      const ask = request(REQUEST.exportTree, {});
+      this.exports.set(ask.id, context);
+      this.send(ask);
+      return;
+    }
+    download(
+      exportFilename(context.modelInfo, "md"),
+      transcriptToMarkdown(context),
+      "text/markdown",
+    );
+  }
+
+  private onTree(message: TreeMessage): void {
+    const context = this.exports.get(message.id);
+    if (!context) return;
+    this.exports.delete(message.id);
+    const tree = message.document === null ? undefined : JSON.parse(message.document);
+    const text = transcriptToJson({ ...context, tree });
+    download(exportFilename(context.modelInfo, "json"), text, "application/json");
   }
 
   dispose(): void {

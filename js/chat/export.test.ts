@@ -31,6 +31,14 @@ const context = {
 };
 
 describe("export", () => {
+  it("writes the kernel's whole tree into the JSON, beside the visible messages", () => {
+    const tree = { format: "kerasllm-widget.chat-tree/1", branches: [{ ids: ["a", "b"] }] };
+    const parsed = JSON.parse(transcriptToJson({ ...context, tree }));
+    expect(parsed.tree).toEqual(tree);
+    expect(parsed.messages).toHaveLength(4);
+    expect(JSON.parse(transcriptToJson(context)).tree).toBeUndefined();
+  });
+
   it("writes JSON with roles, contents and settings, without queued turns", () => {
     const parsed = JSON.parse(transcriptToJson(context));
     expect(parsed.model.name).toBe("SmolLM2-135M-Instruct");

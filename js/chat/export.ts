@@ -1,4 +1,5 @@
-// The transcript as files a user can keep: JSON for programs, Markdown for people.
+// The transcript as files a user can keep: JSON for programs, Markdown for people. Markdown is the
+// conversation as shown; JSON also holds the kernel's whole tree (every branch, `ChatState.to_json`).
 
 import type { ModelInfo, TranscriptEntry } from "../shared/protocol";
 
@@ -7,6 +8,8 @@ export interface ExportContext {
   modelInfo: ModelInfo;
   systemPrompt: string;
   settings: Record<string, unknown>;
+  /** The kernel's conversation tree (`ChatState.to_json`), every branch with its token ids. */
+  tree?: unknown;
 }
 
 /** Only turns that reached the model; queued and failed ones are not part of the conversation. */
@@ -32,6 +35,7 @@ export function transcriptToJson(context: ExportContext): string {
     system_prompt: context.systemPrompt,
     settings: context.settings,
     messages,
+    ...(context.tree === undefined ? {} : { tree: context.tree }),
   };
   return `${JSON.stringify(document, null, 2)}\n`;
 }

@@ -1,9 +1,9 @@
 // A reply in the Chat tab shown token by token, each token coloured by the probability the model
 // gave it or by the entropy of the distribution it was drawn from, from the generation engine's
 // own stream events (`chat.token`: each token's log-probability and its top alternatives). A click
-// on a token shows the alternatives the model weighed there.
+// on a token opens its popover (token_popover.ts).
 
-import { percent, renderBars } from "../probabilities/bars";
+import { percent } from "../probabilities/bars";
 import { css, entropyColour, probabilityColour, type Rgb, textOn } from "../shared/colour";
 import { h } from "../shared/dom";
 import type { TokenRecord } from "../shared/protocol";
@@ -51,79 +51,30 @@ export function tokenTitle(record: TokenRecord): string {
   return parts.join(" · ");
 }
 
-/** The reply's tokens as coloured buttons; `pick(index)` runs on a click. */
+/** The reply's tokens as buttons, coloured `by` (null: plain); `pick(index)` runs on a click. */
 export function renderColouredReply(
   records: readonly TokenRecord[],
-  by: TokenColouring,
+  by: TokenColouring | null,
   pick: (index: number) => void,
   selected: number | null = null,
 ): HTMLElement {
   return h(
     "div",
-    { class: "kw-coloured-reply", "data-colour-by": by },
+    { class: "kw-coloured-reply", "data-colour-by": by ?? "none" },
     ...records.map((record, index) => {
-      const colour = tokenColour(record, by);
+      const colour = by ? tokenColour(record, by) : null;
       const button = h(
         "button",
         {
           class: `kw-coloured-token${index === selected ? " kw-coloured-selected" : ""}`,
           "data-index": index,
           title: tokenTitle(record),
-          style: `background: ${css(colour)}; color: ${textOn(colour)}`,
+          style: colour ? `background: ${css(colour)}; color: ${textOn(colour)}` : null,
         },
         record.text,
       );
       button.addEventListener("click", () => pick(index));
       return button;
     }),
-  );
-}
-
-/**
- * The alternatives the model weighed at one token, as bars (the chosen token marked); with
- * `onAttribute`, an "Attribute" button that explains the token in the Attribution tab.
- */
-export function renderAlternatives(
-  record: TokenRecord,
-  onClose: () => void,
-  onAttribute?: () => void,
-): HTMLElement {
-  const bars = record.top_k.map((alt) => ({
-    tokenId: alt.token_id,
-    piece: alt.text,
-    prob: alt.prob,
-    mark: alt.token_id === record.token_id ? ("chosen" as const) : undefined,
-  }));
-  const prob = tokenProbability(record);
-  if (prob >= 0 && !bars.some((bar) => bar.tokenId === record.token_id)) {
-    bars.push({ tokenId: record.token_id, piece: record.text, prob, mark: "chosen" });
-  }
-  return h(
-    "div",
-    { class: "kw-alternatives", role: "dialog", "aria-label": "Alternatives" },
-    h(
-      "div",
-      { class: "kw-prob-heading" },
-      `Token ${record.index}: “${record.text}” · ${prob < 0 ? "p unknown" : `p = ${percent(prob)}`}`,
-      onAttribute
-        ? h(
-            "button",
-            {
-              class: "kw-icon kw-alternatives-attribute",
-              title: "Which earlier tokens pushed the model towards this one",
-              onclick: onAttribute,
-            },
-            "Attribute",
-          )
-        : null,
-      h("button", { class: "kw-icon kw-alternatives-close", onclick: onClose }, "Close"),
-    ),
-    record.top_k.length > 0
-      ? renderBars(bars)
-      : h(
-          "div",
-          { class: "kw-muted" },
-          "No alternatives were recorded for this token (they are recorded while colouring is on).",
-        ),
   );
 }

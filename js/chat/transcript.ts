@@ -3,19 +3,35 @@
 // Entries are keyed by id and redrawn only when what they show changed, so that a reply streaming
 // at the bottom does not re-render the whole conversation on every batch. User text is set as text;
 // assistant text goes through the Markdown sanitizer, or, with colouring on, is shown token by
-// token coloured by probability or entropy (see token_colours.ts).
+// token coloured by probability or entropy (see token_colours.ts). Any reply streamed while the
+// view is open can be shown token by token ("Branch"); a click on a token opens its popover
+// (token_popover.ts), whose alternatives continue the reply from there as a new branch. A message
+// with siblings (branches, regenerated replies, edited questions) shows `‹ 2 / 3 ›` to move
+// between them.
 
-import { ATTRIBUTION_TAB } from "../attribution/chat_tab";
 import { copyText, h } from "../shared/dom";
 import { formatRate } from "../shared/format";
 import { renderMarkdown } from "../shared/markdown";
 import type { StopReason, TokenRecord, TranscriptEntry } from "../shared/protocol";
-import { requestTab } from "../shared/tab_requests";
-import { renderAlternatives, renderColouredReply, type TokenColouring } from "./token_colours";
+import { renderColouredReply, type TokenColouring } from "./token_colours";
+import {
+  focusPopover,
+  renderTokenPopover,
+  type TokenAction,
+  type TokenTarget,
+} from "./token_popover";
 
 export interface TranscriptActions {
   regenerate(): void;
   edit(entry: TranscriptEntry, text: string): void;
+  /** Continue reply `entry` from token `index` with `tokenId` or typed `text` (null: model picks). */
+  branch(entry: TranscriptEntry, index: number, tokenId: number | null, text: string | null): void;
+  /** Ask the kernel for the tokens of a reply this view did not see stream. */
+  loadTokens(entry: TranscriptEntry): void;
+  /** Show sibling `index` of `entry`. */
+  switchTo(entry: TranscriptEntry, index: number): void;
+  /** The action row of a token's popover (besides its alternatives and the typed continuation). */
+  tokenActions: readonly TokenAction[];
 }
 
 interface Row {
@@ -42,6 +58,8 @@ export class TranscriptView {
   private tokensOf: (id: string) => readonly TokenRecord[] | undefined = () => undefined;
   /** The token whose alternatives are open: [reply id, token index]. */
   private picked: [string, number] | null = null;
+  /** Replies shown token by token while colouring is off (to branch them). */
+  private readonly tokenMode = new Set<string>();
 
   constructor(private readonly actions: TranscriptActions) {
     this.empty = h("div", { class: "kw-empty" }, "Ask the model something to start.");
@@ -88,8 +106,11 @@ export class TranscriptView {
         busy,
         this.editing === entry.id,
         this.colouring,
-        this.colouring && entry.role === "assistant" ? (this.tokensOf(entry.id)?.length ?? 0) : 0,
+        entry.role === "assistant" ? (this.tokensOf(entry.id)?.length ?? 0) : 0,
         this.picked?.[0] === entry.id ? this.picked[1] : null,
+        this.tokenMode.has(entry.id),
+        entry.siblings,
+        entry.state_id,
       ]);
       let row = this.rows.get(entry.id);
       if (!row || row.signature !== signature) {
@@ -209,10 +230,10 @@ export class TranscriptView {
       "data-id": entry.id,
     });
     if (entry.notice) row.append(h("div", { class: "kw-notice", role: "note" }, entry.notice));
-    const tokens = this.colouring ? this.tokensOf(entry.id) : undefined;
-    const coloured = this.colouring !== null && tokens !== undefined && tokens.length > 0;
+    const known = this.tokensOf(entry.id);
+    const tokens = known && known.length > 0 && entry.status !== "streaming" ? known : undefined;
     const body = h("div", { class: "kw-markdown" });
-    if (coloured && this.colouring) {
+    if (tokens && (this.colouring !== null || this.tokenMode.has(entry.id))) {
       const selected = this.picked?.[0] === entry.id ? this.picked[1] : null;
       body.append(
         renderColouredReply(
@@ -223,11 +244,7 @@ export class TranscriptView {
         ),
       );
       const record = selected === null ? undefined : tokens[selected];
-      if (record) {
-        const attribute = () =>
-          requestTab(this.el, ATTRIBUTION_TAB, { reply_id: entry.id, token_index: selected });
-        body.append(renderAlternatives(record, () => this.pick(entry, null), attribute));
-      }
+      if (record) body.append(this.popover({ entry, index: selected ?? 0, record }));
     } else if (text) {
       body.innerHTML = renderMarkdown(text);
     }
@@ -263,6 +280,9 @@ export class TranscriptView {
     const actions = h("div", { class: "kw-actions" });
     if (!pending) {
       if (text) actions.append(this.copyButton(text));
+      if (this.colouring === null && (tokens || entry.state_id)) {
+        actions.append(this.tokenToggle(entry, tokens !== undefined));
+      }
       if (isLast) {
         actions.append(
           h(
@@ -279,8 +299,86 @@ export class TranscriptView {
       }
     }
     if (meta.length) actions.prepend(h("span", { class: "kw-meta" }, meta.join(" · ")));
+    const siblings = this.siblingSwitch(entry);
+    if (siblings) actions.prepend(siblings);
     row.append(actions);
     return row;
+  }
+
+  /** `‹ 2 / 3 ›` for a message with siblings (null without). */
+  private siblingSwitch(entry: TranscriptEntry): HTMLElement | null {
+    if (!entry.siblings) return null;
+    const [index, count] = entry.siblings;
+    const wait = this.busy ? " (wait for the reply to finish)" : "";
+    const go = (to: number, label: string, symbol: string, name: string) =>
+      h(
+        "button",
+        {
+          class: `kw-icon ${name}`,
+          title: `${label}${wait}`,
+          "aria-label": label,
+          disabled: this.busy || to < 0 || to >= count,
+          onclick: () => this.actions.switchTo(entry, to),
+        },
+        symbol,
+      );
+    return h(
+      "span",
+      { class: "kw-siblings", role: "group", "aria-label": "Branches" },
+      go(index - 1, "Previous branch", "‹", "kw-sibling-prev"),
+      h("span", { class: "kw-sibling-count" }, `${index + 1} / ${count}`),
+      go(index + 1, "Next branch", "›", "kw-sibling-next"),
+    );
+  }
+
+  /** Shows a reply token by token (to branch it from a token), or as text again. */
+  private tokenToggle(entry: TranscriptEntry, known: boolean): HTMLElement {
+    const on = this.tokenMode.has(entry.id);
+    return h(
+      "button",
+      {
+        class: "kw-icon kw-branch-toggle",
+        title: on
+          ? "Show the reply as text"
+          : "Show the reply token by token, to continue it from any token",
+        "aria-pressed": String(on),
+        onclick: () => {
+          if (on) this.tokenMode.delete(entry.id);
+          else this.tokenMode.add(entry.id);
+          if (!known) this.actions.loadTokens(entry); // drawn when they arrive
+          this.pick(entry, null);
+        },
+      },
+      on ? "Text" : "Branch",
+    );
+  }
+
+  private popover(target: TokenTarget): HTMLElement {
+    const close = () => {
+      this.pick(target.entry, null);
+      this.rows
+        .get(target.entry.id)
+        ?.el.querySelector<HTMLElement>(`.kw-coloured-token[data-index="${target.index}"]`)
+        ?.focus();
+    };
+    const popover = renderTokenPopover(target, {
+      branch: (at, tokenId, text) => {
+        this.tokenMode.delete(at.entry.id);
+        this.pick(at.entry, null); // the branch streams in the reply's place
+        this.actions.branch(at.entry, at.index, tokenId, text);
+      },
+      actions: this.actions.tokenActions,
+      close,
+      disabledReason: this.busy
+        ? "Wait for the reply being made to finish to continue from here."
+        : target.entry.state_id
+          ? null
+          : "This reply is not part of the conversation the model reads.",
+    });
+    // After the click that opened it has finished its way up: a notebook that activates the
+    // cell on a click (Notebook 7) would take the focus back from an earlier call.
+    setTimeout(() => focusPopover(popover), 0);
+    return popover;
   }
 
   private pick(entry: TranscriptEntry, index: number | null): void {

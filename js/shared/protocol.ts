@@ -18,6 +18,10 @@ export const REQUEST = {
   cancel: "chat.cancel",
   clear: "chat.clear",
   sync: "chat.sync",
+  branch: "chat.branch",
+  switch: "chat.switch",
+  exportTree: "chat.export_tree",
+  getTokens: "chat.get_tokens",
 } as const;
 
 /** Kernel to front end. */
@@ -26,6 +30,8 @@ export const RESPONSE = {
   done: "chat.done",
   error: "chat.error",
   snapshot: "chat.snapshot",
+  tree: "chat.tree",
+  tokens: "chat.tokens",
 } as const;
 
 export type RequestKind = (typeof REQUEST)[keyof typeof REQUEST];
@@ -55,7 +61,31 @@ export interface EditRequest extends Envelope<"chat.edit"> {
 export type CancelRequest = Envelope<"chat.cancel">;
 export type ClearRequest = Envelope<"chat.clear">;
 export type SyncRequest = Envelope<"chat.sync">;
+/** Continue reply `message_id` from its first `token_index` tokens and `token_id` or the typed
+ * `text` (both null: the model picks); it streams in place of the reply, which stays a sibling. */
+export interface BranchRequest extends Envelope<"chat.branch"> {
+  message_id: string;
+  token_index: number;
+  token_id: number | null;
+  text: string | null;
+}
+/** Show sibling `index` of message `message_id` (an entry with `siblings`). */
+export interface SwitchRequest extends Envelope<"chat.switch"> {
+  message_id: string;
+  index: number;
+}
+/** Ask for the whole conversation tree (answered by `chat.tree`), for the JSON export. */
+export type ExportTreeRequest = Envelope<"chat.export_tree">;
+/** Ask for a finished reply's token records (answered by `chat.tokens`), to branch it in a view
+ * that did not see it stream. */
+export interface GetTokensRequest extends Envelope<"chat.get_tokens"> {
+  message_id: string;
+}
 export type Request =
+  | GetTokensRequest
+  | ExportTreeRequest
+  | BranchRequest
+  | SwitchRequest
   | SendRequest
   | RegenerateRequest
   | EditRequest
@@ -115,7 +145,24 @@ export interface SnapshotMessage extends Envelope<"chat.snapshot"> {
   tokens: TokenRecord[];
 }
 
-export type Response = TokenBatch | DoneMessage | ErrorMessage | SnapshotMessage;
+/** The conversation tree as `ChatState.to_json` writes it (null: no model yet). */
+export interface TreeMessage extends Envelope<"chat.tree"> {
+  document: string | null;
+}
+
+/** A finished reply's tokens (as it streamed, or decoded from its ids without probabilities). */
+export interface TokensMessage extends Envelope<"chat.tokens"> {
+  reply_id: string;
+  tokens: TokenRecord[];
+}
+
+export type Response =
+  | TokenBatch
+  | DoneMessage
+  | ErrorMessage
+  | SnapshotMessage
+  | TreeMessage
+  | TokensMessage;
 
 // ---- durable state (traitlets) ----
 
@@ -131,6 +178,10 @@ export interface TranscriptEntry {
   notice?: string;
   error?: string;
   stats?: ReplyStats;
+  /** The id of the ChatState message this entry stands for, once the model read it. */
+  state_id?: string;
+  /** [shown index, count] when the message has siblings (branches, regenerated replies). */
+  siblings?: [number, number];
 }
 
 export type WidgetState = "loading" | "ready" | "generating" | "error";
@@ -193,6 +244,13 @@ export function parseResponse(raw: unknown): Response | null {
     case RESPONSE.snapshot:
       if (typeof message.text !== "string" || typeof message.count !== "number") return null;
       return message as unknown as SnapshotMessage;
+    case RESPONSE.tokens:
+      if (typeof message.reply_id !== "string" || !Array.isArray(message.tokens)) return null;
+      if (!message.tokens.every(isTokenRecord)) return null;
+      return message as unknown as TokensMessage;
+    case RESPONSE.tree:
+      if (typeof message.document !== "string" && message.document !== null) return null;
+      return message as unknown as TreeMessage;
     default:
       return null;
   }

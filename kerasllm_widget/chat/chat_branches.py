@@ -45,6 +45,17 @@ class ChatBranches:
             self.messages[:] = self.tree.with_ids(self.messages)
             return self.tree.siblings(self.messages, message_id)
 
+    def sibling_counts(self) -> dict[str, tuple[int, int]]:
+        """``{message id: (index, count)}`` for every message on the visible path that has
+        siblings: which of them it is, and how many there are (the panel's ``‹ 2 / 3 ›``).
+
+        Example:
+            >>> chat.sibling_counts()  # doctest: +SKIP
+            {'3f2a9c0e1b7d': (1, 2)}
+        """
+        with self._lock:
+            return self.tree.shown_counts()
+
     def switch(self, message_id: str, index: int) -> list[dict[str, Any]]:
         """Shows sibling ``index`` of ``message_id``, followed by that sibling's own
         continuation; returns the new `messages`.
@@ -63,19 +74,48 @@ class ChatBranches:
         token_index: int,
         token_id: int | None = None,
         *,
+        text: str | None = None,
         cancel_event: threading.Event | None = None,
         **sampling: Any,
     ) -> Iterator[TokenEvent | DoneEvent]:
         """Continues the assistant reply ``message_id`` from its first ``token_index`` tokens
-        and then ``token_id`` (None: the model picks), streamed like `stream` (the events carry
-        the new tokens; the new message's ``content`` is the whole reply). The branch becomes a
+        and then ``token_id`` (None: the model picks) or the tokens of ``text`` (a continuation
+        typed by the user), streamed like `stream` (the events carry the new tokens; the new
+        message's ``content`` is the whole reply). The branch becomes a
         sibling of the reply and is shown. Nothing changes until the reply is done: a stream
         that fails or is closed early leaves `messages` and the tree as they were.
 
         Example:
             >>> reply = chat.messages[-1]["id"]  # doctest: +SKIP
             >>> events = list(chat.branch(reply, 5, token_id=1234, temperature=0))  # doctest: +SKIP
+            >>> events = list(chat.branch(reply, 5, text=" Actually,"))  # doctest: +SKIP
         """
+        messages, position, prefix = self._branch_point(
+            message_id, token_index, token_id, text, sampling.get("stop_token_ids")
+        )
+        options = self._options(sampling)
+        return self._branch_run(messages, position, prefix, cancel_event, options)
+
+    def branch_prefix(
+        self,
+        message_id: str,
+        token_index: int,
+        token_id: int | None = None,
+        *,
+        text: str | None = None,
+        stop_token_ids=None,
+    ) -> list[int]:
+        """The token ids a `branch` with these arguments starts from (the reply's first
+        ``token_index`` ids, then ``token_id`` or the tokens of ``text``), checked as `branch`
+        checks them.
+
+        Example:
+            >>> chat.branch_prefix(chat.messages[-1]["id"], 2, token_id=1234)  # doctest: +SKIP
+            [40, 1021, 1234]
+        """
+        return self._branch_point(message_id, token_index, token_id, text, stop_token_ids)[2]
+
+    def _branch_point(self, message_id, token_index, token_id, text, stop_token_ids):
         with self._lock:
             self.messages[:] = messages = self.tree.with_ids(self.messages)
             position = self.tree.position(messages, message_id)
@@ -95,15 +135,30 @@ class ChatBranches:
             raise IndexError(
                 f"token_index={token_index!r} is not in this reply: use 0 to {len(reply)}."
             )
-        prefix = reply[:token_index]
-        if token_id is not None:
-            vocabulary = int(self.model.backbone.vocabulary_size)
-            (token_id,) = settings.check_token_ids([token_id], vocabulary, "token_id")
-            if token_id in stop_token_ids_of(self.model.tokenizer, sampling.get("stop_token_ids")):
-                raise ValueError(f"token_id={token_id} ends the reply; there is nothing to branch.")
-            prefix = [*prefix, token_id]
-        options = self._options(sampling)
-        return self._branch_run(messages, position, prefix, cancel_event, options)
+        prefix = [*reply[:token_index], *self._chosen_ids(token_id, text, stop_token_ids)]
+        return messages, position, prefix
+
+    def _chosen_ids(self, token_id: int | None, text: str | None, stop_token_ids) -> list[int]:
+        """The ids a branch starts with after its prefix: ``token_id``, or ``text`` tokenized."""
+        if token_id is not None and text is not None:
+            raise ValueError(
+                f"token_id={token_id!r} and text={text!r}: give one of them, or neither."
+            )
+        stops = stop_token_ids_of(self.model.tokenizer, stop_token_ids)
+        if text is not None:
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"text={text!r} is not allowed: type some text, or pass None.")
+            ids = [int(t) for t in self.model.tokenizer.tokenize(text)]
+            if any(t in stops for t in ids):
+                raise ValueError(f"text={text!r} holds a token that ends the reply.")
+            return ids
+        if token_id is None:
+            return []
+        vocabulary = int(self.model.backbone.vocabulary_size)
+        (token_id,) = settings.check_token_ids([token_id], vocabulary, "token_id")
+        if token_id in stops:
+            raise ValueError(f"token_id={token_id} ends the reply; there is nothing to branch.")
+        return [token_id]
 
     def _branch_run(self, messages, position, prefix, cancel_event, options):
         prompt_ids = [*self.prompt_ids(messages[:position]), *prefix]

@@ -9,6 +9,7 @@ says so.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -184,7 +185,8 @@ class ChatState(ChatBranches):
     def regenerate(
         self, *, cancel_event: threading.Event | None = None, **sampling: Any
     ) -> Iterator[TokenEvent | DoneEvent]:
-        """Replaces the last reply with a new one (streamed like `stream`).
+        """Answers the last user turn again (streamed like `stream`). The new reply becomes a
+        sibling of the old one, which `switch` shows again (see `branches`).
 
         Example:
             >>> events = list(chat.regenerate(temperature=1.0))  # doctest: +SKIP
@@ -202,9 +204,10 @@ class ChatState(ChatBranches):
         cancel_event: threading.Event | None = None,
         **sampling: Any,
     ) -> Iterator[TokenEvent | DoneEvent]:
-        """Replaces the user message at ``messages[index]`` with ``text``, forgets everything
-        after it and streams a new reply (like `stream`). Nothing changes until the stream is
-        iterated, and a stream that fails or is closed early leaves `messages` as they were.
+        """Replaces the user message at ``messages[index]`` with ``text`` and streams a new
+        reply (like `stream`). The new message becomes a sibling of the old one, whose
+        continuation `switch` shows again. Nothing changes until the stream is iterated, and a
+        stream that fails or is closed early leaves `messages` and the tree as they were.
 
         Example:
             >>> events = list(chat.edit(0, "Name a colour, briefly."))  # doctest: +SKIP
@@ -227,7 +230,9 @@ class ChatState(ChatBranches):
         return self._reply({"role": "user", "content": text}, cancel_event, sampling, keep=index)
 
     def truncate(self, count: int) -> list[Message]:
-        """Keeps the first ``count`` messages and returns the ones removed.
+        """Keeps the first ``count`` messages and returns the ones removed. The removed
+        messages leave the tree too, with every branch that hangs from them (hidden siblings
+        of a removed message and their continuations): switch to a branch first to keep it.
 
         Example:
             >>> chat.truncate(2)  # doctest: +SKIP
@@ -238,22 +243,29 @@ class ChatState(ChatBranches):
                 raise ValueError(f"count={count!r} is not allowed: use a whole number >= 0.")
             removed = self.messages[count:]
             del self.messages[count:]
+            self.tree.forget(removed)
             return removed
 
     def undo(self) -> list[Message]:
         """Removes the last exchange (the last user turn and what followed it); returns it.
+        Like `truncate`, the branches hanging from the removed messages go with them.
 
         Example:
             >>> chat.undo()  # doctest: +SKIP
             [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
         """
         with self._lock:
-            for index in range(len(self.messages) - 1, -1, -1):
-                if self.messages[index]["role"] == "user":
-                    removed = self.messages[index:]
-                    del self.messages[index:]
-                    return removed
-            removed, self.messages[:] = list(self.messages), []
+            index = next(
+                (
+                    i
+                    for i in range(len(self.messages) - 1, -1, -1)
+                    if self.messages[i]["role"] == "user"
+                ),
+                0,
+            )
+            removed = self.messages[index:]
+            del self.messages[index:]
+            self.tree.forget(removed)
             return removed
 
     def reset(self) -> None:
@@ -337,16 +349,19 @@ class ChatState(ChatBranches):
         keep: int | None = None,
     ) -> Iterator[TokenEvent | DoneEvent]:
         """Answers ``user`` after the first ``keep`` messages (None: after all of them); with
-        ``user`` None, answers the last user turn again, dropping replies after it.
+        ``user`` None, answers the last user turn again. What is replaced (the messages from
+        ``keep`` on, the replies after the last user turn) becomes a hidden sibling in the tree.
         A generator: nothing changes until it is iterated. Until the reply is done, a failure
-        or an early close puts `messages` back exactly as they were."""
+        or an early close puts `messages` and the tree back exactly as they were."""
         options = self._options(sampling)
         if user is not None:
             user = self.tree.message("user", user["content"])
 
         with self._lock:
-            before = list(self.messages)
+            self.messages[:] = before = self.tree.with_ids(self.messages)
             base = before if keep is None else before[:keep]
+            # Where the new messages go: the edited question, or the reply answered again.
+            at = len(base)
             if user is None:
                 base = list(base)
                 while base and base[-1]["role"] != "user":
@@ -354,14 +369,16 @@ class ChatState(ChatBranches):
                 if not base:
                     raise ValueError("There is no user message to answer again.")
                 user = base.pop()
+                at = len(base) + 1
             # Room for the whole reply, but a huge max_new_tokens must not push every turn out.
             reserve = min(int(options.max_new_tokens), self.context_length // 2)
             kept, dropped, prompt_ids = self._fit_context([*base, user], reserve)
             # The transcript shows the turn being answered; `_run` puts `before` back if the
             # reply never finishes.
             self.messages[:] = [*kept[:-1], user]
-        lost = base[: len(base) + 1 - len(kept)]
-        yield from self._run(before, user, prompt_ids, (dropped, lost), cancel_event, options)
+        drop = len(base) + 1 - len(kept)
+        turn = (before, at, user, drop)
+        yield from self._run(turn, prompt_ids, (dropped, base[:drop]), cancel_event, options)
 
     def _turn_events(
         self, prompt_ids: list[int], cancel_event, options: TurnOptions
@@ -409,17 +426,19 @@ class ChatState(ChatBranches):
             return
         engine.precompile(engine.cache_length_for(needed), options.sampler, **programs)
 
-    def _run(self, before, user, prompt_ids, dropping, cancel_event, options: TurnOptions):
+    def _run(self, turn, prompt_ids, dropping, cancel_event, options: TurnOptions):
         """Streams the turn; ``dropping`` is ``(turns, messages)`` dropped to fit the context."""
+        before, at, user, drop = turn
         dropped, lost = dropping
         finished = False
         try:
             for event in self._turn_events(prompt_ids, cancel_event, options):
                 if isinstance(event, DoneEvent):
                     finished = True
+                    new = [] if at and before[at - 1] is user else [user]
                     if event.text:
-                        reply = self.tree.message("assistant", event.text, event.token_ids)
-                        self.messages.append(reply)
+                        new.append(self.tree.message("assistant", event.text, event.token_ids))
+                    self._commit(before, at, new, drop, user)
                     if dropped:
                         self.dropped_messages.extend(lost)
                         event.dropped_turns = dropped
@@ -439,3 +458,14 @@ class ChatState(ChatBranches):
                 with self._lock:
                     if self.messages and self.messages[-1] is user:
                         self.messages[:] = before
+
+    def _commit(self, before, at, new, drop, user) -> None:
+        """Makes the answered turn the visible path, and what it replaced a hidden sibling
+        (`ChatTree.answer`), all at once: the tree changes on a copy that replaces it only when
+        every step worked. A reset made while the reply ran stands (nothing is committed)."""
+        with self._lock:
+            if not self.messages or self.messages[-1] is not user:
+                return
+            tree = copy.deepcopy(self.tree)
+            path = tree.answer(before, at, new, drop)
+            self.tree, self.messages[:] = tree, path

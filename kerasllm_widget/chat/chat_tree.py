@@ -82,6 +82,10 @@ class ChatTree:
             rows.append({"id": message["id"], "content": message["content"]})
         return {"index": group["shown"], "messages": rows}
 
+    def shown_counts(self) -> dict[str, tuple[int, int]]:
+        """``{shown id: (index, count)}`` of every sibling group."""
+        return {g["ids"][g["shown"]]: (g["shown"], len(g["ids"])) for g in self.groups.values()}
+
     def add_sibling(self, messages: list[Message], position: int, new: Message) -> list[Message]:
         """Makes ``new`` a sibling of ``messages[position]`` and shows it; returns the new path
         (the old message's continuation is kept hidden)."""
@@ -98,6 +102,55 @@ class ChatTree:
         group["tails"].pop(new["id"], None)
         self.group_of[new["id"]] = key
         return [*messages[:position], new]
+
+    def answer(
+        self, before: list[Message], at: int, new: list[Message], drop: int = 0
+    ) -> list[Message]:
+        """The path after a turn answered at ``at``: ``before[:at]`` then ``new``. When ``new``
+        replaces a message (an edited question, a regenerated reply), its first message becomes a
+        sibling of ``before[at]``, whose continuation stays reachable by `switch`; with nothing
+        new (an empty regenerated reply) ``before[at:]`` is forgotten. The first ``drop``
+        messages (turns the context outgrew) are forgotten too.
+
+        Example:
+            >>> tree = ChatTree()
+            >>> old = [tree.message("user", "Hi"), tree.message("assistant", "Yo", [1])]
+            >>> new = tree.message("assistant", "Hello", [2])
+            >>> [m["content"] for m in tree.answer(old, 1, [new])]
+            ['Hi', 'Hello']
+            >>> len(tree.groups)
+            1
+        """
+        if new and at < len(before):
+            path = [*self.add_sibling(before, at, new[0]), *new[1:]]
+        else:
+            self.forget(before[at:])
+            path = [*before[:at], *new]
+        self.forget(path[:drop])
+        return path[drop:]
+
+    def forget(self, messages: list[Message]) -> None:
+        """Drops ``messages`` (cut from the visible path) from the tree, with every branch that
+        hangs from them: their hidden siblings and those siblings' continuations. What the
+        visible path no longer reaches is gone, so no sibling group ever points at a message
+        that is not there.
+
+        Example:
+            >>> tree = ChatTree()
+            >>> reply = tree.message("assistant", "Yo", [1])
+            >>> tree.forget([reply]); tree.token_ids(reply["id"]) is None
+            True
+        """
+        for message in messages:
+            message_id = message.get("id")
+            self.reply_ids.pop(message_id, None)
+            group = self.groups.pop(self.group_of.get(message_id, ""), None)
+            if group is None:
+                continue
+            for sibling in group["ids"]:
+                self.group_of.pop(sibling, None)
+            for tail in group["tails"].values():
+                self.forget(tail)
 
     def switch(self, messages: list[Message], message_id: str, index: int) -> list[Message]:
         """The path with sibling ``index`` of ``message_id`` shown, followed by its own

@@ -2,8 +2,10 @@
 
 A send, a regenerate or an edit becomes one `Task` on the widget's worker thread. When the task
 starts, the transcript shows the reply (`ChatTranscript`) and ChatState is asked for it, through
-its own methods only: `ChatState.stream` for a new turn, `ChatState.edit` for a turn asked again
-from a point of the conversation. Tokens stream to the views as ``chat.token`` batches; the end,
+its own methods only: `ChatState.stream` for a new turn, `ChatState.regenerate` for the last
+turn answered again, `ChatState.edit` for a turn asked again from a point of the conversation,
+`ChatState.branch` for a reply continued from one of its tokens, `ChatState.switch` to show
+another sibling. Tokens stream to the views as ``chat.token`` batches; the end,
 a failure or a Stop updates the transcript and the status line in one state message.
 
 Example:
@@ -14,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import traceback
@@ -24,6 +27,7 @@ from kerasllm_widget.generation.events import DoneEvent, TokenEvent
 from kerasllm_widget.training.turns import model_turns
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
+from kerasllm_widget.widgets.branch_tokens import prefix_records
 from kerasllm_widget.widgets.chat_transcript import ChatTranscript, entry, last_index
 
 log = logging.getLogger(__name__)
@@ -129,9 +133,89 @@ class ChatReplies:
         way ChatState changes nothing until the stream runs, and puts its messages back exactly
         if the reply fails or the stream is closed before it ends."""
         sampling = self._sampling(state, cancel)
-        if start < len(state.messages):
+        messages = state.messages
+        if start == len(messages) - 2 and messages[-1]["role"] == "assistant":
+            if messages[start]["content"] == text:  # the last turn asked again: a new reply
+                return state.regenerate(**sampling)  # beside the old one
+        if start < len(messages):
             return state.edit(start, text, **sampling)
         return state.stream(text, **sampling)
+
+    def branch(
+        self,
+        request_id: str,
+        entry_id: str,
+        token_index: int,
+        token_id: int | None,
+        text: str | None,
+    ) -> Task:
+        """Queues a branch of the reply ``entry_id`` after its first ``token_index`` tokens and
+        ``token_id`` or ``text`` (neither: the model picks). It streams in place of the reply;
+        the reply stays a sibling (``siblings`` in the transcript, `switch`)."""
+        reply_id = P.new_id("a")
+
+        def prepare(state: Any, cancel: threading.Event) -> Iterator[Any]:
+            sampling = self._sampling(state, cancel)
+            with self._transcript.lock:
+                index, message_id = self.branch_point(entry_id)
+                prefix = state.branch_prefix(
+                    message_id, token_index, token_id, text=text, stop_token_ids=None
+                )
+                events = state.branch(message_id, token_index, token_id, text=text, **sampling)
+                messages = state.messages
+                position = next(i for i, m in enumerate(messages) if m["id"] == message_id)
+                self._transcript.start_branch(index, reply_id, request_id, len(messages), position)
+                known = self._transcript.records(entry_id)
+                records = prefix_records(state.model.tokenizer, prefix, known)
+                self.send_records(request_id, reply_id, records)
+            return _shifted(events, len(records), state)
+
+        return self._submit(request_id, reply_id, prepare)
+
+    def branch_point(self, entry_id: str) -> tuple[int, str]:
+        """The transcript index and ChatState message id of the reply ``entry_id``; raises
+        ValueError naming why it cannot be branched."""
+        entries = self._transcript.entries
+        index = next((i for i, e in enumerate(entries) if e["id"] == entry_id), None)
+        if index is None or entries[index]["role"] != "assistant":
+            raise ValueError(f"message_id={entry_id!r} is not a reply of this conversation.")
+        if not entries[index].get("state_id"):
+            raise ValueError(
+                f"message_id={entry_id!r}: this reply is not part of the conversation the model "
+                "reads (it failed or was stopped before it began), so it cannot be branched."
+            )
+        return index, entries[index]["state_id"]
+
+    def reply_records(self, entry_id: str) -> list[dict[str, Any]] | None:
+        """The token records of the finished reply ``entry_id``: as it streamed, or decoded
+        from ChatState's token ids (without probabilities); None when there are none."""
+        records = self._transcript.records(entry_id)
+        if records:
+            return records
+        found = self._transcript.find(entry_id)
+        state = self._widget.chat_state
+        state_id = (found or {}).get("state_id")
+        ids = state.token_ids(state_id) if state is not None and state_id else None
+        return prefix_records(state.model.tokenizer, ids, None) if ids else None
+
+    def switch(self, entry_id: str, index: int) -> Task:
+        """Queues showing sibling ``index`` of the message ``entry_id`` (after the reply being
+        made, if any: the conversation does not change under a reply)."""
+
+        def run(cancel: threading.Event) -> None:
+            state = self._widget.chat_state
+            entries = self._transcript.entries
+            at = next((i for i, e in enumerate(entries) if e["id"] == entry_id), None)
+            state_id = entries[at].get("state_id") if at is not None else None
+            if state is None or state_id is None:
+                raise ValueError(f"message_id={entry_id!r} has no siblings to switch between.")
+            position = next(i for i, m in enumerate(state.messages) if m["id"] == state_id)
+            messages = state.switch(state_id, index)
+            with self._transcript.one_update():
+                self._transcript.show_path(at, messages, position, state.sibling_counts())
+                self._transcript.set_status(tokens_used=self.context_tokens())
+
+        return self._worker.submit(Task(run, stream=False, name="switch"))
 
     def _submit(
         self,
@@ -207,7 +291,8 @@ class ChatReplies:
             yield DoneEvent("cancelled", "", [], 0, 0, 0.0, 0.0, 0.0)
             return
         yield from events
-        self._transcript.answered(reply_id)  # the stream ended: ChatState took the turn
+        # The stream ended: ChatState took the turn.
+        self._transcript.answered(reply_id, list(state.messages), state.sibling_counts())
 
     def _sampling(self, state: Any, cancel: threading.Event) -> dict[str, Any]:
         settings: dict[str, Any] = {name: getattr(self._widget, name) for name in SAMPLING_NAMES}
@@ -231,7 +316,11 @@ class ChatReplies:
     # ---- the stream, on the worker thread ----
 
     def _send_tokens(self, request_id: str, reply_id: str, batch: list[TokenEvent]) -> None:
-        records = [P.token_record(event) for event in batch]
+        self.send_records(request_id, reply_id, [P.token_record(event) for event in batch])
+
+    def send_records(self, request_id: str, reply_id: str, records: list[dict[str, Any]]) -> None:
+        """Sends token records of the live reply to the views (and records them for a view
+        that catches up later)."""
         with self._transcript.lock:  # the live reply and the views get the tokens in one order
             if self._transcript.add_tokens(reply_id, records):
                 self._emit(P.envelope(P.CHAT_TOKEN, request_id, reply_id=reply_id, tokens=records))
@@ -304,6 +393,17 @@ class ChatReplies:
         except Exception:  # the count is informative; never let it break a reply
             log.exception("counting context tokens failed")
             return 0
+
+
+def _shifted(events: Iterator[Any], offset: int, state: Any) -> Iterator[Any]:
+    """A branch's events as the reply they stream into: token indices after its ``offset``
+    prefix tokens, and the whole reply as the final text (ChatState's new message)."""
+    for event in events:
+        if isinstance(event, TokenEvent):
+            event = dataclasses.replace(event, index=event.index + offset)
+        elif isinstance(event, DoneEvent):
+            event = dataclasses.replace(event, text=state.messages[-1]["content"])
+        yield event
 
 
 def describe(exc: BaseException) -> str:

@@ -3,7 +3,11 @@ into them.
 
 An entry is ``{id, role, content, status, request_id}`` (plus ``stop_reason``, ``notice``,
 ``error`` and ``stats`` once a reply ends); ``status`` is one of ``queued``, ``sent`` (user
-messages), ``streaming``, ``done``, ``cancelled`` and ``error`` (replies). The transcript is what
+messages), ``streaming``, ``done``, ``cancelled`` and ``error`` (replies). Once ChatState took
+an entry's turn, the entry has the id of its ChatState message, ``state_id``, and, when that
+message has siblings in ChatState's tree (a branch, a regenerated reply, an edited question),
+``siblings: [index, count]``; switching between siblings shows the ChatState's path again from
+there (`show_path`), with the entries the panel showed before where it has them. The transcript is what
 the panel shows. The conversation the model reads is the `ChatState`'s ``messages``, which only
 ChatState edits; `chat_state_index` is the one place that says which of its messages a
 transcript entry stands for, so that a regenerate or an edit asks ChatState for the right one.
@@ -20,6 +24,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+from kerasllm_widget.widgets.envelope import new_id
 
 Entry = dict[str, Any]
 
@@ -110,6 +116,30 @@ def chat_state_index(
     return min(max(message_count - held, 0), message_count)
 
 
+def with_siblings(entries: list[Entry], counts: dict[str, Any]) -> list[Entry]:
+    """``entries`` with ``siblings: [index, count]`` where their ChatState message has
+    siblings (``counts``: `ChatState.sibling_counts`), and without it elsewhere.
+
+    Example:
+        >>> with_siblings([{"id": "a1", "state_id": "m1"}], {"m1": (1, 2)})[0]["siblings"]
+        [1, 2]
+    """
+    out = []
+    for item in entries:
+        item = {k: v for k, v in item.items() if k != "siblings"}
+        if item.get("state_id") in counts:
+            item["siblings"] = list(counts[item["state_id"]])
+        out.append(item)
+    return out
+
+
+def _entry_of(message: dict[str, Any]) -> Entry:
+    """An entry for a ChatState message the panel has not shown before."""
+    user = message["role"] == "user"
+    shown = entry(new_id("u" if user else "a"), message["role"], message["content"], "", "")
+    return {**shown, "status": "sent" if user else "done", "state_id": message["id"]}
+
+
 class ChatTranscript:
     """The ``transcript`` trait of one widget, the reply streaming into it, which replies
     ChatState has not taken as a turn, and the ``status`` trait.
@@ -133,6 +163,10 @@ class ChatTranscript:
         # Replies whose turn ChatState has not taken (yet, or ever, if it failed or was stopped
         # before the model read it), with how many messages ChatState kept in its place.
         self._unanswered: dict[str, int] = {}
+        # Entries of ChatState messages off the shown path (hidden siblings), by ``state_id``.
+        self._hidden: dict[str, Entry] = {}
+        # The records of each reply as it streamed (what a branch of it starts from).
+        self._records: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def entries(self) -> list[Entry]:
@@ -187,6 +221,7 @@ class ChatTranscript:
             start = chat_state_index(entries, index, message_count, self._unanswered)
             kept = {e["id"] for e in entries[:index]}
             self._unanswered = {k: n for k, n in self._unanswered.items() if k in kept}
+            self._hide(entries[index:])
             self._write(
                 [
                     *entries[:index],
@@ -202,10 +237,63 @@ class ChatTranscript:
         self._live = {"reply_id": reply_id, "request_id": request_id, "text": "", "tokens": []}
         self._unanswered[reply_id] = kept
 
-    def answered(self, reply_id: str) -> None:
-        """ChatState took the reply's turn (its stream ended)."""
+    def answered(
+        self, reply_id: str, messages: list[dict[str, Any]], counts: dict[str, Any]
+    ) -> None:
+        """ChatState took the reply's turn (its stream ended): the reply and the question
+        before it get the ids of ChatState's last ``messages``; ``counts`` are its
+        `ChatState.sibling_counts`."""
         with self.lock:
             self._unanswered.pop(reply_id, None)
+            entries = self.entries
+            index = next((i for i, e in enumerate(entries) if e["id"] == reply_id), None)
+            if index is None or not messages:
+                return
+            last = messages[-1]
+            if last["role"] == "assistant":
+                entries[index] = {**entries[index], "state_id": last["id"]}
+                last = messages[-2] if len(messages) > 1 else None
+            before = entries[index - 1] if index else None
+            if last is not None and before is not None and before["role"] == last["role"]:
+                entries[index - 1] = {**before, "state_id": last["id"]}
+            self._write(with_siblings(entries, counts))
+
+    # ---- branches ----
+
+    def records(self, entry_id: str) -> list[dict[str, Any]] | None:
+        """The token records of a reply as it streamed (None: not streamed in this panel)."""
+        with self.lock:
+            records = self._records.get(entry_id)
+            return None if records is None else list(records)
+
+    def start_branch(
+        self, index: int, reply_id: str, request_id: str, message_count: int, position: int
+    ) -> None:
+        """A branch of ``entries[index]`` (ChatState's message ``position`` of
+        ``message_count``) streams in its place; what followed it is hidden."""
+        with self.lock:
+            entries = self.entries
+            self._hide(entries[index:])
+            streaming = entry(reply_id, "assistant", "", "streaming", request_id)
+            self._write([*entries[:index], streaming])
+            # Until ChatState takes the branch, it keeps its question and what followed.
+            self._begin(reply_id, request_id, kept=message_count - position + 1)
+
+    def show_path(
+        self, index: int, messages: list[dict[str, Any]], position: int, counts: dict[str, Any]
+    ) -> None:
+        """Shows ChatState's ``messages[position:]`` from ``entries[index]`` on (after a
+        switch), with the entries shown for them before where there are some."""
+        with self.lock:
+            entries = self.entries
+            self._hide(entries[index:])
+            shown = [self._hidden.pop(m["id"], None) or _entry_of(m) for m in messages[position:]]
+            self._write(with_siblings([*entries[:index], *shown], counts))
+
+    def _hide(self, entries: list[Entry]) -> None:
+        for hidden in entries:
+            if hidden.get("state_id"):
+                self._hidden[hidden["state_id"]] = hidden
 
     # ---- updating them ----
 
@@ -238,6 +326,7 @@ class ChatTranscript:
             live, self._live = self._live, None
             if live is None:
                 return False
+            self._records[live["reply_id"]] = live["tokens"]
             self._stopped.add(live["reply_id"])
             self.update(
                 live["reply_id"], content=live["text"], status="cancelled", stop_reason="cancelled"
@@ -249,6 +338,8 @@ class ChatTranscript:
     ) -> None:
         """The reply ended (finished or stopped) with ``text``."""
         with self.lock:
+            if self._live is not None and self._live["reply_id"] == reply_id:
+                self._records[reply_id] = self._live["tokens"]
             self._live = None
             self._stopped.discard(reply_id)
             status = "cancelled" if stop_reason == "cancelled" else "done"
@@ -294,4 +385,6 @@ class ChatTranscript:
         with self.lock:
             self._live = None
             self._unanswered.clear()
+            self._hidden.clear()
+            self._records.clear()
             self._write([])

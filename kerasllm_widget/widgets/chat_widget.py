@@ -290,6 +290,56 @@ class ChatWidget(anywidget.AnyWidget):
         request_id = P.new_id()
         return ReplyHandle(self._replies.regenerate(request_id), request_id, self)
 
+    def branch(
+        self,
+        message_id: str,
+        token_index: int,
+        token_id: int | None = None,
+        text: str | None = None,
+    ) -> ReplyHandle:
+        """Continues the reply ``message_id`` (a transcript entry's id) from its first
+        ``token_index`` tokens and ``token_id`` or the typed ``text`` (neither: the model
+        picks). The branch streams in place of the reply, which stays one of its siblings
+        (``‹ 1 / 2 ›`` in the panel, `switch`). See `ChatState.branch`.
+
+        Example:
+            >>> reply = chat.transcript[-1]["id"]  # doctest: +SKIP
+            >>> chat.branch(reply, 3, text=" Actually").result(timeout=120)  # doctest: +SKIP
+        """
+        request_id = P.new_id()
+        return ReplyHandle(
+            self._branch(request_id, message_id, token_index, token_id, text), request_id, self
+        )
+
+    def _branch(self, request_id, message_id, token_index, token_id=None, text=None) -> Task:
+        if self._state is None:
+            raise ValueError("the model is not loaded yet: there is nothing to branch")
+        with self._transcript.lock:
+            _, state_id = self._replies.branch_point(message_id)
+        # Checked now, so that a wrong index or token is answered at once (ChatState's checks).
+        self._state.branch_prefix(state_id, token_index, token_id, text=text)
+        return self._replies.branch(request_id, message_id, token_index, token_id, text)
+
+    def switch(self, message_id: str, index: int, timeout: float | None = 30.0) -> None:
+        """Shows sibling ``index`` (from 0) of the message ``message_id`` (a transcript entry's
+        id with ``siblings``), followed by that sibling's own continuation. After the reply
+        being made, if any: waits (at most ``timeout`` seconds) until the transcript shows it.
+
+        Example:
+            >>> chat.switch(chat.transcript[-1]["id"], 0)  # doctest: +SKIP
+        """
+        self._switch(message_id, index).wait(timeout)
+
+    def _switch(self, message_id: str, index: int) -> Task:
+        found = self._transcript.find(message_id)
+        count = (found or {}).get("siblings", [0, 1])[1]
+        if found is None or not isinstance(index, int) or not 0 <= index < count:
+            raise ValueError(
+                f"message_id={message_id!r}, index={index!r}: "
+                + (f"use an index from 0 to {count - 1}." if found else "no such message.")
+            )
+        return self._replies.switch(message_id, index)
+
     def stop(self) -> None:
         """Stops the reply being generated and drops messages waiting in the queue.
 
@@ -372,6 +422,10 @@ class ChatWidget(anywidget.AnyWidget):
             P.CHAT_CANCEL: lambda r: self.stop(),
             P.CHAT_CLEAR: lambda r: self._clear(),
             P.CHAT_SYNC: self._handle_sync,
+            P.CHAT_BRANCH: lambda r: self._branch(r.id, **r.fields),
+            P.CHAT_SWITCH: lambda r: self._switch(**r.fields),
+            P.CHAT_EXPORT_TREE: self._handle_export_tree,
+            P.CHAT_GET_TOKENS: self._handle_get_tokens,
         }[request.kind]
         try:
             handler(request)
@@ -411,6 +465,21 @@ class ChatWidget(anywidget.AnyWidget):
             self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, "The message is empty.")
             return
         self._replies.edit(request.id, message_id, text)
+
+    def _handle_export_tree(self, request: P.Request) -> None:
+        to_json = getattr(self._state, "to_json", None)  # None while the model loads
+        document = to_json() if to_json is not None else None
+        self._emit(P.envelope(P.CHAT_TREE, request.id, document=document))
+
+    def _handle_get_tokens(self, request: P.Request) -> None:
+        message_id = request.fields["message_id"]
+        tokens = self._replies.reply_records(message_id)
+        if tokens is None:
+            self._broadcast_error(
+                request.id, None, P.ERROR_NOTHING_TO_DO, "That reply has no tokens to show."
+            )
+            return
+        self._emit(P.envelope(P.CHAT_TOKENS, request.id, reply_id=message_id, tokens=tokens))
 
     def _handle_sync(self, request: P.Request) -> None:
         with self._lock:

@@ -30,17 +30,27 @@ CHAT_EDIT = "chat.edit"  # {message_id, text}: replace a user turn and everythin
 CHAT_CANCEL = "chat.cancel"  # {}: stop the reply being generated and drop queued sends
 CHAT_CLEAR = "chat.clear"  # {}: start a new conversation
 CHAT_SYNC = "chat.sync"  # {}: ask for a snapshot of the reply being generated
+# {message_id, token_index, token_id | None, text | None}: continue a reply from one of its tokens
+CHAT_BRANCH = "chat.branch"
+CHAT_SWITCH = "chat.switch"  # {message_id, index}: show another sibling of a message
+CHAT_EXPORT_TREE = "chat.export_tree"  # {}: ask for the conversation tree (the JSON export)
+CHAT_GET_TOKENS = "chat.get_tokens"  # {message_id}: ask for a reply's token records
 
 # Kernel -> front end.
 CHAT_TOKEN = "chat.token"  # {reply_id, tokens: [TokenEvent dicts]}
 CHAT_DONE = "chat.done"  # {reply_id, stop_reason, text, notice, stats}
 CHAT_ERROR = "chat.error"  # {reply_id | None, code, message}
 CHAT_SNAPSHOT = "chat.snapshot"  # {reply_id | None, text, count, tokens}
+CHAT_TREE = "chat.tree"  # {document: ChatState.to_json() | None}
+CHAT_TOKENS = "chat.tokens"  # {reply_id, tokens: [TokenEvent dicts]}: a finished reply's tokens
 
 REQUEST_KINDS = frozenset(
     {CHAT_SEND, CHAT_REGENERATE, CHAT_EDIT, CHAT_CANCEL, CHAT_CLEAR, CHAT_SYNC}
+    | {CHAT_BRANCH, CHAT_SWITCH, CHAT_EXPORT_TREE, CHAT_GET_TOKENS}
 )
-RESPONSE_KINDS = frozenset({CHAT_TOKEN, CHAT_DONE, CHAT_ERROR, CHAT_SNAPSHOT})
+RESPONSE_KINDS = frozenset(
+    {CHAT_TOKEN, CHAT_DONE, CHAT_ERROR, CHAT_SNAPSHOT, CHAT_TREE, CHAT_TOKENS}
+)
 
 # Error codes of `chat.error`. Only "generation" errors are also written into the transcript.
 ERROR_BAD_REQUEST = "bad_request"
@@ -57,6 +67,15 @@ _REQUEST_FIELDS: dict[str, dict[str, _envelope.FieldTypes]] = {
     CHAT_CANCEL: {},
     CHAT_CLEAR: {},
     CHAT_SYNC: {},
+    CHAT_BRANCH: {
+        "message_id": (str,),
+        "token_index": (int,),
+        "token_id": (int, type(None)),
+        "text": (str, type(None)),
+    },
+    CHAT_SWITCH: {"message_id": (str,), "index": (int,)},
+    CHAT_EXPORT_TREE: {},
+    CHAT_GET_TOKENS: {"message_id": (str,)},
 }
 
 
