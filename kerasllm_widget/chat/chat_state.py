@@ -159,7 +159,7 @@ class ChatState(ChatBranches):
         for event in self.stream(text, **sampling):
             if isinstance(event, DoneEvent):
                 done = event
-        return done.text if done is not None else ""
+        return done.reply if done is not None else ""
 
     def stream(
         self, text: str, *, cancel_event: threading.Event | None = None, **sampling: Any
@@ -410,8 +410,8 @@ class ChatState(ChatBranches):
             for event in self._turn_events(prompt_ids, cancel_event, options):
                 if isinstance(event, DoneEvent):
                     finished = True
-                    if event.text:
-                        reply = self.tree.message("assistant", event.text, event.token_ids)
+                    if event.reply:
+                        reply = self.tree.message("assistant", event.reply, event.token_ids)
                         self.messages.append(reply)
                     if dropped:
                         event.dropped_turns = dropped

@@ -247,7 +247,9 @@ class ChatReplies:
         stats = P.reply_stats(done)
         tokens_used = self.context_tokens()
         with self._transcript.one_update():
-            self._transcript.finish(reply_id, done.text, done.stop_reason, done.notice or "", stats)
+            self._transcript.finish(
+                reply_id, done.reply, done.stop_reason, done.notice or "", stats
+            )
             self._transcript.set_status(
                 state=self.state_between_replies(),
                 queued=len(self._worker.pending),
@@ -261,7 +263,7 @@ class ChatReplies:
                     request_id,
                     reply_id=reply_id,
                     stop_reason=done.stop_reason,
-                    text=done.text,
+                    text=done.reply,
                     notice=done.notice or "",
                     stats=stats,
                 )
