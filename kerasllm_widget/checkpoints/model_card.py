@@ -7,6 +7,7 @@ between ``---`` lines, then Markdown).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def model_card_text(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    # Plain JSON types only: YAML would write a Keras-tracked list (a model attribute) as an
+    # object tag that no YAML reader accepts.
+    card = json.loads(json.dumps(dict(card)))
     data = ModelCardData(
         base_model=base_model,
         library_name="transformers",
