@@ -357,5 +357,12 @@ def test_same_results_as_keras_hub(model, preset):
     try:
         for prompt in (PROMPT, "A cat"):
             assert model.generate(prompt, max_length=16) == theirs.generate(prompt, max_length=16)
+        # keras_hub's sampler objects, as its docstrings pass them to compile.
+        model.compile(sampler=keras_hub.samplers.TopKSampler(k=7, seed=1))
+        assert (model.sampler.top_k, model.sampler.seed) == (7, 1)
+        model.compile(sampler=keras_hub.samplers.TopPSampler(p=0.5))
+        assert model.sampler.top_p == 0.5
+        with pytest.raises(ValueError, match="beam"):
+            model.compile(sampler=keras_hub.samplers.BeamSampler(num_beams=2))
     finally:
         model.sampler = "greedy"
