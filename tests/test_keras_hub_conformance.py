@@ -357,6 +357,22 @@ def test_same_results_as_keras_hub(model, preset):
     try:
         for prompt in (PROMPT, "A cat"):
             assert model.generate(prompt, max_length=16) == theirs.generate(prompt, max_length=16)
+        # max_length's default (the sequence_length) and stop_token_ids=None mean the same.
+        for options in ({"stop_token_ids": None}, {"max_length": 12, "stop_token_ids": None}):
+            assert model.generate(PROMPT, **options) == theirs.generate(PROMPT, **options)
+        # Preprocessed inputs without a preprocessor: the same arrays back.
+        x = {
+            "token_ids": np.array([[1, 45, 67, 0, 0, 0, 0]] * 2),
+            "padding_mask": np.array([[1, 1, 1, 0, 0, 0, 0]] * 2),
+        }
+        bare = keras_hub.models.Llama3CausalLM.from_preset(str(preset), preprocessor=None)
+        bare.compile(sampler="greedy")
+        expected = bare.generate(x, stop_token_ids=None)
+        got = Llama3CausalLM.from_preset(str(preset), preprocessor=None).generate(
+            x, stop_token_ids=None, sampler="greedy"
+        )
+        for key in ("token_ids", "padding_mask"):
+            np.testing.assert_array_equal(got[key], np.asarray(expected[key]))
         # keras_hub's sampler objects, as its docstrings pass them to compile.
         model.compile(sampler=keras_hub.samplers.TopKSampler(k=7, seed=1))
         assert (model.sampler.top_k, model.sampler.seed) == (7, 1)
