@@ -1,9 +1,13 @@
 """`Llama3Tokenizer.apply_chat_template` with transformers' keywords: what each of them does
 around the one render (`render_chat_template`).
 
-transformers' ``tools``, ``documents``, ``chat_template``, ``continue_final_message``,
-``tokenize`` and ``return_dict`` keep their meaning; any other keyword reaches the template as
-a variable, as in transformers. ``return_assistant_tokens_mask`` is refused with a pointer to
+transformers' ``tools``, ``documents``, ``chat_template`` (the text of a template),
+``continue_final_message`` (end inside the last message, to continue it), ``tokenize=True`` (the
+ids, as transformers gives them: no BOS beyond the template's) and ``return_dict``
+(``{"input_ids", "attention_mask"}``) keep their meaning; any other keyword reaches the template
+as a variable, as in transformers. Unlike transformers, text with the generation prompt comes
+back by default (``tokenize=False``, ``add_generation_prompt=True``), as this package's callers
+have always used it. ``return_assistant_tokens_mask`` is refused with a pointer to
 the preprocessor, which masks the assistant's tokens for training.
 """
 

@@ -425,12 +425,8 @@ class Llama3Tokenizer:
         **extra: Any,
     ) -> Any:
         """Renders a conversation with this checkpoint's chat template, with transformers'
-        keywords: ``tools``, ``documents``, ``chat_template`` (a template, or the name of one of
-        the checkpoint's), ``continue_final_message`` (end inside the last message, to continue
-        it), ``tokenize=True`` (the ids, as transformers gives them: no BOS added beyond the
-        template's) and ``return_dict`` (``{"input_ids", "attention_mask"}``). Other keywords
-        reach the template as variables, as in transformers. Unlike transformers, the text comes
-        back by default (``tokenize=False``) and with the generation prompt.
+        keywords (``tools``, ``continue_final_message``, ``tokenize``, ...: see
+        `chat_template_call`); unlike transformers, text with the generation prompt by default.
 
         Example:
             >>> tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}])  # doctest: +SKIP
