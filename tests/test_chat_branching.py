@@ -46,7 +46,7 @@ def test_messages_have_ids_and_replies_remember_their_token_ids(model):
     assert [m["role"] for m in chat.messages] == ["user", "assistant"]
     assert len({m["id"] for m in chat.messages}) == 2
     reply = chat.messages[1]
-    assert reply["content"] == done.text
+    assert reply["content"] == done.reply
     assert chat.token_ids(reply["id"]) == done.token_ids
     assert chat.token_ids(chat.messages[0]["id"]) is None
     # The template still reads only role and content.

@@ -91,7 +91,7 @@ def test_send_undo_regenerate_reset(model):
     assert chat.prompt.endswith("<|im_start|>assistant\n") and reply in chat.prompt
     assert chat.context_tokens() == len(model.tokenizer(chat.format(add_generation_prompt=True)))
     again = done_of(chat.regenerate(**GREEDY))
-    assert again.text == reply and len(chat.messages) == 2  # greedy: the same reply, replaced
+    assert again.reply == reply and len(chat.messages) == 2  # greedy: the same reply, replaced
     second = chat.send("And of Italy?", **GREEDY)
     assert len(chat.messages) == 4 and chat.messages[-1]["content"] == second
     assert turns(chat.undo()) == [
@@ -113,7 +113,7 @@ def test_next_turn_reuses_the_cache_and_matches_a_fresh_run(model):
     chat.undo()
     engine.clear_cache()
     fresh = done_of(chat.stream("And dogs?", **GREEDY))
-    assert fresh.text == streamed.text
+    assert fresh.reply == streamed.reply
 
 
 def test_cancelled_reply_is_kept_and_the_chat_goes_on(model):
@@ -127,8 +127,8 @@ def test_cancelled_reply_is_kept_and_the_chat_goes_on(model):
         if isinstance(event, TokenEvent) and event.index == 2:
             cancel.set()
     done = events[-1]
-    assert done.stop_reason == "cancelled" and done.text
-    assert turns(chat.messages)[-1] == {"role": "assistant", "content": done.text}
+    assert done.stop_reason == "cancelled" and done.reply
+    assert turns(chat.messages)[-1] == {"role": "assistant", "content": done.reply}
     assert chat.send("Thanks!", **GREEDY)
     assert len(chat.messages) == 4
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _done(text: str = "", n: int = 0, reason: str = "stop_token") -> DoneEvent:
     return DoneEvent(
         stop_reason=reason,
-        text=text,
+        reply=text,
         token_ids=list(range(n)),
         prompt_tokens=3,
         generated_tokens=n,
@@ -107,7 +107,7 @@ def test_worker_batches_tokens_and_delivers_all_in_order_before_done():
         Task(
             fast_stream,
             on_tokens=lambda t, batch: batches.append([e.text for e in batch]),
-            on_done=lambda t, done: finished.append(done.text),
+            on_done=lambda t, done: finished.append(done.reply),
         )
     )
     assert task.wait(10)
@@ -390,7 +390,7 @@ def test_python_send_returns_a_handle_and_calls_the_callbacks(chat):
     handle = chat.send("What is a cat?")
     text = handle.result(timeout=180)
     assert handle.done and handle.event.stop_reason in ("max_new_tokens", "stop_token")
-    assert text == dones[0].text and text.startswith("".join(t.text for t in tokens))
+    assert text == dones[0].reply and text.startswith("".join(t.text for t in tokens))
     assert chat.history == [
         {"role": "user", "content": "What is a cat?"},
         {"role": "assistant", "content": text},

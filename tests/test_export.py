@@ -176,7 +176,11 @@ def test_keras_file_round_trip(tmp_path, tiny_model, token_ids):
 
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20
-    assert parse_size(1234) == 1234
+    # Numbers are gigabytes, as keras_hub's save_to_preset(max_shard_size=10) means 10 GB.
+    assert parse_size(10) == 10 * 10**9 and parse_size(0.001) == 10**6
+    for bad in ("1234", 0, -1, float("nan"), "0GB"):
+        with pytest.raises(ValueError, match="max_shard_size"):
+            parse_size(bad)
     with pytest.raises(ValueError, match="max_shard_size"):
         parse_size("lots")
 
@@ -191,15 +195,22 @@ def preset_folder(tmp_path):
     return tmp_path
 
 
+def _hub_offline(monkeypatch, offline: bool) -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE once, at import.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+
 def test_upload_offline_says_so(preset_folder, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_offline(monkeypatch, True)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    with pytest.raises(UploadError, match="HF_HUB_OFFLINE is set"):
+    with pytest.raises(UploadError, match="offline.*HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE"):
         upload_preset("hf://someone/tiny-llama", preset_folder)
 
 
 def test_upload_without_token_says_how_to_get_one(preset_folder, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    _hub_offline(monkeypatch, False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
@@ -224,7 +235,7 @@ def test_upload_rejects_bad_uris(preset_folder, uri, message):
 
 
 def test_upload_rejects_a_folder_that_is_not_a_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    _hub_offline(monkeypatch, False)
     with pytest.raises(UploadError, match="save_to_preset"):
         upload_preset("hf://someone/tiny-llama", tmp_path, token="hf_x")
 
@@ -254,6 +265,6 @@ def test_upload_without_network_reports_the_endpoint(preset_folder):
 
 
 def test_model_upload_fails_before_saving_when_offline(tiny_model, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_offline(monkeypatch, True)
     with pytest.raises(UploadError, match="HF_HUB_OFFLINE"):
         tiny_model.upload_preset("hf://someone/tiny-llama", private=True)

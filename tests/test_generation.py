@@ -79,7 +79,7 @@ def test_greedy_matches_transformers_token_for_token(smollm2_gguf, story_ids, gr
 def test_streamed_text_equals_generate_text(model, story_prompt, greedy_story):
     tokens, done = greedy_story
     streamed = "".join(e.text for e in tokens)
-    assert streamed == done.text
+    assert streamed == done.reply
     assert streamed == model.tokenizer.detokenize(done.token_ids)
     assert [e.token_id for e in tokens] == done.token_ids
     assert [e.index for e in tokens] == list(range(len(tokens)))
@@ -182,7 +182,7 @@ def test_stop_string_spanning_tokens_is_not_emitted(model, story_prompt, greedy_
         a, b = tokens[i].text, tokens[i + 1].text
         if len(a) >= 2 and len(b) >= 2:
             stop = a[-2:] + b[:2]
-            if done.text.find(stop) == sum(len(t.text) for t in tokens[: i + 1]) - 2:
+            if done.reply.find(stop) == sum(len(t.text) for t in tokens[: i + 1]) - 2:
                 break
     else:
         pytest.fail("no token pair to build a spanning stop string from")
@@ -190,9 +190,9 @@ def test_stop_string_spanning_tokens_is_not_emitted(model, story_prompt, greedy_
         model.stream(story_prompt, max_new_tokens=NEW_TOKENS, sampler="greedy", stop_strings=[stop])
     )
     assert stopped.stop_reason == "stop_string"
-    assert stopped.text == done.text[: done.text.find(stop)]
-    assert "".join(e.text for e in events) == stopped.text
-    assert stop not in stopped.text
+    assert stopped.reply == done.reply[: done.reply.find(stop)]
+    assert "".join(e.text for e in events) == stopped.reply
+    assert stop not in stopped.reply
 
 
 def test_extra_stop_token_ids(model, story_prompt, greedy_story):
@@ -297,25 +297,25 @@ def test_utf8_characters_split_across_tokens_come_out_whole(model, tokenizer):
     assert partial, "the test needs tokens that hold part of a character"
     events, done = scripted(model, ids)
     assert all("\ufffd" not in e.text for e in events)
-    assert "".join(e.text for e in events) == done.text == tokenizer.detokenize(ids) == text
+    assert "".join(e.text for e in events) == done.reply == tokenizer.detokenize(ids) == text
 
 
 def test_truncated_character_at_the_end_is_flushed(model, tokenizer):
     ids = tokenizer("ok 🐉 日本").tolist()
     cut = next(k for k in range(1, len(ids)) if tokenizer.detokenize(ids[:k]).endswith("\ufffd"))
     events, done = scripted(model, ids[:cut])  # the stream ends in the middle of a character
-    assert "".join(e.text for e in events) == done.text == tokenizer.detokenize(ids[:cut])
+    assert "".join(e.text for e in events) == done.reply == tokenizer.detokenize(ids[:cut])
 
 
 def test_scripted_stop_strings_across_tokens(model, tokenizer):
     ids = tokenizer("First line.\nUser: hello\nmore").tolist()
     events, done = scripted(model, ids, stop_strings=["\nUser:"])
-    assert done.stop_reason == "stop_string" and done.text == "First line."
+    assert done.stop_reason == "stop_string" and done.reply == "First line."
     assert "".join(e.text for e in events) == "First line."
     # A prefix of a stop string that never completes is released at the end.
     events, done = scripted(model, tokenizer("Almost\nUse").tolist(), stop_strings=["\nUser:"])
-    assert done.stop_reason == "max_new_tokens" and done.text == "Almost\nUse"
-    assert "".join(e.text for e in events) == done.text
+    assert done.stop_reason == "max_new_tokens" and done.reply == "Almost\nUse"
+    assert "".join(e.text for e in events) == done.reply
 
 
 def test_context_full_on_a_short_context(random_llama32_checkpoint):

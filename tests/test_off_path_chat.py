@@ -93,7 +93,7 @@ def test_edit_completes_as_a_new_branch_of_the_transcript(model):
     chat.send("and then?", max_new_tokens=3, temperature=0)
     done = [e for e in chat.edit(0, "hi instead", max_new_tokens=3) if isinstance(e, DoneEvent)]
     assert turns(chat.messages)[0] == {"role": "user", "content": "hi instead"}
-    assert turns(chat.messages)[1] == {"role": "assistant", "content": done[0].text}
+    assert turns(chat.messages)[1] == {"role": "assistant", "content": done[0].reply}
     assert len(chat.messages) == 2
 
 

@@ -101,6 +101,7 @@ def test_save_leaves_user_files_and_replaces_only_the_previous_save(tmp_path, ol
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
+        "README.md",  # the model card, written since the folder had none
     }
     assert_loads_as(folder, new_model)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left behind

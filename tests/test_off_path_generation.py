@@ -141,7 +141,7 @@ def test_a_bare_stop_string_is_one_string_not_its_characters(model):
     cut = model.generate("hello", max_new_tokens=12, strip_prompt=True, stop_strings=stop)
     assert cut == free[:2]
     events = list(model.stream("hello", max_new_tokens=12, stop_strings=stop))
-    assert events[-1].text == free[:2]
+    assert events[-1].reply == free[:2]
     assert events[-1].stop_reason == "stop_string"
     with pytest.raises(GenerationSettingError, match=r"stop_strings=\['a', 3\]"):
         model.generate("hello", max_new_tokens=2, stop_strings=["a", 3])

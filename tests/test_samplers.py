@@ -132,8 +132,14 @@ def test_samplers_by_name_and_keras_hub_objects():
     TopKSamplerLike.__name__ = "TopKSampler"
     converted = get_sampler(TopKSamplerLike())
     assert (converted.top_k, converted.temperature, converted.seed) == (7, 0.5, 3)
-    with pytest.raises(ValueError, match="Unknown sampler 'beam'"):
+    # keras_hub's serialized form (keras_hub.samplers.serialize / get), its greedy config too.
+    config = {"class_name": "TopPSampler", "config": {"p": 0.8, "k": 20, "seed": None}}
+    assert (get_sampler(config).top_p, get_sampler(config).top_k) == (0.8, 20)
+    assert get_sampler({"class_name": "greedy", "config": {"temperature": 1.0}}).is_greedy
+    with pytest.raises(ValueError, match=r"sampler='beam' is not supported.*top_k"):
         get_sampler("beam")
+    with pytest.raises(ValueError, match="Unknown sampler 'nucleus'"):
+        get_sampler("nucleus")
 
 
 def test_bad_knobs_are_refused():

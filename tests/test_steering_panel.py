@@ -234,7 +234,7 @@ def test_compare_with_scores_the_conversation_and_continues_with_b(chat, tiny_mo
     greedy = list(
         other.stream([int(i) for i in ids[: position + 1]], max_new_tokens=5, temperature=0.0)
     )
-    assert done["text"] == greedy[-1].text
+    assert done["text"] == greedy[-1].reply
 
     stale = view.answer(
         view.request("compare.continue", sequence_id="old", position=1), ("steer.error",)

@@ -167,7 +167,7 @@ class ChatBranches:
             if isinstance(event, DoneEvent):
                 ids = [*prefix, *event.token_ids]
                 if event.stop_reason == "stop_string":  # the text was cut inside the ids
-                    content = tokenizer.detokenize(prefix) + event.text
+                    content = tokenizer.detokenize(prefix) + event.reply
                 else:
                     content = tokenizer.detokenize(ids)
                 with self._lock:

@@ -163,7 +163,7 @@ class ChatState(ChatBranches):
         for event in self.stream(text, **sampling):
             if isinstance(event, DoneEvent):
                 done = event
-        return done.text if done is not None else ""
+        return done.reply if done is not None else ""
 
     def stream(
         self, text: str, *, cancel_event: threading.Event | None = None, **sampling: Any
@@ -436,8 +436,8 @@ class ChatState(ChatBranches):
                 if isinstance(event, DoneEvent):
                     finished = True
                     new = [] if at and before[at - 1] is user else [user]
-                    if event.text:
-                        new.append(self.tree.message("assistant", event.text, event.token_ids))
+                    if event.reply:
+                        new.append(self.tree.message("assistant", event.reply, event.token_ids))
                     self._commit(before, at, new, drop, user)
                     if dropped:
                         self.dropped_messages.extend(lost)

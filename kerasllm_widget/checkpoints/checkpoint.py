@@ -154,6 +154,10 @@ class Checkpoint:
     tokenizer_json: str | None = None  # the tokenizer.json text (Hugging Face `tokenizers` format)
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     generation_config: dict[str, Any] = field(default_factory=dict)
+    # The source's model card metadata (licence, ...; see `model_card.card_metadata`) and the Hub
+    # repo it came from, if any: a model saved from it names both in its own card.
+    card: dict[str, Any] = field(default_factory=dict)
+    hub_repo: str | None = None
     close: Callable[[], None] = lambda: None
     # HF name, start, stop -> rows [start, stop) along the first axis, as read_tensor gives them.
     # None: the source reads whole tensors only.
@@ -185,3 +189,37 @@ class Checkpoint:
         step = max(1, max_bytes // max(1, row_bytes))
         for start in range(0, shape[0], step):
             yield start, self.read_row_range(name, start, min(start + step, shape[0]))
+
+
+# The keys of transformers' `generation_config.json` that say how to sample.
+SAMPLING_CONFIG_KEYS = (
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+)
+
+
+def sampling_generation_config(config: Any) -> dict[str, Any]:
+    """The sampling part of a ``generation_config.json`` (``do_sample``, ``temperature``,
+    ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``), values that are not numbers dropped.
+
+    Example:
+        >>> sampling_generation_config({"do_sample": True, "temperature": 0.6, "eos_token_id": 2})
+        {'do_sample': True, 'temperature': 0.6}
+    """
+    out: dict[str, Any] = {}
+    for key in SAMPLING_CONFIG_KEYS:
+        value = (config or {}).get(key)
+        if key == "do_sample" and isinstance(value, bool):
+            out[key] = value
+        elif (
+            key != "do_sample"
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            out[key] = int(value) if key == "top_k" else float(value)
+    return out

@@ -26,6 +26,8 @@ from kerasllm_widget.distribution import place_on_shards
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+# Keras' mixed policies: float32 variables, 16-bit compute.
+MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
 
 def resolve_dtype(dtype) -> str:
@@ -42,6 +44,32 @@ def resolve_dtype(dtype) -> str:
             "(or None for float32)."
         )
     return name
+
+
+def resolve_dtype_policy(dtype) -> str:
+    """The dtype policy a model is built with: ``None`` follows ``keras.config.dtype_policy()``
+    (as keras_hub does); a storage dtype (`resolve_dtype`) or a mixed policy
+    (``"mixed_bfloat16"``: float32 variables, bfloat16 compute) is taken as given.
+
+    Example:
+        >>> resolve_dtype_policy("mixed_bfloat16"), resolve_dtype_policy("bf16")
+        ('mixed_bfloat16', 'bfloat16')
+    """
+    if dtype is None:
+        import keras
+
+        dtype = keras.config.dtype_policy()
+    name = getattr(dtype, "name", None) or str(dtype)
+    if name in MIXED_POLICIES:
+        return name
+    try:
+        return resolve_dtype(name)
+    except PresetError:
+        allowed = ", ".join(repr(d) for d in (*SUPPORTED_DTYPES, *MIXED_POLICIES))
+        raise PresetError(
+            f"Unknown dtype {dtype!r}. Use one of {allowed} (or None for "
+            "keras.config.dtype_policy(), float32 unless set)."
+        ) from None
 
 
 def backbone_kwargs_from_hf_config(config: dict[str, Any], source: str = "config.json") -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -36,7 +37,6 @@ from kerasllm_widget.checkpoints.safetensors_checkpoint import INDEX_FILE, SINGL
 # safetensors' dtype codes for the dtypes a Llama checkpoint is written in.
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _SIZE_UNITS = {
-    "": 1,
     "B": 1,
     "KB": 10**3,
     "MB": 10**6,
@@ -48,21 +48,23 @@ _SIZE_UNITS = {
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' own default for safetensors shards
 
 
-def parse_size(size: int | str) -> int:
-    """``"5GB"`` -> 5_000_000_000; ints pass through (bytes).
+def parse_size(size: float | str) -> int:
+    """A shard size in bytes: numbers are gigabytes (keras_hub's ``max_shard_size=10`` is
+    10 GB); strings carry their unit (``"5GB"``, ``"500MB"``, ``"2GiB"``, ``"1000B"``).
 
     Example:
-        >>> parse_size("200MB")
-        200000000
+        >>> parse_size("200MB"), parse_size(2), parse_size(0.5)
+        (200000000, 2000000000, 500000000)
     """
-    if isinstance(size, int):
-        return size
+    allowed = "write it in GB as a number (keras_hub: 10 is 10 GB) or like '5GB', '500MB'"
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        if not (size > 0 and math.isfinite(size)):
+            raise ValueError(f"max_shard_size={size!r}: {allowed}, above 0.")
+        return max(1, int(size * _SIZE_UNITS["GB"]))
     match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
     unit = match.group(2).upper() if match else None
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError(
-            f"max_shard_size={size!r}: write it as bytes (int) or like '5GB', '500MB'."
-        )
+    if not match or unit not in _SIZE_UNITS or not float(match.group(1)) > 0:
+        raise ValueError(f"max_shard_size={size!r}: {allowed}.")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
@@ -385,6 +387,8 @@ def export_preset(
     tokenizer=None,
     dtype: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    generation_config: dict[str, Any] | None = None,
+    model_card: str | None = None,
 ) -> Path:
     """Writes a complete Hugging Face model folder for a backbone and (optionally) its tokenizer.
 
@@ -396,7 +400,11 @@ def export_preset(
         tokenizer: a `Llama3Tokenizer`; its ``tokenizer.json``, ``tokenizer_config.json`` (with the
             chat template) and the special ids in ``config.json``/``generation_config.json``.
         dtype: "float32", "bfloat16" or "float16"; default: the variables' dtype.
-        max_shard_size: bytes or a string like "5GB"; larger models are split into shards.
+        max_shard_size: gigabytes (a number, as in keras_hub) or a string like "500MB";
+            larger models are split into shards.
+        generation_config: sampling defaults (``temperature``, ``top_p``, ...) written into
+            ``generation_config.json`` beside the special token ids.
+        model_card: the text of ``README.md`` (a Hugging Face model card), if any.
 
     Example:
         >>> export_preset(model.backbone, "my-model", tokenizer=model.tokenizer)  # doctest: +SKIP
@@ -409,8 +417,14 @@ def export_preset(
         if tokenizer is not None:
             tokenizer.save_to_preset(staging)
             _write_effective_chat_template(staging, tokenizer)
-            generation = {**generation_config_from_tokenizer(tokenizer)}
+        if tokenizer is not None or generation_config:
+            generation = {
+                **(generation_config or {}),
+                **(generation_config_from_tokenizer(tokenizer) if tokenizer is not None else {}),
+            }
             (staging / "generation_config.json").write_text(
                 json.dumps(generation, indent=2), encoding="utf-8"
             )
+        if model_card is not None:
+            (staging / "README.md").write_text(model_card, encoding="utf-8")
     return Path(folder)

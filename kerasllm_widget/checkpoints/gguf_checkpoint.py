@@ -163,6 +163,10 @@ def load_gguf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Ch
         tokenizer_json=tokenizer_json,
         tokenizer_config=tokenizer_config,
         generation_config=generation_config,
+        # GGUF files carry the licence in their metadata (llama.cpp's convert writes it).
+        card={"license": str(metadata["general.license"])}
+        if metadata.get("general.license")
+        else {},
         close=close,
         read_row_range=read_row_range,
     )

@@ -18,6 +18,7 @@ from kerasllm_widget.checkpoints.checkpoint import (
     refuse_non_finite,
 )
 from kerasllm_widget.checkpoints.errors import CheckpointFormatError, PresetError
+from kerasllm_widget.checkpoints.model_card import card_metadata
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -155,5 +156,6 @@ def load_folder_checkpoint(folder: str | os.PathLike, name: str | None = None) -
         tokenizer_json=read_text_file(tokenizer_path) if path_exists(tokenizer_path) else None,
         tokenizer_config=tokenizer_config,
         generation_config=_read_json(folder / "generation_config.json", required=False),
+        card=card_metadata(folder),
         read_row_range=read_row_range,
     )

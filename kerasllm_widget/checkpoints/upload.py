@@ -10,17 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kerasllm_widget.checkpoints.presets import HF_SCHEME, parse_hf_uri
+from kerasllm_widget.checkpoints.presets import HF_SCHEME, hub_offline, parse_hf_uri
 
 __all__ = ["UploadError", "check_upload", "upload_preset"]
 
 
 class UploadError(RuntimeError):
     """An upload to the Hub could not be done; the message says why and what to do."""
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_network_error(error: BaseException) -> bool:
@@ -59,10 +55,11 @@ def check_upload(uri: str, token: str | None = None) -> tuple[str, str | None, s
         raise UploadError(str(error)) from None
     if filename:
         raise UploadError(f"{uri!r}: name a repo ('hf://user/repo'), not a file inside one.")
-    if _offline():
+    if hub_offline():
         raise UploadError(
-            f"Cannot upload to {uri}: HF_HUB_OFFLINE is set, so the Hugging Face Hub is not "
-            "contacted. Unset HF_HUB_OFFLINE where there is network access and try again."
+            f"Cannot upload to {uri}: huggingface_hub is offline (HF_HUB_OFFLINE or "
+            "TRANSFORMERS_OFFLINE is set), so the Hugging Face Hub is not contacted. Unset them "
+            "before starting Python where there is network access, and try again."
         )
     from huggingface_hub import get_token
 
@@ -70,7 +67,8 @@ def check_upload(uri: str, token: str | None = None) -> tuple[str, str | None, s
     if not token:
         raise UploadError(
             f"Cannot upload to {uri}: no Hugging Face token. Create a token with write access at "
-            "https://huggingface.co/settings/tokens, then set HF_TOKEN or run `hf auth login`."
+            "https://huggingface.co/settings/tokens, then set HF_TOKEN, run `hf auth login` in a "
+            "terminal, or `huggingface_hub.notebook_login()` in a notebook."
         )
     return repo_id, revision, token
 

@@ -2,7 +2,8 @@
 
 `stream_ids` turns the engine's token chunks into `TokenEvent`s (text deltas that are UTF-8
 safe and hold back possible stop strings, log-probabilities, top alternatives) and one final
-`DoneEvent`; `stream` and `generate` add tokenization on top.
+`DoneEvent`; `stream` adds tokenization on top (keras_hub's batched `generate` is in
+`batch_generate`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ from kerasllm_widget.generation.events import Alternative, DoneEvent, TokenEvent
 from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import Sampler, get_sampler
 from kerasllm_widget.generation.steering import steering_edits
-from kerasllm_widget.generation.stopping import StopStringMatcher, stop_token_ids_of
+from kerasllm_widget.generation.stopping import (
+    AUTO,
+    StopStringMatcher,
+    requested_stop_token_ids,
+    stop_token_ids_of,
+)
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "generate", "make_sampler", "stream", "stream_ids"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "make_sampler", "prompt_token_ids", "stream", "stream_ids"]
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -217,7 +223,7 @@ def stream_ids(
         notice = f"The reply stopped at the model's context length ({context} tokens)."
     yield DoneEvent(
         stop_reason=reason,
-        text=matcher.text,
+        reply=matcher.text,
         token_ids=reply_ids,
         prompt_tokens=timings.prompt_tokens,
         generated_tokens=len(reply_ids),
@@ -258,7 +264,7 @@ def _cancelled(event: threading.Event | None) -> bool:
     return event is not None and event.is_set()
 
 
-def _prompt_ids(model, prompt: Any) -> list[int]:
+def prompt_token_ids(model, prompt: Any) -> list[int]:
     """Token ids of one prompt: a string or a conversation (through the preprocessor, which adds
     the start token the checkpoint wants) or ids as they are."""
     vocabulary = int(model.backbone.vocabulary_size)
@@ -288,17 +294,20 @@ def stream(
     min_p: float | None = None,
     repetition_penalty: float | None = None,
     seed: int | None = None,
-    stop_token_ids: Sequence[int] | None = None,
+    stop_token_ids: Any = AUTO,
     stop_strings: Sequence[str] | None = None,
     top_k_alternatives: int = 0,
     cancel_event: threading.Event | None = None,
     ignore_eos: bool = False,
     steering: Mapping[int, Any] | None = None,
 ) -> Iterator[TokenEvent | DoneEvent]:
-    """Streams a reply to ``prompt`` (text, a conversation, or token ids) as events.
+    """Streams a reply to ``prompt`` (text, a conversation, or token ids) as events: every
+    event's ``text`` is the new text (the final `DoneEvent`'s is empty; its ``reply`` is the
+    whole reply). ``stop_token_ids`` as in keras_hub's ``generate``: ``"auto"`` (the
+    checkpoint's), ``None`` (none) or the ids to stop on; ``ignore_eos`` drops the checkpoint's.
 
     Example:
-        >>> text = "".join(e.text for e in stream(model, "Hi!") if isinstance(e, TokenEvent))  # doctest: +SKIP
+        >>> text = "".join(e.text for e in stream(model, "Hi!"))  # doctest: +SKIP
     """
     started = time.perf_counter()
     base = sampler if sampler is not None else engine_for(model).sampler
@@ -312,168 +321,21 @@ def stream(
     )
     yield from stream_ids(
         model,
-        _prompt_ids(model, prompt),
+        prompt_token_ids(model, prompt),
         max_new_tokens=DEFAULT_MAX_NEW_TOKENS
         if max_new_tokens is None
         else settings.check_max_new_tokens(max_new_tokens),
         sampler=chosen,
-        stop_token_ids=stop_token_ids,
+        stop_token_ids=requested_stop_token_ids(
+            model.tokenizer,
+            None if ignore_eos and stop_token_ids == AUTO else stop_token_ids,
+            int(model.backbone.vocabulary_size),
+        ),
         stop_strings=stop_strings,
         top_k_alternatives=top_k_alternatives,
         cancel_event=cancel_event,
         seed=seed,
         started=started,
-        ignore_eos=ignore_eos,
+        ignore_eos=True,  # the resolved ids already hold the checkpoint's where asked for
         steering=steering,
     )
-
-
-def _batch_rows(model, inputs: Any) -> tuple[list[list[int]], str]:
-    """Prompt rows and the input kind: "string", "strings" or "preprocessed"."""
-    if isinstance(inputs, Mapping):
-        if "token_ids" not in inputs:
-            raise ValueError(
-                f"generate() got a dict with keys {sorted(map(str, inputs))}; preprocessed "
-                "inputs need 'token_ids' (and optionally 'padding_mask'), as the preprocessor "
-                "makes them: model.preprocessor.generate_preprocess(text)."
-            )
-        token_ids = np.atleast_2d(np.asarray(inputs["token_ids"]))
-        mask = inputs.get("padding_mask")
-        mask = (
-            np.ones(token_ids.shape, bool)
-            if mask is None
-            else np.atleast_2d(np.asarray(mask, bool))
-        )
-        return [row[m].tolist() for row, m in zip(token_ids, mask, strict=True)], "preprocessed"
-    if isinstance(inputs, str):
-        return [_prompt_ids(model, inputs)], "string"
-    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "US":
-        inputs = inputs.tolist()
-    if isinstance(inputs, (list, tuple)) and not inputs:
-        raise ValueError("generate() got an empty list: pass a string or a list of strings.")
-    if isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs):
-        return [_prompt_ids(model, x) for x in inputs], "strings"
-    if isinstance(inputs, (list, tuple)) and isinstance(inputs[0], (int, np.integer)):
-        return [_prompt_ids(model, inputs)], "string"  # one prompt as token ids
-    if isinstance(inputs, (list, tuple)) and isinstance(inputs[0], Mapping):
-        return [_prompt_ids(model, inputs)], "string"  # one conversation
-    raise TypeError(
-        "generate() takes a string, a list of strings, or {'token_ids', 'padding_mask'}; "
-        f"got {type(inputs).__name__}."
-    )
-
-
-def generate(
-    model,
-    inputs: Any,
-    max_new_tokens: int | None = None,
-    max_length: int | None = None,
-    sampler: str | Sampler | None = None,
-    *,
-    stop_token_ids: Sequence[int] | None = None,
-    stop_strings: Sequence[str] | None = None,
-    strip_prompt: bool = False,
-    seed: int | None = None,
-    cancel_event: threading.Event | None = None,
-    steering: Mapping[int, Any] | None = None,
-    **sampling: Any,
-) -> Any:
-    """keras_hub's ``generate``: the prompt followed by its continuation, for a string, a list of
-    strings (batched) or preprocessed ``{"token_ids", "padding_mask"}`` (returned in that form).
-
-    ``max_length`` counts the prompt too (keras_hub); ``max_new_tokens`` counts only new tokens.
-    ``strip_prompt=True`` returns only the continuation.
-
-    Example:
-        >>> generate(model, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
-        'The capital of France is Paris...'
-    """
-    rows, kind = _batch_rows(model, inputs)
-    vocabulary = int(model.backbone.vocabulary_size)
-    rows = [settings.check_token_ids(r, vocabulary, "prompt token ids") for r in rows]
-    if any(not r for r in rows):
-        raise ValueError("A prompt has no tokens; give the model some text to continue.")
-    if max_new_tokens is not None:
-        max_new_tokens = settings.check_max_new_tokens(max_new_tokens)
-    if max_length is not None:
-        max_length = settings.check_max_new_tokens(max_length, "max_length")
-    stop_strings = settings.check_stop_strings(stop_strings)
-    seed = settings.check_seed(seed)
-    if max_length is not None:
-        rows = [r[: max(1, int(max_length) - 1)] for r in rows]
-        budgets = [int(max_length) - len(r) for r in rows]
-    else:
-        budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else int(max_new_tokens)
-        budgets = [budget] * len(rows)
-    if max_new_tokens is not None:
-        budgets = [min(b, int(max_new_tokens)) for b in budgets]
-    base = sampler if sampler is not None else engine_for(model).sampler
-    chosen = make_sampler(base, **sampling)
-    tokenizer = model.tokenizer
-    stops = stop_token_ids_of(tokenizer, stop_token_ids)
-    replies: list[list[int]] = []
-    if len(rows) == 1:
-        for event in stream_ids(
-            model,
-            rows[0],
-            max_new_tokens=max(1, budgets[0]),
-            sampler=chosen,
-            stop_token_ids=stops,
-            stop_strings=stop_strings,
-            cancel_event=cancel_event,
-            seed=seed,
-            steering=steering,
-        ):
-            if isinstance(event, DoneEvent):
-                replies.append(event.token_ids)
-                texts = [event.text]
-    else:
-        engine = engine_for(model)
-        edits = steering_edits(model, steering)
-        collected = [[] for _ in rows]
-        for chunk in engine.generate_tokens(
-            rows,
-            max_new_tokens=max(1, max(budgets)),
-            sampler=chosen,
-            stop_token_ids=stops,
-            cancel_event=cancel_event,
-            seed=seed,
-            **({"edits": edits} if edits else {}),
-        ):
-            for row, tokens in enumerate(chunk.tokens.tolist()):
-                collected[row].extend(tokens)
-        stop_set = set(stops)
-        for row, tokens in enumerate(collected):
-            cut = next((i for i, t in enumerate(tokens) if t in stop_set), len(tokens))
-            replies.append(tokens[: min(cut, budgets[row])])
-        texts = [tokenizer.detokenize(r) if tokenizer else "" for r in replies]
-        if stop_strings:
-            texts = [_cut_at_stop_string(t, stop_strings) for t in texts]
-    if kind == "preprocessed":
-        full = [r + g for r, g in zip(rows, replies, strict=True)]
-        width = max(len(f) for f in full)
-        token_ids = np.zeros((len(full), width), np.int32)
-        padding_mask = np.zeros((len(full), width), bool)
-        for i, f in enumerate(full):
-            token_ids[i, : len(f)] = f
-            padding_mask[i, : len(f)] = True
-        return {"token_ids": token_ids, "padding_mask": padding_mask}
-    if not strip_prompt:
-        prompts = [_prompt_text(model, r) for r in rows]
-        texts = [p + t for p, t in zip(prompts, texts, strict=True)]
-    return texts[0] if kind == "string" else texts
-
-
-def _prompt_text(model, ids: list[int]) -> str:
-    """The prompt as keras_hub's ``generate`` shows it: the start token the preprocessor added
-    is dropped."""
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        return ""
-    added = getattr(tokenizer, "add_bos", True) and ids and ids[0] == tokenizer.start_token_id
-    return tokenizer.detokenize(ids[1:] if added else ids)
-
-
-def _cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str:
-    found = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
-    return text[: min(found)] if found else text

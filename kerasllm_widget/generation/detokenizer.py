@@ -7,6 +7,12 @@ vLLM: decode a small window of recent ids, emit only what the window adds beyond
 emitted, and hold back while the window ends in an incomplete character (U+FFFD). The window
 starts one emitted chunk back, so that decoders which look at context (SentencePiece's leading
 space) see it, and it slides forward, so each token costs O(1) however long the text grows.
+
+Why not `tokenizers.decoders.DecodeStream` (tokenizers 0.23): tried in its place, it fails two
+of tests/test_detokenizer.py's UTF-8 cases. It holds back the whole token that starts a split
+character, so the text before the character inside that token (the space of " \xf0\x9f")
+waits for the character's last byte; and it has no end-of-stream flush, so a reply cut inside
+a character loses its last bytes instead of showing U+FFFD as the full decode does.
 """
 
 from __future__ import annotations

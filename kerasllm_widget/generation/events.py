@@ -1,7 +1,10 @@
 """Events that `Llama3CausalLM.stream` and `ChatState.stream` yield while a reply is made.
 
-A stream is zero or more `TokenEvent`s followed by exactly one `DoneEvent`. The widgets forward
-these to the browser (see `widgets/protocol.py`), so every field is plain data.
+A stream is zero or more `TokenEvent`s followed by exactly one `DoneEvent`. Every event's
+``text`` is the new text it adds, so ``for event in model.stream(...): print(event.text, end="")``
+prints the reply once; the `DoneEvent` adds none (its ``text`` is "") and names the whole reply
+``reply``. The widgets forward these to the browser (see `widgets/protocol.py`), so every field
+is plain data.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ class TokenEvent:
 
 @dataclass
 class DoneEvent:
-    """The end of a stream, with why it ended and how fast it went."""
+    """The end of a stream, with why it ended, the whole reply and how fast it went.
+
+    Example:
+        >>> DoneEvent("stop_token", "Hi!", [1, 2], 3, 2, 0.1, 30.0, 20.0).text
+        ''
+    """
 
     stop_reason: StopReason
-    text: str  # the whole reply
+    reply: str  # the whole reply (the TokenEvents' texts joined)
     token_ids: list[int]  # the generated ids (without the stop token)
     prompt_tokens: int
     generated_tokens: int
@@ -57,6 +65,11 @@ class DoneEvent:
     notice: str = ""  # a sentence for the user when something was dropped or cut short
     # Prompt tokens the engine computed (fewer than prompt_tokens when a kept prefix was reused).
     prefilled_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        """The new text of this event, as on every `TokenEvent`: none (the reply is ``reply``)."""
+        return ""
 
     def to_dict(self) -> dict:
         return asdict(self)

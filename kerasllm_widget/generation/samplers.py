@@ -208,27 +208,52 @@ _BY_NAME = {
 }
 
 
-def get_sampler(sampler: str | Sampler | None) -> Sampler:
-    """A `Sampler` from a name (keras_hub's ``"greedy"``, ``"top_k"``, ...) or a sampler object.
+# keras_hub samplers that pick among several continuations at once: no streaming engine runs
+# them (each step's token could still change), so they are refused with what to use instead.
+_NOT_STREAMABLE = {"beam", "contrastive"}
 
-    Objects with keras_hub's attributes (``k``, ``p``, ``temperature``, ``seed``) are accepted too.
+
+def _factory(name: str):
+    # "top_p", "top-p" and keras_hub's class names ("TopPSampler") all work.
+    snake = re.sub(r"(?<=[A-Za-z])(?=[A-Z])", "_", name)
+    key = snake.lower().replace("-", "_").removesuffix("_sampler")
+    if key in _NOT_STREAMABLE:
+        raise ValueError(
+            f"sampler={name!r} is not supported: keras_hub's {key} search keeps several "
+            "continuations, which a token-by-token stream cannot show. Use one of "
+            f"{', '.join(sorted(_BY_NAME))}."
+        )
+    factory = _BY_NAME.get(key)
+    if factory is None:
+        raise ValueError(f"Unknown sampler {name!r}; known: {', '.join(sorted(_BY_NAME))}.")
+    return factory
+
+
+def get_sampler(sampler: str | Sampler | dict | None) -> Sampler:
+    """A `Sampler` from a name (keras_hub's ``"greedy"``, ``"top_k"``, ...), a keras_hub sampler
+    object (its ``k``, ``p``, ``temperature``, ``seed``), its serialized config
+    (``{"class_name": "top_k", "config": {"k": 10}}``, as ``keras_hub.samplers.get`` takes), or
+    a `Sampler`.
 
     Example:
-        >>> get_sampler("top_k").top_k
-        5
+        >>> get_sampler("top_k").top_k, get_sampler({"class_name": "TopKSampler", "config": {"k": 9}}).top_k
+        (5, 9)
     """
     if sampler is None:
         return GreedySampler()
     if isinstance(sampler, Sampler):
         return sampler
     if isinstance(sampler, str):
-        # "top_p", "top-p" and keras_hub's class names ("TopPSampler") all work.
-        snake = re.sub(r"(?<=[A-Za-z])(?=[A-Z])", "_", sampler)
-        key = snake.lower().replace("-", "_").removesuffix("_sampler")
-        factory = _BY_NAME.get(key)
-        if factory is None:
-            raise ValueError(f"Unknown sampler {sampler!r}; known: {', '.join(sorted(_BY_NAME))}.")
-        return factory()
+        return _factory(sampler)()
+    if isinstance(sampler, dict) and "class_name" in sampler:
+        config = dict(sampler.get("config") or {})
+        config.pop("name", None)  # keras_hub's serialized configs name the object
+        factory = _factory(str(sampler["class_name"]))
+        try:
+            # keras_hub's greedy config carries a temperature that greedy search never uses.
+            return GreedySampler() if factory is GreedySampler else factory(**config)
+        except TypeError as error:
+            raise ValueError(f"sampler={sampler!r}: {error}.") from None
     # A keras_hub sampler object: read its public knobs.
     name = type(sampler).__name__
     temperature = float(getattr(sampler, "temperature", 1.0))
@@ -241,6 +266,8 @@ def get_sampler(sampler: str | Sampler | None) -> Sampler:
         return TopPSampler(float(sampler.p), getattr(sampler, "k", None), temperature, seed)
     if name == "RandomSampler":
         return RandomSampler(temperature, seed)
+    if name in ("BeamSampler", "ContrastiveSampler"):
+        _factory(name)  # raises, saying why
     raise TypeError(f"Cannot use {sampler!r} as a sampler; pass a name or a `Sampler`.")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from kerasllm_widget.checkpoints.checkpoint import sampling_generation_config
+
 __all__ = [
     "MAX_NEW_TOKENS_LIMIT",
     "GenerationSettingError",
@@ -26,6 +28,7 @@ __all__ = [
     "check_temperature",
     "check_token_ids",
     "check_top_k",
+    "sampling_defaults",
 ]
 
 # The most new tokens one request may ask for: far past any context a Llama has (128K), so only
@@ -197,3 +200,34 @@ def check_token_ids(
         if not _is_int(value) or not 0 <= value < vocabulary_size:
             raise GenerationSettingError(f"{name}[{index}]", value, allowed)
     return [int(v) for v in values.tolist()]
+
+
+def sampling_defaults(config: Any) -> dict[str, Any]:
+    """A checkpoint's sampling defaults as generation settings, the way transformers reads them:
+    ``do_sample: false`` is greedy (``temperature=0``); otherwise each knob the config sets.
+    Values outside what the settings allow are left out.
+
+    Example:
+        >>> sampling_defaults({"do_sample": True, "temperature": 0.6, "top_p": 0.9})
+        {'temperature': 0.6, 'top_p': 0.9}
+        >>> sampling_defaults({"do_sample": False, "temperature": 0.6})
+        {'temperature': 0.0}
+    """
+    config = sampling_generation_config(config)
+    if config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    checks = {
+        "temperature": check_temperature,
+        "top_p": check_probability,
+        "top_k": check_top_k,
+        "min_p": lambda value, name: check_probability(value, name, open_below=False),
+        "repetition_penalty": check_positive,
+    }
+    out = {}
+    for key, check in checks.items():
+        if key in config:
+            try:
+                out[key] = check(config[key], key)
+            except GenerationSettingError:
+                continue
+    return out

@@ -8,8 +8,15 @@ the start of a stop string.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["StopStringMatcher", "stop_token_ids_of"]
+import numpy as np
+
+from kerasllm_widget.generation.settings import GenerationSettingError, check_token_ids
+
+__all__ = ["AUTO", "StopStringMatcher", "requested_stop_token_ids", "stop_token_ids_of"]
+
+AUTO = "auto"  # keras_hub's default for ``stop_token_ids``: the checkpoint's own stop tokens
 
 
 def stop_token_ids_of(tokenizer, extra: Sequence[int] | None = None) -> list[int]:
@@ -25,6 +32,33 @@ def stop_token_ids_of(tokenizer, extra: Sequence[int] | None = None) -> list[int
     if end is not None:
         ids.append(end)
     return sorted({int(i) for i in [*ids, *(extra or ())]})
+
+
+def requested_stop_token_ids(
+    tokenizer, stop_token_ids: Any = AUTO, vocabulary_size: int = 2**31 - 1
+) -> list[int]:
+    """``stop_token_ids`` as keras_hub's ``generate`` reads it: ``"auto"`` the checkpoint's stop
+    ids (its end token and ``generation_config.json``'s), ``None`` nothing (generate to the
+    length limit), a sequence of ids exactly those (replacing the checkpoint's).
+
+    Example:
+        >>> requested_stop_token_ids(None, None), requested_stop_token_ids(None, (7, 3), 32)
+        ([], [3, 7])
+    """
+    if isinstance(stop_token_ids, str):
+        if stop_token_ids != AUTO:
+            raise GenerationSettingError(
+                "stop_token_ids",
+                stop_token_ids,
+                "use 'auto' (the checkpoint's stop tokens), None (no stop token) or a list of "
+                "token ids",
+            )
+        return stop_token_ids_of(tokenizer)
+    if stop_token_ids is None:
+        return []
+    if isinstance(stop_token_ids, (int, np.integer)):
+        stop_token_ids = [stop_token_ids]
+    return sorted(set(check_token_ids(stop_token_ids, vocabulary_size, "stop_token_ids")))
 
 
 class StopStringMatcher:

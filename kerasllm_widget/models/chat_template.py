@@ -97,6 +97,17 @@ def _tojson(
     )
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: transformers' mark around the assistant's
+    tokens (for ``return_assistant_tokens_mask``); rendering shows the block's body as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)  # the "generation" tag itself
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 @lru_cache(maxsize=32)
 def compile_chat_template(template: str) -> jinja2.Template:
     """Compiles a chat template once (later calls with the same text return the same object).
@@ -108,7 +119,9 @@ def compile_chat_template(template: str) -> jinja2.Template:
     # Templates come from checkpoints downloaded from the internet: the sandbox keeps them from
     # reaching Python internals; compiling once per template keeps each chat turn cheap.
     env = budgeted_sandbox(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols, _GenerationBlock],
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -153,6 +166,34 @@ def _normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str,
         # Keys set to None are dropped, as transformers does: templates test `is defined`.
         normalized.append({k: _plain(v) for k, v in message.items() if v is not None})
     return normalized
+
+
+def continue_final_message(rendered: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The render cut right after the last message's content, so that generation continues
+    that message (transformers' ``continue_final_message=True``).
+
+    Example:
+        >>> continue_final_message("<u>Hi</u><a>Once upon</a>", [{"role": "user", "content": "Hi"},
+        ...     {"role": "assistant", "content": "Once upon"}])
+        '<u>Hi</u><a>Once upon'
+    """
+    if not messages:
+        raise ValueError("continue_final_message=True needs a conversation with a last message.")
+    final = messages[-1].get("content")
+    if isinstance(final, (list, tuple)):  # content blocks: the last text block
+        final = next(
+            (b.get("text") for b in reversed(final) if isinstance(b, Mapping) and "text" in b), None
+        )
+    if not isinstance(final, str) or final.strip() not in rendered:
+        raise ValueError(
+            "continue_final_message=True but the last message's text does not appear in the "
+            "rendered chat; the template changes it, so it cannot be continued."
+        )
+    start = rendered.rindex(final.strip())
+    kept = final.lstrip()
+    if rendered[start : start + len(kept)] == kept:  # the template keeps the spacing
+        return rendered[: start + len(kept)]
+    return rendered[: start + len(final.strip())]
 
 
 def select_chat_template(chat_template: Any, name: str = "default") -> str | None:

@@ -11,7 +11,7 @@ from kerasllm_widget.checkpoints.checkpoint import Checkpoint
 from kerasllm_widget.checkpoints.convert import (
     backbone_kwargs_from_hf_config,
     load_backbone_weights,
-    resolve_dtype,
+    resolve_dtype_policy,
 )
 from kerasllm_widget.checkpoints.export import export_preset
 from kerasllm_widget.checkpoints.presets import load_checkpoint
@@ -280,7 +280,7 @@ class Llama3Backbone(keras.Model):
         Example:
             >>> backbone = Llama3Backbone.from_checkpoint(load_checkpoint("smollm2-135m-instruct"))  # doctest: +SKIP
         """
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype_policy(dtype)
         config = backbone_kwargs_from_hf_config(
             checkpoint.config, source=f"{checkpoint.source}/config.json"
         )
@@ -314,34 +314,47 @@ class Llama3Backbone(keras.Model):
 
     # ----------------------------------------------------------------- LoRA, distribution, export
     def enable_lora(
-        self, rank: int, target_names=None, lora_alpha: float | None = None
+        self,
+        rank: int,
+        target_layer_names=None,
+        lora_alpha: float | None = None,
+        *,
+        target_names=None,
     ) -> list[str]:
         """Freezes every weight and adds rank-``rank`` LoRA adapters (Keras ``Dense.enable_lora``)
-        to the query and value projections, or to ``target_names``.
+        to the query and value projections, or to ``target_layer_names`` (keras_hub's keyword;
+        ``target_names`` is the same).
 
         Example:
             >>> backbone.enable_lora(4)  # doctest: +SKIP
             >>> [w.path for w in backbone.trainable_weights][:1]  # doctest: +SKIP
             ['llama3_backbone/transformer_layer_0/attention/query/lora_kernel_a']
         """
-        return llama3_lora.enable_lora(self, rank, target_names, lora_alpha=lora_alpha)
+        if target_names is not None and target_layer_names is not None:
+            raise TypeError(
+                "enable_lora() got both target_layer_names and target_names (the same "
+                f"setting): {target_layer_names!r}, {target_names!r}. Pass one."
+            )
+        targets = target_layer_names if target_layer_names is not None else target_names
+        return llama3_lora.enable_lora(self, rank, targets, lora_alpha=lora_alpha)
 
-    def save_lora_weights(self, directory) -> None:
-        """Writes the LoRA adapters as a PEFT folder (``adapter_config.json``,
-        ``adapter_model.safetensors``).
-
-        Example:
-            >>> backbone.save_lora_weights("my-adapter")  # doctest: +SKIP
-        """
-        llama3_lora.save_lora_weights(self, directory)
-
-    def load_lora_weights(self, directory) -> None:
-        """Loads adapters saved by `save_lora_weights` (enabling LoRA first if needed).
+    def save_lora_weights(self, filepath) -> None:
+        """Writes the LoRA adapters: one file when ``filepath`` ends in ``.lora.h5`` (keras_hub's
+        name), else a PEFT folder (``adapter_config.json``, ``adapter_model.safetensors``).
 
         Example:
-            >>> backbone.load_lora_weights("my-adapter")  # doctest: +SKIP
+            >>> backbone.save_lora_weights("my-adapter.lora.h5")  # doctest: +SKIP
         """
-        llama3_lora.load_lora_weights(self, directory)
+        llama3_lora.save_lora_weights(self, filepath)
+
+    def load_lora_weights(self, filepath) -> None:
+        """Loads adapters saved by `save_lora_weights` (a ``.lora.h5`` file or a PEFT folder),
+        enabling LoRA first if needed.
+
+        Example:
+            >>> backbone.load_lora_weights("my-adapter.lora.h5")  # doctest: +SKIP
+        """
+        llama3_lora.load_lora_weights(self, filepath)
 
     def merge_lora_weights(self) -> None:
         """Folds the adapters into the base kernels (same outputs; LoRA restarts from zero).

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import keras
 
-from kerasllm_widget.checkpoints.export import export_preset
+from kerasllm_widget.checkpoints.checkpoint import sampling_generation_config
+from kerasllm_widget.checkpoints.export import DEFAULT_MAX_SHARD_SIZE, export_preset
+from kerasllm_widget.checkpoints.model_card import CARD_FILE, model_card_text
 from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.checkpoints.upload import check_upload, upload_preset
 from kerasllm_widget.generation import api as generation_api
+from kerasllm_widget.generation import batch_generate
 from kerasllm_widget.generation.registry import engine_for
 from kerasllm_widget.generation.samplers import get_sampler
 from kerasllm_widget.models.llama3_backbone import Llama3Backbone
@@ -55,12 +59,24 @@ class Llama3CausalLM(keras.Model):
     """
 
     def __init__(
-        self, backbone: Llama3Backbone, preprocessor=None, preset_name: str = "", **kwargs
+        self,
+        backbone: Llama3Backbone,
+        preprocessor=None,
+        preset_name: str = "",
+        generation_config: dict[str, Any] | None = None,
+        card: dict[str, Any] | None = None,
+        **kwargs,
     ):
         super().__init__(dtype=backbone.dtype_policy, **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.preset_name = preset_name
+        # The checkpoint's sampling defaults (generation_config.json's do_sample, temperature,
+        # top_p, top_k, ...): the chat panel starts from them and save_to_preset writes them back.
+        self.generation_config = sampling_generation_config(generation_config)
+        # What the source checkpoint's card says (licence, ...) and its Hub repo ("base_model"):
+        # the card of a model saved from this one names them.
+        self.card = dict(card or {})
         self.build()
 
     def build(self, input_shape=None):
@@ -105,9 +121,13 @@ class Llama3CausalLM(keras.Model):
     ) -> Llama3CausalLM:
         """Loads backbone, tokenizer and preprocessor from one preset, converting on the fly.
 
-        ``preset``: ``"hf://org/name[@revision]"``, a local Hugging Face folder, a ``.gguf`` file,
-        or a built-in name (``"smollm2-135m-instruct"``, ``"llama-3.2-1b-instruct"``, ...).
-        ``dtype``: "float32" (default), "bfloat16" or "float16".
+        ``preset``: ``"hf://org/name[@revision]"`` or a bare ``"org/name"`` (a Hub repo id that
+        is not a local path), a local Hugging Face folder, a ``.gguf`` file, a built-in name
+        (``"smollm2-135m-instruct"``, ``"llama-3.2-1b-instruct"``, ...) or one of keras_hub's
+        Llama 3 preset names (``"llama3.2_instruct_1b"``, ...), read from its Hub repo.
+        ``dtype``: "float32", "bfloat16", "float16", or a mixed policy ("mixed_bfloat16": float32
+        variables, bfloat16 compute); None follows ``keras.config.dtype_policy()`` as keras_hub
+        does (float32 unless set).
 
         Example:
             >>> model = Llama3CausalLM.from_preset("hf://meta-llama/Llama-3.2-1B-Instruct",
@@ -120,8 +140,23 @@ class Llama3CausalLM(keras.Model):
             backbone = Llama3Backbone.from_checkpoint(ckpt, dtype=dtype, load_weights=load_weights)
         finally:
             ckpt.close()
-        preprocessor = Llama3CausalLMPreprocessor(tokenizer, **kwargs)
-        return cls(backbone, preprocessor, preset_name=str(preset))
+        # keras_hub's `from_preset(..., preprocessor=None)`: a model fed token ids only.
+        if "preprocessor" in kwargs:
+            preprocessor = kwargs.pop("preprocessor")
+            if kwargs:
+                raise TypeError(
+                    f"from_preset() got preprocessor=... and preprocessor options {sorted(kwargs)}"
+                    "; pass one or the other."
+                )
+        else:
+            preprocessor = Llama3CausalLMPreprocessor(tokenizer, **kwargs)
+        return cls(
+            backbone,
+            preprocessor,
+            preset_name=str(preset),
+            generation_config=ckpt.generation_config,
+            card={**ckpt.card, **({"base_model": ckpt.hub_repo} if ckpt.hub_repo else {})},
+        )
 
     def get_config(self):
         return {
@@ -130,6 +165,8 @@ class Llama3CausalLM(keras.Model):
             # The preprocessor is plain Python (tokenizer.json text included), not a Keras layer.
             "preprocessor": None if self.preprocessor is None else self.preprocessor.get_config(),
             "preset_name": self.preset_name,
+            "generation_config": dict(self.generation_config),
+            "card": dict(self.card),
         }
 
     @classmethod
@@ -149,33 +186,34 @@ class Llama3CausalLM(keras.Model):
 
     # ----------------------------------------------------------------- training (Keras' trainer)
     def compile(
-        self, optimizer="auto", loss="auto", *, weighted_metrics="auto", sampler=None, **kwargs
+        self, optimizer="auto", loss="auto", *, weighted_metrics="auto", sampler="top_k", **kwargs
     ):
         """Keras ``compile`` with defaults for language modelling.
 
         ``"auto"``: AdamW (learning rate 5e-5, weight decay 0.01, none on norms and biases);
         sparse cross-entropy from logits averaged over the weighted tokens; next-token accuracy.
-        ``sampler`` (as in keras_hub): the default sampler of `generate`/`stream`, a name
-        (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"random"``, ``"min_p"``) or a `Sampler`.
+        ``sampler`` (keras_hub's, and its default ``"top_k"``): the default sampler of
+        `generate`/`stream`, a name (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"random"``,
+        ``"min_p"``), a keras_hub sampler object or config, or a `Sampler`.
 
         Example:
             >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4))  # doctest: +SKIP
         """
-        if sampler is not None:
-            self.sampler = sampler
+        self.sampler = sampler
         super().compile(**compile_arguments(optimizer, loss, weighted_metrics), **kwargs)
 
     def compile_from_config(self, config):
         """Re-compiles a model loaded from a ``.keras`` file with the optimizer, loss and metrics
         it was saved with (Keras skips this for models whose `compile` is overridden)."""
         config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+        self.compile(**{"sampler": self.sampler, **config})
         if self.built and getattr(self, "optimizer", None) is not None:
             self.optimizer.build(self.trainable_variables)
 
     def _compile_if_needed(self) -> None:
+        # Training's own compile keeps the sampler: only the user's `compile` changes it.
         if not self.compiled:
-            self.compile()
+            self.compile(sampler=self.sampler)
 
     def fit(
         self,
@@ -240,19 +278,30 @@ class Llama3CausalLM(keras.Model):
     # ----------------------------------------------------------------- saving and sharing
     def save_to_preset(self, preset_dir, dtype=None, max_shard_size="5GB") -> None:
         """Writes a Hugging Face model folder: ``config.json``, safetensors weights (sharded
-        with an index when larger than ``max_shard_size``, LoRA merged in), tokenizer files
-        with the chat template, and ``generation_config.json``. Both transformers'
-        ``AutoModelForCausalLM.from_pretrained`` and `from_preset` load it.
+        when larger than ``max_shard_size``: gigabytes as a number, as in keras_hub, or a string
+        like ``"500MB"``; LoRA merged in), tokenizer files with the chat template,
+        ``generation_config.json`` (stop ids and the sampling defaults) and, unless the folder
+        has one, a model card ``README.md`` (licence and base model carried from the source).
+        Both transformers' ``AutoModelForCausalLM.from_pretrained`` and `from_preset` load it.
 
         Example:
             >>> model.save_to_preset("my-llama")  # doctest: +SKIP
         """
+        self._save(preset_dir, dtype, max_shard_size)
+
+    def _save(self, preset_dir, dtype, max_shard_size, repo_id: str | None = None) -> None:
+        has_card = (Path(preset_dir) / CARD_FILE).exists()
+        name = repo_id or Path(preset_dir).resolve().name
         export_preset(
             self.backbone,
             preset_dir,
             tokenizer=self.tokenizer,
             dtype=dtype,
             max_shard_size=max_shard_size,
+            generation_config=self.generation_config,
+            model_card=None
+            if has_card
+            else model_card_text(self.card, self.card.get("base_model"), name, repo_id),
         )
 
     def upload_preset(
@@ -263,19 +312,21 @@ class Llama3CausalLM(keras.Model):
         token: str | None = None,
         dtype=None,
     ) -> str:
-        """Saves the model with `save_to_preset` and uploads it to ``"hf://user/repo"``.
+        """Saves the model with `save_to_preset` (model card included) and uploads it to
+        ``"hf://user/repo"``.
 
-        Returns the commit URL. Needs a token with write access (``HF_TOKEN`` or
-        ``hf auth login``); the repo is created (``private`` or not) if it does not exist.
+        Returns the commit URL. Needs a token with write access (``HF_TOKEN``,
+        ``hf auth login`` or ``huggingface_hub.notebook_login()``); the repo is created
+        (``private`` or not) if it does not exist.
 
         Example:
             >>> model.upload_preset("hf://me/llama-3.2-1b-pirate", private=True)  # doctest: +SKIP
         """
         import tempfile
 
-        check_upload(uri, token)  # fail before writing gigabytes when the upload cannot happen
+        repo_id, _, _ = check_upload(uri, token)  # fail before writing gigabytes
         with tempfile.TemporaryDirectory(prefix="kerasllm-upload-") as folder:
-            self.save_to_preset(folder, dtype=dtype)
+            self._save(folder, dtype, DEFAULT_MAX_SHARD_SIZE, repo_id=repo_id)
             return upload_preset(
                 uri, folder, private=private, commit_message=commit_message, token=token
             )
@@ -283,8 +334,9 @@ class Llama3CausalLM(keras.Model):
     # ----------------------------------------------------------------- generation (streaming engine)
     @property
     def sampler(self):
-        """The default sampler of `generate`/`stream` (greedy unless `compile(sampler=...)` or an
-        assignment changed it); a name (``"top_p"``) or a `Sampler` can be assigned.
+        """The default sampler of `generate`/`stream`: greedy until `compile` (keras_hub's
+        default ``"top_k"``, or its ``sampler=``) or an assignment changes it; a name
+        (``"top_p"``), a keras_hub sampler or a `Sampler` can be assigned.
 
         Example:
             >>> model.sampler = "top_k"  # doctest: +SKIP
@@ -296,33 +348,51 @@ class Llama3CausalLM(keras.Model):
         engine_for(self).sampler = get_sampler(sampler)
 
     def stream(self, prompt, **options):
-        """Yields a `TokenEvent` per generated token, then one `DoneEvent` (stop reason, timings).
+        """Yields a `TokenEvent` per generated token, then one `DoneEvent` (stop reason, the
+        whole reply as ``reply``, timings). Every event's ``text`` is the new text it adds (the
+        `DoneEvent`'s is empty), so printing each ``event.text`` prints the reply once.
 
         ``prompt``: text, a conversation (list of ``{"role", "content"}``) or token ids.
         ``options``: ``max_new_tokens``, ``sampler``, ``temperature``, ``top_k``, ``top_p``,
-        ``min_p``, ``repetition_penalty``, ``seed``, ``stop_token_ids`` (besides the
-        checkpoint's), ``stop_strings``, ``top_k_alternatives``, ``cancel_event``.
+        ``min_p``, ``repetition_penalty``, ``seed``, ``stop_token_ids`` (as in `generate`),
+        ``stop_strings``, ``top_k_alternatives``, ``cancel_event``.
 
         Example:
             >>> for event in model.stream("Hi there!", max_new_tokens=16):  # doctest: +SKIP
-            ...     print(getattr(event, "text", ""), end="")
+            ...     print(event.text, end="")
         """
         return generation_api.stream(self, prompt, **options)
 
-    def generate(self, inputs, max_new_tokens=None, max_length=None, sampler=None, **options):
+    def generate(
+        self,
+        inputs,
+        max_length=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        *,
+        max_new_tokens=None,
+        sampler=None,
+        **options,
+    ):
         """keras_hub's ``generate``: a string, a list of strings (batched) or preprocessed
         ``{"token_ids", "padding_mask"}``, continued by the model. Strings come back as the
-        prompt followed by the reply (``strip_prompt=True``: the reply only); ``max_length``
-        counts the prompt, ``max_new_tokens`` does not. Other options as in `stream`.
+        prompt followed by the reply (``strip_prompt=True``: the reply only).
+
+        ``max_length`` counts the prompt too (default: the preprocessor's ``sequence_length``);
+        ``stop_token_ids``: ``"auto"`` (the checkpoint's stop tokens), ``None`` (none) or the
+        ids to stop on. Keyword-only extras: ``max_new_tokens`` (new tokens only), ``sampler``
+        and the other options of `stream`.
 
         Example:
-            >>> model.generate("Hi there!", max_new_tokens=16)  # doctest: +SKIP
+            >>> model.generate("Hi there!", max_length=64)  # doctest: +SKIP
         """
-        return generation_api.generate(
+        return batch_generate.generate(
             self,
             inputs,
+            max_length,
+            stop_token_ids,
+            strip_prompt,
             max_new_tokens=max_new_tokens,
-            max_length=max_length,
             sampler=sampler,
             **options,
         )

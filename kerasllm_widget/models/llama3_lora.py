@@ -31,6 +31,7 @@ DEFAULT_LORA_TARGETS = ("query", "value")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LORA_H5_SUFFIX = ".lora.h5"  # keras_hub's `save_lora_weights` file name ending
 
 # Our layer names -> (Hugging Face module name, how to reach the Dense from a decoder block).
 _TARGETS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -96,14 +97,18 @@ def lora_layers(backbone) -> dict[str, Any]:
 
 
 def enable_lora(
-    backbone, rank: int, target_names: Iterable[str] | None = None, lora_alpha: float | None = None
+    backbone,
+    rank: int,
+    target_layer_names: Iterable[str] | None = None,
+    lora_alpha: float | None = None,
 ) -> list[str]:
     """Freezes the backbone and adds rank-``rank`` adapters to the target projections.
 
     Args:
         backbone: a built `Llama3Backbone`.
         rank: the adapters' rank (4-16 is typical).
-        target_names: which projections; default ``("query", "value")``. Hugging Face
+        target_layer_names: which projections (keras_hub's keyword); default
+            ``("query", "value")``. Hugging Face
             (``"q_proj"``) and keras_hub (``"query_dense"``) names work too.
         lora_alpha: scale numerator (the update is ``alpha / rank * A @ B``); default ``rank``.
 
@@ -116,7 +121,7 @@ def enable_lora(
     rank = int(rank)
     if rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank}.")
-    targets = _canonical_targets(target_names)
+    targets = _canonical_targets(target_layer_names)
     if lora_layers(backbone):
         raise ValueError("LoRA is already enabled on this backbone; it can be enabled only once.")
     # Freeze everything (embeddings and norms included), then unfreeze only what LoRA adds.
@@ -141,17 +146,9 @@ def _peft_key(layer_name: str, which: str) -> str:
     return f"{_PEFT_PREFIX}{index}.{_TARGETS[key][0]}.lora_{which}.weight"
 
 
-def save_lora_weights(
-    backbone, directory: str | os.PathLike, base_model_name_or_path: str | None = None
-) -> Path:
-    """Writes the adapters as a PEFT LoRA folder (``adapter_config.json``,
-    ``adapter_model.safetensors``); `peft.PeftModel.from_pretrained` reads it too.
-
-    Example:
-        >>> save_lora_weights(model.backbone, "my-adapter")  # doctest: +SKIP
-    """
+def _adapters(backbone) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, float]:
+    """``{layer name: (A, B)}`` in Keras layout (float32), with the one rank and alpha."""
     import keras
-    from safetensors.numpy import save_file
 
     layers = lora_layers(backbone)
     if not layers:
@@ -161,25 +158,51 @@ def save_lora_weights(
     ranks = {dense.lora_rank for dense in layers.values()}
     alphas = {float(dense.lora_alpha) for dense in layers.values()}
     if len(ranks) != 1 or len(alphas) != 1:
-        raise ValueError(
-            "All LoRA layers must share one rank and alpha to be saved in PEFT layout."
+        raise ValueError("All LoRA layers must share one rank and alpha to be saved.")
+    arrays = {
+        name: tuple(
+            keras.ops.convert_to_numpy(w).astype(np.float32)
+            for w in (dense.lora_kernel_a, dense.lora_kernel_b)
         )
-    directory = Path(directory)
+        for name, dense in layers.items()
+    }
+    return arrays, ranks.pop(), alphas.pop()
+
+
+def _is_keras_file(path: str | os.PathLike) -> bool:
+    return str(path).endswith(LORA_H5_SUFFIX)
+
+
+def save_lora_weights(
+    backbone, path: str | os.PathLike, base_model_name_or_path: str | None = None
+) -> Path:
+    """Writes the adapters: one ``.lora.h5`` file when ``path`` ends so (keras_hub's name and
+    file form), else a PEFT LoRA folder (``adapter_config.json``, ``adapter_model.safetensors``)
+    that `peft.PeftModel.from_pretrained` reads too.
+
+    Example:
+        >>> save_lora_weights(model.backbone, "my-adapter")  # doctest: +SKIP
+        >>> save_lora_weights(model.backbone, "my-adapter.lora.h5")  # doctest: +SKIP
+    """
+    from safetensors.numpy import save_file
+
+    arrays, rank, alpha = _adapters(backbone)
+    if _is_keras_file(path):
+        return _save_h5(Path(path), arrays, rank, alpha)
+    directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for name, dense in layers.items():
+    for name, (a, b) in arrays.items():
         # Keras: x @ A[in, r] @ B[r, out]; torch Linear stores [out, in], so PEFT's A is A.T.
-        a = keras.ops.convert_to_numpy(dense.lora_kernel_a).astype(np.float32)
-        b = keras.ops.convert_to_numpy(dense.lora_kernel_b).astype(np.float32)
         tensors[_peft_key(name, "A")] = np.ascontiguousarray(a.T)
         tensors[_peft_key(name, "B")] = np.ascontiguousarray(b.T)
     save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    targets = sorted({_TARGETS[name.split("/")[1]][0].split(".")[1] for name in layers})
+    targets = sorted({_TARGETS[name.split("/")[1]][0].split(".")[1] for name in arrays})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "r": ranks.pop(),
-        "lora_alpha": alphas.pop(),
+        "r": rank,
+        "lora_alpha": alpha,
         "lora_dropout": 0.0,
         "target_modules": targets,
         "bias": "none",
@@ -191,58 +214,127 @@ def save_lora_weights(
     return directory
 
 
-def load_lora_weights(backbone, directory: str | os.PathLike) -> list[str]:
-    """Loads a PEFT LoRA folder written by `save_lora_weights` (or by PEFT for q/k/v/o/MLP).
+def _save_h5(path: Path, arrays, rank: int, alpha: float) -> Path:
+    """keras_hub's file form: ``lora/vars/rank`` and one group of ``lora_kernel_a/b`` per
+    adapted layer (named here by layer, since the kernels' layouts are this model's)."""
+    import h5py
 
-    Enables LoRA with the folder's rank, alpha and targets when the backbone has none yet;
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with h5py.File(partial, "w") as file:
+        file["lora/vars/rank"] = rank
+        file["lora/vars/lora_alpha"] = alpha
+        for name, (a, b) in arrays.items():
+            file[f"lora/{name}/vars/lora_kernel_a"] = a
+            file[f"lora/{name}/vars/lora_kernel_b"] = b
+    os.replace(partial, path)  # never a half-written adapter file under the user's name
+    return path
+
+
+def _load_h5(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, float]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            lora = file["lora"]
+            rank = int(lora["vars/rank"][()])
+            alpha = float(lora["vars/lora_alpha"][()]) if "lora_alpha" in lora["vars"] else rank
+            arrays = {}
+            for block in lora:
+                if block == "vars":
+                    continue
+                for key in lora[block]:
+                    group = lora[f"{block}/{key}/vars"]
+                    arrays[f"{block}/{key}"] = (
+                        group["lora_kernel_a"][()],
+                        group["lora_kernel_b"][()],
+                    )
+    except (OSError, KeyError) as error:
+        raise ValueError(
+            f"{path}: not a LoRA file written by save_lora_weights ({error})."
+        ) from None
+    return arrays, rank, alpha
+
+
+def load_lora_weights(backbone, path: str | os.PathLike) -> list[str]:
+    """Loads adapters from a ``.lora.h5`` file or a PEFT LoRA folder written by
+    `save_lora_weights` (or by PEFT for q/k/v/o/MLP).
+
+    Enables LoRA with the saved rank, alpha and targets when the backbone has none yet;
     otherwise the adapters must match the ones enabled.
 
     Example:
         >>> load_lora_weights(model.backbone, "my-adapter")  # doctest: +SKIP
     """
+    if _is_keras_file(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such LoRA file (write it with save_lora_weights).")
+        arrays, rank, alpha = _load_h5(Path(path))
+        targets = tuple(dict.fromkeys(name.split("/")[1] for name in arrays))
+        return _assign(backbone, arrays, rank, alpha, targets, Path(path))
     from safetensors.numpy import load_file
 
-    directory = Path(directory)
+    directory = Path(path)
     config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
-    for path in (config_path, weights_path):
-        if not path.exists():
+    for file in (config_path, weights_path):
+        if not file.exists():
             raise FileNotFoundError(
-                f"{path}: missing. A LoRA folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} "
-                "(written by save_lora_weights or PEFT)."
+                f"{file}: missing. A LoRA folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} "
+                f"(written by save_lora_weights or PEFT); a keras_hub-style file ends in "
+                f"{LORA_H5_SUFFIX}."
             )
     config = json.loads(config_path.read_text(encoding="utf-8"))
     tensors = load_file(str(weights_path))
     targets = _canonical_targets(config.get("target_modules") or DEFAULT_LORA_TARGETS)
     rank, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    # PEFT may save keys with the adapter name (".lora_A.default.weight"); accept both.
+    tensors = {key.replace(".default.weight", ".weight"): value for key, value in tensors.items()}
+    arrays = {}
+    for i in range(len(backbone.transformer_layers)):
+        for key in targets:
+            name = f"transformer_layer_{i}/{key}"
+            a, b = tensors.get(_peft_key(name, "A")), tensors.get(_peft_key(name, "B"))
+            if a is not None and b is not None:
+                arrays[name] = (a.T, b.T)
+    expected = {_peft_key(name, which) for name in arrays for which in "AB"}
+    if set(tensors) != expected or not arrays:
+        extra = sorted(set(tensors) - expected)[:3]
+        raise ValueError(
+            f"{weights_path}: adapters do not match this backbone's layers for targets "
+            f"{list(targets)} (unexpected {extra}). Enable LoRA with the same targets or load "
+            "into a backbone without LoRA."
+        )
+    return _assign(backbone, arrays, rank, alpha, targets, weights_path)
+
+
+def _assign(backbone, arrays, rank: int, alpha: float, targets, source: Path) -> list[str]:
+    """Puts saved adapters into the backbone, enabling LoRA first if it has none."""
     layers = lora_layers(backbone)
     if not layers:
         enable_lora(backbone, rank, targets, lora_alpha=alpha)
         layers = lora_layers(backbone)
-    expected = {_peft_key(name, which) for name in layers for which in "AB"}
-    # PEFT may save keys with the adapter name (".lora_A.default.weight"); accept both.
-    tensors = {key.replace(".default.weight", ".weight"): value for key, value in tensors.items()}
-    if set(tensors) != expected:
-        missing = sorted(expected - set(tensors))[:3]
-        extra = sorted(set(tensors) - expected)[:3]
+    if set(arrays) != set(layers):
+        missing = sorted(set(layers) - set(arrays))[:3]
+        extra = sorted(set(arrays) - set(layers))[:3]
         raise ValueError(
-            f"{weights_path}: adapters do not match the LoRA layers enabled on this backbone "
+            f"{source}: adapters do not match the LoRA layers enabled on this backbone "
             f"(missing {missing}, unexpected {extra}). Enable LoRA with the same targets or load "
             "into a backbone without LoRA."
         )
     for name, dense in layers.items():
-        a, b = tensors[_peft_key(name, "A")].T, tensors[_peft_key(name, "B")].T
+        a, b = arrays[name]
         if a.shape != tuple(dense.lora_kernel_a.shape) or b.shape != tuple(
             dense.lora_kernel_b.shape
         ):
             raise ValueError(
-                f"{weights_path}: {name} adapters have shapes {a.shape}, {b.shape}; this backbone "
+                f"{source}: {name} adapters have shapes {a.shape}, {b.shape}; this backbone "
                 f"expects {tuple(dense.lora_kernel_a.shape)}, {tuple(dense.lora_kernel_b.shape)} "
                 "(different rank or model size)."
             )
         if not np.isclose(float(dense.lora_alpha), alpha):
-            raise ValueError(
-                f"{weights_path}: lora_alpha {alpha} != {dense.lora_alpha} enabled here."
-            )
+            raise ValueError(f"{source}: lora_alpha {alpha} != {dense.lora_alpha} enabled here.")
+    for name, dense in layers.items():  # all checked first: a refused file changes nothing
+        a, b = arrays[name]
         dense.lora_kernel_a.assign(a.astype(dense.lora_kernel_a.dtype))
         dense.lora_kernel_b.assign(b.astype(dense.lora_kernel_b.dtype))
     return sorted(layers)

@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 from kerasllm_widget.checkpoints.checkpoint import Checkpoint
 from kerasllm_widget.checkpoints.errors import PresetError
 from kerasllm_widget.checkpoints.presets import load_checkpoint
-from kerasllm_widget.models.chat_template import LLAMA3_CHAT_TEMPLATE, render_chat_template
+from kerasllm_widget.models.chat_template import LLAMA3_CHAT_TEMPLATE
+from kerasllm_widget.models.chat_template_call import apply_chat_template
 from kerasllm_widget.models.special_token_escaping import (
     content_special_spans,
     escaped_ids,
@@ -413,28 +414,35 @@ class Llama3Tokenizer:
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Any] | None = None,
+        documents: Sequence[Any] | None = None,
+        chat_template: str | None = None,
         *,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
         **extra: Any,
-    ) -> str:
-        """Renders a conversation with this checkpoint's chat template (as transformers'
-        ``apply_chat_template(..., tokenize=False)``), the tokenizer's special tokens passed in.
+    ) -> Any:
+        """Renders a conversation with this checkpoint's chat template, with transformers'
+        keywords (``tools``, ``continue_final_message``, ``tokenize``, ...: see
+        `chat_template_call`); unlike transformers, text with the generation prompt by default.
 
         Example:
             >>> tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}])  # doctest: +SKIP
             '<|begin_of_text|><|start_header_id|>system<|end_header_id|>...'
         """
-        special = {
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "pad_token": self.pad_token,
-        }
-        special = {k: v for k, v in special.items() if v is not None}
-        return render_chat_template(
-            self.chat_template,
+        return apply_chat_template(
+            self,
             messages,
+            tools=tools,
+            documents=documents,
+            chat_template=chat_template,
             add_generation_prompt=add_generation_prompt,
-            **{**special, **extra},
+            continue_final_message=continue_final_message,
+            tokenize=tokenize,
+            return_dict=return_dict,
+            **extra,
         )
 
     def chat_prompt_ids(

@@ -336,7 +336,9 @@ class ChatReplies:
         stats = P.reply_stats(done)
         tokens_used = self.context_tokens()
         with self._transcript.one_update():
-            self._transcript.finish(reply_id, done.text, done.stop_reason, done.notice or "", stats)
+            self._transcript.finish(
+                reply_id, done.reply, done.stop_reason, done.notice or "", stats
+            )
             self._transcript.set_status(
                 state=self.state_between_replies(),
                 queued=len(self._worker.pending),
@@ -350,7 +352,7 @@ class ChatReplies:
                     request_id,
                     reply_id=reply_id,
                     stop_reason=done.stop_reason,
-                    text=done.text,
+                    text=done.reply,
                     notice=done.notice or "",
                     stats=stats,
                 )
@@ -397,12 +399,12 @@ class ChatReplies:
 
 def _shifted(events: Iterator[Any], offset: int, state: Any) -> Iterator[Any]:
     """A branch's events as the reply they stream into: token indices after its ``offset``
-    prefix tokens, and the whole reply as the final text (ChatState's new message)."""
+    prefix tokens, and the whole reply as the final `reply` (ChatState's new message)."""
     for event in events:
         if isinstance(event, TokenEvent):
             event = dataclasses.replace(event, index=event.index + offset)
         elif isinstance(event, DoneEvent):
-            event = dataclasses.replace(event, text=state.messages[-1]["content"])
+            event = dataclasses.replace(event, reply=state.messages[-1]["content"])
         yield event
 
 

@@ -60,7 +60,8 @@ class ChatWidget(anywidget.AnyWidget):
     `Llama3CausalLM` (or an existing `ChatState`); `ChatWidget.from_preset` shows the panel at once
     and loads the model in the background. Sampling settings (``temperature``, ``top_p``,
     ``top_k``, ``min_p``, ``repetition_penalty``, ``max_new_tokens``, ``seed``) are traitlets, in
-    step with the settings drawer.
+    step with the settings drawer; those not passed start from the checkpoint's
+    ``generation_config.json`` (e.g. Llama 3.2 Instruct: temperature 0.6, top_p 0.9).
 
     Example:
         >>> chat = ChatWidget(model, system_prompt="Answer briefly.", temperature=0.2)  # doctest: +SKIP
@@ -112,6 +113,7 @@ class ChatWidget(anywidget.AnyWidget):
         )
         self._lock = threading.RLock()
         self._state: Any = None
+        self._chosen_settings = set(sampling)  # the checkpoint's defaults never override these
         self._worker = GenerationWorker()
         self._transcript = ChatTranscript(self, self._lock)
         self._replies = ChatReplies(self, self._worker, self._transcript, self._emit)
@@ -177,6 +179,12 @@ class ChatWidget(anywidget.AnyWidget):
         if not self.system_prompt and getattr(state, "system_prompt", None):
             self.system_prompt = state.system_prompt
         self._state = state
+        # The checkpoint's generation_config.json sampling defaults start the settings drawer,
+        # as transformers' generate starts from them.
+        config = getattr(state.model, "generation_config", None)
+        for name, value in settings.sampling_defaults(config).items():
+            if name not in self._chosen_settings:
+                setattr(self, name, value)
         info = dict(getattr(state.model, "info", {}) or {})
         self.model_info = info
         self._set_status(

@@ -177,7 +177,7 @@ class ComparePanel(WorkerPanel):
                     last = time.monotonic()
                     self._continuation(request, text, False)
             elif isinstance(event, DoneEvent):
-                self._continuation(request, event.text, True)
+                self._continuation(request, event.reply, True)
 
     # ---- helpers ----
 

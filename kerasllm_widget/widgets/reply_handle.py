@@ -48,7 +48,7 @@ class ReplyHandle:
         if self._task.dropped:
             raise RuntimeError("the message was dropped before it was sent (Stop or Clear)")
         event = self.event
-        return "" if event is None else event.text
+        return "" if event is None else event.reply
 
     def cancel(self) -> None:
         """Stops this reply (or keeps it from starting if still queued)."""

@@ -186,7 +186,7 @@ class SteeringPanel(WorkerPanel):
                     last = now
                     self._reply(request.id, which, text, False, None)
             elif isinstance(event, DoneEvent):
-                self._reply(request.id, which, event.text, True, event.stop_reason)
+                self._reply(request.id, which, event.reply, True, event.stop_reason)
 
     def _apply(self, request: P.Request, cancel: threading.Event) -> None:
         strength = request.fields["strength"]
