@@ -29,6 +29,7 @@ __all__ = [
     "dense_product",
     "enabled",
     "for_rows",
+    "off_notice",
     "plain_dense",
     "product",
 ]
@@ -47,15 +48,27 @@ class QuantizedKernel(NamedTuple):
     scale: Any
 
 
+def _wanted() -> bool:
+    """JAX runs on the CPU and the model is not laid out by a `keras.distribution` (the kernel
+    has no sharding rule): where the engine's programs would use the kernel."""
+    return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+
+
 def enabled() -> bool:
-    """Whether the engine's programs should use the CPU kernel: JAX runs on the CPU, the model is
-    not laid out by a `keras.distribution` (the kernel has no sharding rule), and the kernel
-    builds here (see `kerasllm_widget.kernels.cpu`)."""
-    return (
-        jax.default_backend() == "cpu"
-        and keras.distribution.distribution() is None
-        and cpu.available()
-    )
+    """Whether the engine's programs should use the CPU kernel: it is wanted here (JAX on the
+    CPU, no `keras.distribution`) and it builds here (see `kerasllm_widget.kernels.cpu`)."""
+    return _wanted() and cpu.available()
+
+
+def off_notice() -> str:
+    """What the chat status line says when the engine would use the CPU kernel here but cannot
+    (why, and what to install); "" on an accelerator, another backend, or with the kernel on.
+
+    Example:
+        >>> off_notice()  # doctest: +SKIP
+        ''
+    """
+    return cpu.notice() if keras.backend.backend() == "jax" and _wanted() else ""
 
 
 def plain_dense(dense, mode: str | None = None) -> bool:
