@@ -56,16 +56,23 @@ print(json.dumps({"package": kerasllm_widget.__file__, "node": shutil.which("nod
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # A source newer than every bundle: the build must rebuild them, never ship them stale.
+    source = ROOT / "js" / "build.mjs"
+    os.utime(source)
+    edited = source.stat().st_mtime
     env = dict(os.environ, npm_config_audit="false", npm_config_fund="false")
     # Default `python -m build`: the sdist, then the wheel built from that sdist (the path a
     # `pip install` of the sdist takes), each in an isolated build environment.
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        check=True,
         env=env,
         capture_output=True,
         text=True,
     )
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    static = ROOT / "kerasllm_widget" / "static"
+    for bundle in _bundle_names():
+        assert (static / f"{bundle}.js").stat().st_mtime >= edited, f"{bundle}.js was not rebuilt"
     return out
 
 
