@@ -400,7 +400,10 @@ CONTRAST_JS = """
     const failures = [];
     let checked = 0;
     for (const el of root.querySelectorAll('*')) {
-      const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      // A select shows its chosen option's text; its options are not drawn in the page.
+      if (el.tagName === 'OPTION') continue;
+      const own = el.tagName === 'SELECT'
+        || [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
       if (!own || !el.getClientRects().length) continue;
       const style = getComputedStyle(el);
       if (style.visibility === 'hidden' || el.closest(':disabled,[aria-disabled="true"]')) continue;

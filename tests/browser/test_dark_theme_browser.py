@@ -100,6 +100,7 @@ def test_chat_and_inspectors_are_readable_in_jupyterlab_dark(notebook):
 PANEL = """<div class="kerasllm-widget"><div class="kw-root"><div class="kw-chat">
   <div class="kw-status" data-state="ready"><span class="kw-status-model">tiny</span>
   <span class="kw-status-notice">Native CPU decode kernel off</span></div>
+  <select><option>Colour by probability</option></select>
   <button class="kw-btn kw-primary kw-send">Send</button></div></div></div>"""
 
 
@@ -112,7 +113,8 @@ def _panel_colours(browser, scheme: str, page_style: str = "") -> dict:
         colours = page.evaluate(
             """() => {
                 const style = (sel) => getComputedStyle(document.querySelector(sel));
-                return { bg: style('.kw-root').backgroundColor, fg: style('.kw-root').color };
+                return { bg: style('.kw-root').backgroundColor, fg: style('.kw-root').color,
+                         select: style('.kw-root select').backgroundColor };
             }"""
         )
         colours["contrast"] = H.contrast_failures(page, ".kerasllm-widget .kw-root")
@@ -144,7 +146,8 @@ def _panel_colours(browser, scheme: str, page_style: str = "") -> dict:
 def test_panel_follows_vscode_colab_and_the_system_theme(browser, scheme, page_style, bg, fg):
     colours = _panel_colours(browser, scheme, page_style)
     assert (colours["bg"], colours["fg"]) == (bg, fg)
-    assert colours["contrast"]["checked"] >= 3
+    assert colours["select"] == bg  # not the browser's light control on a dark panel
+    assert colours["contrast"]["checked"] >= 4
     assert colours["contrast"]["failures"] == []
 
 
