@@ -44,8 +44,8 @@ $(VENV)/.test-deps: $(VENV)/.installed $(VENV)/.models
 test-deps: $(VENV)/.test-deps
 
 lint: test-deps
-	$(VENV)/bin/ruff check kerasllm_widget tests bench
-	$(VENV)/bin/ruff format --check kerasllm_widget tests bench
+	$(VENV)/bin/ruff check kerasllm_widget tests bench scripts hatch_build.py
+	$(VENV)/bin/ruff format --check kerasllm_widget tests bench scripts hatch_build.py
 	$(VENV)/bin/lint-imports
 
 test-js: test-deps
