@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 HEADLESS ?=
 
-.PHONY: demo test install models test-deps lint test-js test-py clean
+.PHONY: demo test install models test-deps lint test-js test-py test-minimum clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,8 @@ $(VENV)/.test-deps: $(VENV)/.installed $(VENV)/.models
 test-deps: $(VENV)/.test-deps
 
 lint: test-deps
-	$(VENV)/bin/ruff check kerasllm_widget tests bench
-	$(VENV)/bin/ruff format --check kerasllm_widget tests bench
+	$(VENV)/bin/ruff check kerasllm_widget tests bench scripts hatch_build.py
+	$(VENV)/bin/ruff format --check kerasllm_widget tests bench scripts hatch_build.py
 	$(VENV)/bin/lint-imports
 
 test-js: test-deps
@@ -56,6 +56,12 @@ test-py: test-deps
 	$(PY) -m pytest
 
 test: lint test-js test-py
+
+# The lowest versions pyproject.toml declares, installed exactly into a fresh venv under /tmp, and
+# the fast tests run there (not part of `make test`: the install alone is about a minute, the tests
+# as long as the fast suite).
+test-minimum: $(VENV)/bin/python
+	$(PY) scripts/minimum_versions.py
 
 clean:
 	rm -rf $(VENV) node_modules kerasllm_widget/static/*.js kerasllm_widget/static/*.css test-artifacts

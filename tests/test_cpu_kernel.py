@@ -4,6 +4,7 @@ decode-sized products, and a machine without it says why and keeps XLA's dot."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -151,21 +152,40 @@ def _in_fresh_python(code: str, **env) -> str:
     return result.stdout.strip()
 
 
-REPORT = (
-    "import kerasllm_widget\n"
-    "from kerasllm_widget.kernels import cpu, products\n"
-    "print(cpu.available(), products.enabled(), '|', cpu.reason_unavailable())\n"
-)
+# A kernel on a machine without a C++ compiler: builds a ChatWidget on a tiny model and reports
+# the warnings raised and what the chat's status line says.
+NO_COMPILER = r"""
+import json, sys, warnings
+sys.path.insert(0, TESTS)
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    from kerasllm_widget import ChatWidget
+    from kerasllm_widget.kernels import cpu
+    from tiny_llama import tiny_causal_lm
+    chat = ChatWidget(tiny_causal_lm())
+    cpu.available(), cpu.available()
+    chat_again = ChatWidget(tiny_causal_lm())
+print(json.dumps({
+    "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+    "notice": chat.status["notice"], "notice_again": chat_again.status["notice"],
+    "why": cpu.reason_unavailable(),
+}))
+""".replace("TESTS", repr(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_turned_off_by_the_environment_says_so():
-    out = _in_fresh_python(REPORT, KERASLLM_CPU_KERNELS="0")
-    assert out == "False False | turned off with KERASLLM_CPU_KERNELS=0"
+def test_turned_off_by_the_environment_says_so_and_nothing_more():
+    report = json.loads(_in_fresh_python(NO_COMPILER, KERASLLM_CPU_KERNELS="0"))
+    assert report["why"] == "turned off with KERASLLM_CPU_KERNELS=0"
+    assert report["warnings"] == [] and report["notice"] == ""  # the user chose it
 
 
-def test_without_a_compiler_the_reason_names_the_fix(tmp_path):
-    out = _in_fresh_python(REPORT, PATH=str(tmp_path), CXX="")
-    assert out == "False False | no C++ compiler found (install g++ or set CXX)"
+def test_without_a_compiler_a_warning_and_the_status_line_name_the_fix(tmp_path):
+    # No compiler on PATH (an empty folder) and none named by CXX.
+    report = json.loads(_in_fresh_python(NO_COMPILER, PATH=str(tmp_path), CXX=""))
+    assert report["why"] == "no C++ compiler found"
+    (warning,) = report["warnings"]  # once per process, however often it is asked
+    assert "no C++ compiler found" in warning and "apt-get install g++" in warning
+    assert report["notice"] == warning and report["notice_again"] == warning
 
 
 def reference_attention(q, k, v, valid, scale):

@@ -243,6 +243,18 @@ describe("ChatView", () => {
     expect($(".kw-status-state").textContent).toContain("Loading tiny");
   });
 
+  it("keeps a notice on how the model runs in the status line, whatever the state", async () => {
+    expect($(".kw-status-notice").hidden).toBe(true);
+    const notice = "Native CPU decode kernel off: no C++ compiler found.";
+    model.kernelSets("status", { ...READY, notice });
+    await nextFrame();
+    expect($(".kw-status-notice").hidden).toBe(false);
+    expect($(".kw-status-notice").textContent).toBe(notice);
+    model.kernelSets("status", { ...READY, state: "generating", notice });
+    await nextFrame();
+    expect($(".kw-status-notice").textContent).toBe(notice);
+  });
+
   it("copies a message's text, not its rendered HTML", async () => {
     const copied: string[] = [];
     Object.defineProperty(window, "isSecureContext", { value: true, configurable: true });

@@ -20,6 +20,7 @@ export class StatusLine {
   private readonly context: HTMLElement;
   private readonly ttft: HTMLElement;
   private readonly rate: HTMLElement;
+  private readonly notice: HTMLElement;
 
   constructor() {
     this.model = h("span", { class: "kw-status-model" });
@@ -27,6 +28,7 @@ export class StatusLine {
     this.context = h("span", { class: "kw-status-context", title: "Tokens used of the context" });
     this.ttft = h("span", { class: "kw-status-ttft", title: "Time to first token" });
     this.rate = h("span", { class: "kw-status-rate", title: "Decode speed" });
+    this.notice = h("span", { class: "kw-status-notice", role: "note" });
     this.el = h(
       "div",
       { class: "kw-status", role: "status" },
@@ -36,6 +38,7 @@ export class StatusLine {
       this.context,
       this.ttft,
       this.rate,
+      this.notice,
     );
   }
 
@@ -69,5 +72,8 @@ export class StatusLine {
     this.rate.textContent = rate === null || rate === undefined ? "" : formatRate(rate);
     this.ttft.hidden = this.ttft.textContent === "";
     this.rate.hidden = this.rate.textContent === "";
+    // Shown whatever the state: it explains every reply's speed, not one moment.
+    this.notice.textContent = status.notice ?? "";
+    this.notice.hidden = this.notice.textContent === "";
   }
 }

@@ -195,6 +195,8 @@ export interface Status {
   time_to_first_token_s: number | null;
   decode_tokens_per_s: number | null;
   loading_since: number | null;
+  /** A standing remark on how the model runs (the native CPU kernel is off, why, what to install). */
+  notice?: string;
 }
 
 export interface ModelInfo {

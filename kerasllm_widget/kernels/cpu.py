@@ -7,7 +7,8 @@ the weights once. It is compiled with the machine's C++ compiler against the XLA
 jaxlib ships (`jax.ffi.include_dir()`), for this machine's instruction set (``-march=native``),
 into the user's cache folder, keyed by the source, jaxlib version and CPU, so it is built once
 per machine (several seconds). Without a compiler, or with ``KERASLLM_CPU_KERNELS=0``, `available`
-is False and callers keep XLA's dot; the reason is logged once.
+is False and callers keep XLA's dot. Unless it was turned off on purpose, a one-time warning says
+why and what to install (`notice`), since decoding is then slower.
 
 A package build step is not used for this on purpose: the kernel must be compiled against the
 jaxlib the user actually has and for the CPU it runs on, and both can change after install.
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import jax
@@ -48,6 +50,7 @@ __all__ = [
     "compiler_version",
     "cpu_signature",
     "matvec",
+    "notice",
     "reason_unavailable",
     "take_rows",
     "top_k",
@@ -70,7 +73,13 @@ _SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
 _lock = threading.Lock()
-_state: dict = {}  # "ok": bool, "why": str, "library": ctypes.CDLL
+# "ok": bool, "why": str, "fix": str (what to install; "" when turned off on purpose),
+# "library": ctypes.CDLL
+_state: dict = {}
+_COMPILER_FIX = (
+    "install a C++17 compiler (Debian/Ubuntu: `apt-get install g++`; macOS: "
+    "`xcode-select --install`; Windows: not supported) or point CXX at one, then restart the kernel"
+)
 
 
 def cpu_signature(cpuinfo: str | None, machine: str) -> str:
@@ -159,11 +168,15 @@ def _load() -> None:
         _state.update(ok=False, why="turned off with KERASLLM_CPU_KERNELS=0")
         return
     if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
-        _state.update(ok=False, why=f"no kernel for {platform.machine()}")
+        _state.update(
+            ok=False,
+            why=f"no kernel for {platform.machine()} processors",
+            fix="a machine with an x86-64 or ARM64 processor runs it",
+        )
         return
     compiler = _compiler()
     if compiler is None:
-        _state.update(ok=False, why="no C++ compiler found (install g++ or set CXX)")
+        _state.update(ok=False, why="no C++ compiler found", fix=_COMPILER_FIX)
         return
     try:
         path = _library_path(compiler)
@@ -174,7 +187,11 @@ def _load() -> None:
             handler = jax.ffi.pycapsule(getattr(library, symbol))
             jax.ffi.register_ffi_target(target, handler, platform="cpu")
     except Exception as error:  # a failed build must not stop generation: XLA's dot remains
-        _state.update(ok=False, why=f"the kernel could not be built or loaded: {error}")
+        _state.update(
+            ok=False,
+            why=f"the kernel could not be built or loaded: {error}",
+            fix=f"{_COMPILER_FIX}; set KERASLLM_CPU_KERNELS=0 to silence this",
+        )
         return
     _state.update(ok=True, why="", library=library)
 
@@ -186,6 +203,10 @@ def available() -> bool:
             _load()
             if not _state["ok"]:
                 log.info("CPU decode kernel not used: %s; XLA's dot is used instead", _state["why"])
+                if _state.get("fix"):
+                    # Once per process (the state is kept): the user should learn why decoding
+                    # is slower without reading logs, and not on every reply.
+                    warnings.warn(_notice_text(), RuntimeWarning, stacklevel=3)
         return _state["ok"]
 
 
@@ -193,6 +214,27 @@ def reason_unavailable() -> str:
     """Why `available` is False ("" when it is True)."""
     available()
     return _state["why"]
+
+
+def notice() -> str:
+    """A sentence for the user when the kernel is off for a reason they did not choose: why, and
+    what to install ("" when it runs, or was turned off with ``KERASLLM_CPU_KERNELS=0``).
+
+    Example:
+        >>> notice()  # doctest: +SKIP
+        'Native CPU decode kernel off: no C++ compiler found. Decoding uses XLA's slower ...'
+    """
+    available()
+    return _notice_text()
+
+
+def _notice_text() -> str:
+    if _state["ok"] or not _state.get("fix"):
+        return ""
+    return (
+        f"Native CPU decode kernel off: {_state['why']}. Decoding uses XLA's slower matrix "
+        f"products; to speed it up, {_state['fix']}."
+    )
 
 
 def _require() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "enabled",
     "for_rows",
     "gpu_enabled",
+    "off_notice",
     "plain_dense",
     "product",
     "swiglu",
@@ -62,15 +63,27 @@ class StreamedKernel(NamedTuple):
     kernel: Any
 
 
+def _wanted() -> bool:
+    """JAX runs on the CPU and the model is not laid out by a `keras.distribution` (the kernel
+    has no sharding rule): where the engine's programs would use the kernel."""
+    return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+
+
 def enabled() -> bool:
-    """Whether the engine's programs should use the CPU kernel: JAX runs on the CPU, the model is
-    not laid out by a `keras.distribution` (the kernel has no sharding rule), and the kernel
-    builds here (see `kerasllm_widget.kernels.cpu`)."""
-    return (
-        jax.default_backend() == "cpu"
-        and keras.distribution.distribution() is None
-        and cpu.available()
-    )
+    """Whether the engine's programs should use the CPU kernel: it is wanted here (JAX on the
+    CPU, no `keras.distribution`) and it builds here (see `kerasllm_widget.kernels.cpu`)."""
+    return _wanted() and cpu.available()
+
+
+def off_notice() -> str:
+    """What the chat status line says when the engine would use the CPU kernel here but cannot
+    (why, and what to install); "" on an accelerator, another backend, or with the kernel on.
+
+    Example:
+        >>> off_notice()  # doctest: +SKIP
+        ''
+    """
+    return cpu.notice() if keras.backend.backend() == "jax" and _wanted() else ""
 
 
 def gpu_enabled() -> bool:

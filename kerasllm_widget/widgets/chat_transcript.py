@@ -78,6 +78,7 @@ def initial_status(state: str) -> dict[str, Any]:
         "time_to_first_token_s": None,
         "decode_tokens_per_s": None,
         "loading_since": None,
+        "notice": "",  # a standing remark on how the model runs (e.g. the native kernel is off)
     }
 
 

@@ -29,6 +29,7 @@ from ipywidgets import widget_serialization
 
 from kerasllm_widget.generation import settings
 from kerasllm_widget.generation.events import DoneEvent, TokenEvent
+from kerasllm_widget.kernels.products import off_notice
 from kerasllm_widget.widgets import protocol as P
 from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets._chat_source import ChatSource
@@ -193,6 +194,8 @@ class ChatWidget(anywidget.AnyWidget):
             loading_since=None,
             context_length=int(info.get("context_length") or 0),
             tokens_used=self._replies.context_tokens(),
+            # Why decoding runs slower than it could here (no native kernel), and what to install.
+            notice=off_notice(),
         )
 
     def wait_ready(self, timeout: float | None = None) -> bool:

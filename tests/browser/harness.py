@@ -78,8 +78,11 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
 class JupyterServer:
     """`jupyter lab` in a folder, on 127.0.0.1 with a random token; it also serves Notebook 7."""
 
-    def __init__(self, root_dir: Path, log_path: Path | None = None) -> None:
+    def __init__(
+        self, root_dir: Path, log_path: Path | None = None, theme: str | None = None
+    ) -> None:
         self.root_dir = root_dir
+        self.theme = theme  # a JupyterLab theme name, e.g. "JupyterLab Dark" (None: its default)
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.log_path = log_path or (root_dir / "jupyter-server.log")
@@ -108,7 +111,7 @@ class JupyterServer:
         settings = self.root_dir / ".jupyter-settings"
         env["JUPYTERLAB_SETTINGS_DIR"] = str(settings / "settings")
         env["JUPYTERLAB_WORKSPACES_DIR"] = str(settings / "workspaces")
-        _write_lab_settings(settings / "settings")
+        _write_lab_settings(settings / "settings", self.theme)
         command = [
             sys.executable,
             "-m",
@@ -179,15 +182,18 @@ class JupyterServer:
         self._process = None
 
 
-def _write_lab_settings(folder: Path) -> None:
-    """No announcements or news popup; no autosave dialogs when the test closes."""
-    plugins = {
+def _write_lab_settings(folder: Path, theme: str | None = None) -> None:
+    """No announcements or news popup; no autosave dialogs when the test closes; ``theme``
+    (JupyterLab and Notebook 7 read the same setting)."""
+    plugins: dict[str, dict] = {
         "@jupyterlab/apputils-extension/notification": {
             "fetchNews": "false",
             "checkForUpdates": False,
         },
         "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
     }
+    if theme is not None:
+        plugins["@jupyterlab/apputils-extension/themes"] = {"theme": theme}
     for plugin, values in plugins.items():
         package, name = plugin.rsplit("/", 1)
         target = folder / package / f"{name}.jupyterlab-settings"
@@ -196,8 +202,8 @@ def _write_lab_settings(folder: Path) -> None:
 
 
 @contextmanager
-def jupyter_server(root_dir: Path) -> Iterator[JupyterServer]:
-    server = JupyterServer(root_dir)
+def jupyter_server(root_dir: Path, theme: str | None = None) -> Iterator[JupyterServer]:
+    server = JupyterServer(root_dir, theme=theme)
     server.start()
     try:
         yield server
@@ -344,3 +350,88 @@ def screenshot(locator: Any, name: str) -> Path:
     path = ARTIFACTS / name
     locator.screenshot(path=str(path))
     return path
+
+
+# ---- colours as drawn ----
+
+# Installed in the page: `window.__kwContrast(root)` lists every visible piece of text under
+# `root` whose colour against its effective background (the background colours of it and its
+# ancestors, composited, over the page's) falls below WCAG AA: 4.5:1, or 3:1 for large text.
+# Disabled controls are exempt, as WCAG exempts them. Colours are read with getComputedStyle,
+# as `rgb()`/`rgba()` or, for `color-mix()`, `color(srgb r g b / a)`.
+CONTRAST_JS = """
+() => {
+  const parse = (text) => {
+    let m = text.match(/^rgba?\\(([^)]+)\\)$/);
+    if (m) {
+      const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+      return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+    }
+    m = text.match(/^color\\(srgb ([^)]+)\\)$/);
+    if (m) {
+      const p = m[1].split(/[ \\/]+/).filter(Boolean).map(Number);
+      return [p[0] * 255, p[1] * 255, p[2] * 255, p.length > 3 ? p[3] : 1];
+    }
+    return null;
+  };
+  const over = (top, base) => {
+    const a = top[3];
+    return [0, 1, 2].map((i) => top[i] * a + base[i] * (1 - a)).concat([1]);
+  };
+  const background = (el) => {
+    const layers = [];
+    for (let node = el; node; node = node.parentElement) {
+      const c = parse(getComputedStyle(node).backgroundColor);
+      if (c && c[3] > 0) layers.push(c);
+      if (c && c[3] >= 1) break;
+    }
+    let colour = [255, 255, 255, 1];
+    for (let i = layers.length - 1; i >= 0; i--) colour = over(layers[i], colour);
+    return colour;
+  };
+  const luminance = (c) => {
+    const [r, g, b] = [0, 1, 2].map((i) => {
+      const v = c[i] / 255;
+      return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  window.__kwContrast = (root) => {
+    const failures = [];
+    let checked = 0;
+    for (const el of root.querySelectorAll('*')) {
+      // A select shows its chosen option's text; its options are not drawn in the page.
+      if (el.tagName === 'OPTION') continue;
+      const own = el.tagName === 'SELECT'
+        || [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.getClientRects().length) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility === 'hidden' || el.closest(':disabled,[aria-disabled="true"]')) continue;
+      const bg = background(el);
+      const fg = over(parse(style.color) || [0, 0, 0, 1], bg);
+      const [hi, lo] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+      const ratio = (hi + 0.05) / (lo + 0.05);
+      const size = parseFloat(style.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+      checked += 1;
+      if (ratio < (large ? 3 : 4.5)) {
+        failures.push({
+          text: el.textContent.trim().slice(0, 40), cls: el.className.toString(),
+          ratio: Math.round(ratio * 100) / 100, color: style.color, background: `rgb(${bg.slice(0, 3).map(Math.round)})`,
+        });
+      }
+    }
+    return { checked, failures };
+  };
+}
+"""
+
+
+def contrast_failures(page: Any, root_selector: str, index: int = 0) -> dict:
+    """``{"checked": n, "failures": [...]}``: the text under the ``index``-th ``root_selector``
+    that fails WCAG AA contrast as drawn now (see `CONTRAST_JS`)."""
+    page.evaluate(CONTRAST_JS)
+    return page.evaluate(
+        "([selector, index]) => window.__kwContrast(document.querySelectorAll(selector)[index])",
+        [root_selector, index],
+    )
