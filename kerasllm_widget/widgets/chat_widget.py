@@ -5,7 +5,8 @@ The front end is ``js/chat_widget`` bundled into ``static/chat.js``. Durable sta
 shows the same conversation; replies stream as ``chat.token`` messages (see `protocol`). Generation
 runs on the widget's own worker thread, so the kernel keeps receiving Stop while the model computes.
 Replies are made by `ChatReplies` (``chat_replies``) and shown by `ChatTranscript`
-(``chat_transcript``), which makes and changes the transcript's entries; the conversation the
+(``chat_transcript``), which makes and changes the transcript's entries; the front end's requests
+are answered by `ChatMessages` (``chat_messages``); the conversation the
 model reads is the `ChatState`'s, changed only through its own methods.
 
 Example:
@@ -35,6 +36,7 @@ from kerasllm_widget.widgets._bundle import bundle
 from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets._worker import GenerationWorker, Task
 from kerasllm_widget.widgets.chat_inspectors import chat_inspector_service
+from kerasllm_widget.widgets.chat_messages import ChatMessages
 from kerasllm_widget.widgets.chat_replies import (
     SAMPLING_NAMES,
     TRAINING_WAIT_MESSAGE,
@@ -43,7 +45,6 @@ from kerasllm_widget.widgets.chat_replies import (
 )
 from kerasllm_widget.widgets.chat_transcript import ChatTranscript, initial_status, last_index
 from kerasllm_widget.widgets.compare_panel import ComparePanel, resolve_model
-from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.kv_cache_service import KvCacheService
 from kerasllm_widget.widgets.reply_handle import ReplyHandle
 from kerasllm_widget.widgets.steering_panel import SteeringPanel
@@ -54,7 +55,7 @@ __all__ = ["SAMPLING_NAMES", "TRAINING_WAIT_MESSAGE", "ChatWidget", "ReplyHandle
 log = logging.getLogger(__name__)
 
 
-class ChatWidget(anywidget.AnyWidget):
+class ChatWidget(ChatMessages, anywidget.AnyWidget):
     """A chat panel for a Llama model: streaming replies, Stop, settings, transcript and export.
 
     ``ChatWidget(model_or_chat_state, system_prompt=None, **sampling)`` wraps a loaded
@@ -415,98 +416,7 @@ class ChatWidget(anywidget.AnyWidget):
             self._cache_view.close()
         super().close()
 
-    # ---- messages from the front end (kernel main thread) ----
-
-    def _on_custom_message(self, widget: Any, content: Any, buffers: list[Any]) -> None:
-        tabs = (self._inspectors, self._cache_view, self._steering, self._compare)
-        if any(tab.handle(content, buffers) for tab in tabs):
-            return  # an inspector tab's, the Cache, Steering or Compare tab's request
-        try:
-            request = P.parse_request(content)
-        except P.ProtocolError as exc:
-            self._broadcast_error(request_id_of(content), None, P.ERROR_BAD_REQUEST, str(exc))
-            return
-        handler = {
-            P.CHAT_SEND: self._handle_send,
-            P.CHAT_REGENERATE: self._handle_regenerate,
-            P.CHAT_EDIT: self._handle_edit,
-            P.CHAT_CANCEL: lambda r: self.stop(),
-            P.CHAT_CLEAR: lambda r: self._clear(),
-            P.CHAT_SYNC: self._handle_sync,
-            P.CHAT_BRANCH: lambda r: self._branch(r.id, **r.fields),
-            P.CHAT_SWITCH: lambda r: self._switch(**r.fields),
-            P.CHAT_EXPORT_TREE: self._handle_export_tree,
-            P.CHAT_GET_TOKENS: self._handle_get_tokens,
-        }[request.kind]
-        try:
-            handler(request)
-        except Exception as exc:  # answered, never raised into the void
-            log.exception("handling %s failed", request.kind)
-            self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, describe(exc))
-
-    def _handle_send(self, request: P.Request) -> None:
-        text = request.fields["text"]
-        if not text.strip():
-            self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, "The message is empty.")
-            return
-        if self.status.get("state") == "error" and self._state is None:
-            self._broadcast_error(
-                request.id, None, P.ERROR_NOT_READY, self.status.get("message") or "No model."
-            )
-            return
-        self._replies.send(request.id, text)
-
-    def _handle_regenerate(self, request: P.Request) -> None:
-        if last_index(self.transcript, "assistant") is None:
-            self._broadcast_error(
-                request.id, None, P.ERROR_NOTHING_TO_DO, "There is no reply to regenerate."
-            )
-            return
-        self._replies.regenerate(request.id)
-
-    def _handle_edit(self, request: P.Request) -> None:
-        message_id, text = request.fields["message_id"], request.fields["text"]
-        edited = self._transcript.find(message_id)
-        if edited is None or edited["role"] != "user":
-            self._broadcast_error(
-                request.id, None, P.ERROR_BAD_REQUEST, "That message cannot be edited."
-            )
-            return
-        if not text.strip():
-            self._broadcast_error(request.id, None, P.ERROR_BAD_REQUEST, "The message is empty.")
-            return
-        self._replies.edit(request.id, message_id, text)
-
-    def _handle_export_tree(self, request: P.Request) -> None:
-        to_json = getattr(self._state, "to_json", None)  # None while the model loads
-        document = to_json() if to_json is not None else None
-        self._emit(P.envelope(P.CHAT_TREE, request.id, document=document))
-
-    def _handle_get_tokens(self, request: P.Request) -> None:
-        message_id = request.fields["message_id"]
-        tokens = self._replies.reply_records(message_id)
-        if tokens is None:
-            self._broadcast_error(
-                request.id, None, P.ERROR_NOTHING_TO_DO, "That reply has no tokens to show."
-            )
-            return
-        self._emit(P.envelope(P.CHAT_TOKENS, request.id, reply_id=message_id, tokens=tokens))
-
-    def _handle_sync(self, request: P.Request) -> None:
-        with self._lock:
-            self._emit(P.envelope(P.CHAT_SNAPSHOT, request.id, **self._transcript.snapshot()))
-
     # ---- helpers ----
-
-    def _emit(self, message: dict[str, Any]) -> None:
-        if self.comm is None:  # closed: nobody to tell
-            return
-        super().send(message)
-
-    def _broadcast_error(self, request_id: str, reply_id: str | None, code: str, message: str):
-        self._emit(
-            P.envelope(P.CHAT_ERROR, request_id, reply_id=reply_id, code=code, message=message)
-        )
 
     def _set_status(self, **changes: Any) -> None:
         self._transcript.set_status(**changes)

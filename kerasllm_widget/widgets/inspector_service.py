@@ -26,20 +26,18 @@ from typing import Any
 import numpy as np
 
 from kerasllm_widget import inspect
-from kerasllm_widget.inspect._sources import tokenizer_of
-from kerasllm_widget.inspect.pieces import piece
 from kerasllm_widget.widgets import attribution_requests
 from kerasllm_widget.widgets import inspect_protocol as P
 from kerasllm_widget.widgets.envelope import request_id_of
 from kerasllm_widget.widgets.inspected_sequence import InspectedSequence
 from kerasllm_widget.widgets.lens_requests import LensRequests
+from kerasllm_widget.widgets.probabilities_answer import probabilities_answer
 from kerasllm_widget.widgets.step_mode import StepMode
 
 log = logging.getLogger(__name__)
 
 SLOW_REQUEST_S = 1.0  # requests slower than this are logged
 PROGRESS_INTERVAL_S = 0.25  # the least time between two progress reports of the forward pass
-PROBABILITIES_TOP_K = 5
 # Attention maps are T x T per head: past this many tokens a view asks the user to shorten.
 MAX_ATTENTION_TOKENS = 4096
 
@@ -455,35 +453,10 @@ class InspectorService:
     # ---- probabilities ----
 
     def _probabilities(self, request: P.Request):
-        model = self._require_model()
         sequence = self._sequence(None)
         if len(sequence) == 0:
             raise _NotReady("there are no tokens to score yet")
-        scores = inspect.score(model, sequence.ids, top_k=PROBABILITIES_TOP_K)
-        tokenizer = tokenizer_of(model)
-        wanted = {int(i) for i in np.unique(scores.top_ids) if i >= 0}
-        labels = {str(i): piece(tokenizer, i) for i in sorted(wanted)}
-        headers, buffers = P.pack_arrays(
-            {
-                "token_ids": sequence.ids.astype(np.int32),
-                "probs": np.nan_to_num(scores.probs, nan=-1.0).astype(np.float32),
-                "entropy": np.nan_to_num(scores.entropy, nan=-1.0).astype(np.float32),
-                "top_ids": scores.top_ids.astype(np.int32),
-                "top_probs": scores.top_probs.astype(np.float32),
-            }
-        )
-        return (
-            P.envelope(
-                P.PROBABILITIES_RESULT,
-                request.id,
-                sequence_id=sequence.sequence_id,
-                pieces=sequence.pieces,
-                roles=sequence.roles,
-                labels=labels,
-                arrays=headers,
-            ),
-            buffers,
-        )
+        return probabilities_answer(self._require_model(), sequence, request.id)
 
     # ---- step mode ----
 
