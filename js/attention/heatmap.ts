@@ -6,7 +6,7 @@
 // coordinates here are tokens; a cell outside the region stands for a block of them.
 
 import { type ArrayHeader, dequantizeOne } from "../shared/codecs";
-import { lookupTable } from "../shared/colour";
+import { inkTable } from "../shared/colour";
 import { h } from "../shared/dom";
 import { cellSpans, codeAt, type Detail, rowCodes, rowSpan, type Span } from "./blocks";
 import {
@@ -68,7 +68,6 @@ export class Heatmap {
   private readonly rowLabels = canvas("kw-heatmap-rows", LABEL_GUTTER, SIZE);
   private readonly colLabels = canvas("kw-heatmap-cols", SIZE, LABEL_GUTTER);
   private readonly tooltip = h("div", { class: "kw-heatmap-tip", hidden: true });
-  private readonly table = lookupTable();
   private levels: HTMLCanvasElement[] = [];
   private grids: CodeGrid[] = [];
   private header: ArrayHeader | null = null;
@@ -225,7 +224,7 @@ export class Heatmap {
     const context = level.getContext("2d");
     if (context) {
       const image = context.createImageData(grid.cols, grid.rows);
-      paint(grid, this.table, image.data);
+      paint(grid, inkTable(this.el), image.data);
       context.putImageData(image, 0, 0);
     }
     return level;

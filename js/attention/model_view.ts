@@ -2,7 +2,7 @@
 // layer by layer as the kernel streams them. A click on a thumbnail selects that layer and head.
 
 import { type ArrayHeader, size } from "../shared/codecs";
-import { lookupTable } from "../shared/colour";
+import { inkTable } from "../shared/colour";
 import { h } from "../shared/dom";
 import { paint } from "./raster";
 
@@ -10,7 +10,6 @@ const CELL = 44; // CSS pixels of a thumbnail
 
 export class ModelGrid {
   readonly el = h("div", { class: "kw-model-grid" });
-  private readonly table = lookupTable();
   private cells: HTMLCanvasElement[][] = [];
   private selected: [number, number] | null = null;
   filled = 0;
@@ -58,6 +57,7 @@ export class ModelGrid {
     const [heads = 0, rows = 0, cols = 0] = header.shape;
     const per = rows * cols;
     if (codes.length < size(header.shape)) return;
+    const table = inkTable(this.el);
     for (let head = 0; head < heads; head++) {
       const target = this.cells[layer]?.[head];
       if (!target) continue;
@@ -66,11 +66,7 @@ export class ModelGrid {
       const context = target.getContext("2d");
       if (!context) continue;
       const image = context.createImageData(cols, rows);
-      paint(
-        { data: codes.subarray(head * per, (head + 1) * per), rows, cols },
-        this.table,
-        image.data,
-      );
+      paint({ data: codes.subarray(head * per, (head + 1) * per), rows, cols }, table, image.data);
       context.putImageData(image, 0, 0);
       target.classList.remove("kw-thumb-empty");
     }

@@ -2,10 +2,13 @@ import { describe, expect, it } from "vitest";
 import {
   BLUES,
   entropyColour,
+  inkFor,
+  inkTable,
   interpolate,
   lookupTable,
   luminance,
   NIGHT,
+  parseCssColour,
   probabilityColour,
   textOn,
 } from "./colour";
@@ -51,6 +54,39 @@ describe("colour scales", () => {
   it("darkens with entropy and keeps text readable", () => {
     expect(luminance(entropyColour(5))).toBeLessThan(luminance(entropyColour(0.1)));
     expect(textOn([8, 48, 107])).toBe("#ffffff");
-    expect(textOn([255, 255, 255])).toBe("#1f2328");
+    expect(textOn([255, 255, 255])).toBe("#000000");
+  });
+
+  it("puts text on every colour of the scales at WCAG AA contrast", () => {
+    const ratio = (a: number, b: number) => (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    for (const stops of [BLUES, NIGHT]) {
+      for (let t = 0; t <= 1; t += 1 / 64) {
+        const background = interpolate(stops, t);
+        const text = textOn(background) === "#ffffff" ? 1 : 0;
+        expect(ratio(luminance(background), text)).toBeGreaterThanOrEqual(4.5);
+      }
+    }
+  });
+});
+
+describe("inkFor", () => {
+  it("parses computed colours with and without alpha", () => {
+    expect(parseCssColour("rgb(1, 2, 3)")).toEqual({ rgb: [1, 2, 3], alpha: 1 });
+    expect(parseCssColour("rgba(1, 2, 3, 0)")).toEqual({ rgb: [1, 2, 3], alpha: 0 });
+    expect(parseCssColour("rgb(1 2 3 / 0.5)")).toEqual({ rgb: [1, 2, 3], alpha: 0.5 });
+    expect(parseCssColour("transparent")).toBeNull();
+  });
+
+  it("draws on a dark panel with the night scale and on a light one with blues", () => {
+    const outer = document.createElement("div");
+    const inner = document.createElement("div"); // transparent: the outer background shows
+    outer.append(inner);
+    document.body.append(outer);
+    outer.style.backgroundColor = "rgb(17, 17, 17)";
+    expect(inkFor(inner)).toBe(NIGHT);
+    expect(inkTable(inner).slice(0, 3)).toEqual(Uint8ClampedArray.from(NIGHT[0] ?? []));
+    outer.style.backgroundColor = "rgb(250, 250, 250)";
+    expect(inkFor(inner)).toBe(BLUES);
+    outer.remove();
   });
 });

@@ -95,7 +95,52 @@ export function entropyColour(entropy: number, maxEntropy = 6): Rgb {
   );
 }
 
-/** Black or white, whichever reads better on `background`. */
+/** Black or white, whichever contrasts more with `background` (the WCAG ratio): on any colour
+ *  the better of the two reaches at least 4.58:1, so text on a scale's cells passes AA. */
 export function textOn(background: Rgb): string {
-  return luminance(background) > 0.35 ? "#1f2328" : "#ffffff";
+  const l = luminance(background);
+  return 1.05 / (l + 0.05) >= (l + 0.05) / 0.05 ? "#ffffff" : "#000000";
+}
+
+/** Parses a computed CSS colour (`rgb(r, g, b)`, `rgba(r, g, b, a)`, `rgb(r g b / a)`). */
+export function parseCssColour(text: string): { rgb: Rgb; alpha: number } | null {
+  const match = /rgba?\(([^)]*)\)/.exec(text);
+  if (!match) return null;
+  const parts = (match[1] ?? "")
+    .split(/[\s,/]+/)
+    .filter(Boolean)
+    .map(Number);
+  const [r, g, b, alpha = 1] = parts;
+  if (r === undefined || g === undefined || b === undefined) return null;
+  if (![r, g, b, alpha].every(Number.isFinite)) return null;
+  return { rgb: [r, g, b], alpha };
+}
+
+/** The background `el` is drawn on: the first ancestor (or itself) whose background is opaque. */
+export function backgroundOf(el: Element | null): Rgb | null {
+  for (let node = el; node !== null; node = node.parentElement) {
+    const colour = parseCssColour(getComputedStyle(node).backgroundColor);
+    if (colour !== null && colour.alpha > 0) return colour.rgb;
+  }
+  return null;
+}
+
+/** The heatmap scale that reads on `el`'s background: `BLUES` on light, `NIGHT` on dark. */
+export function inkFor(el: Element): readonly Rgb[] {
+  const background = backgroundOf(el);
+  return background !== null && luminance(background) < 0.2 ? NIGHT : BLUES;
+}
+
+const TABLES = new Map<readonly Rgb[], Uint8ClampedArray>();
+
+/** `lookupTable` of `inkFor(el)`, built once per scale: read at each draw, so a theme change
+ *  between two draws takes effect at the next. */
+export function inkTable(el: Element): Uint8ClampedArray {
+  const stops = inkFor(el);
+  let table = TABLES.get(stops);
+  if (table === undefined) {
+    table = lookupTable(stops);
+    TABLES.set(stops, table);
+  }
+  return table;
 }

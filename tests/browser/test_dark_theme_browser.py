@@ -84,6 +84,9 @@ def test_chat_and_inspectors_are_readable_in_jupyterlab_dark(notebook):
         ("tokens", ".kw-chip"),
         ("attention", ".kw-attention[data-state='ready']"),
         ("probabilities", ".kw-probabilities[data-state='ready'] button.kw-scored"),
+        ("lens", ".kw-lens[data-state='ready'] .kw-lens-cell"),
+        ("attribution", ".kw-attribution[data-state='idle']"),
+        ("cache", ".kw-kv-grid .kw-kv-cell"),
     ]:
         chat.locator(f'.kw-tab[data-tab="{tab}"]').click()
         panel = chat.locator(f'.kw-tab-panel[data-tab="{tab}"]')
@@ -92,6 +95,16 @@ def test_chat_and_inspectors_are_readable_in_jupyterlab_dark(notebook):
             panel.locator("button.kw-scored.kw-role-assistant").nth(1).click()
         H.screenshot(chat.locator(".kw-root"), f"dark-{tab}.png")
         _assert_readable(page, tab)
+        if tab == "attention":
+            # Row 0, last column: attention to a later token, zero; on a dark panel the map's
+            # zero is the night scale's near-black, not a white square.
+            zero = page.evaluate(
+                """() => {
+                  const c = document.querySelector('.kerasllm-widget .kw-heatmap-canvas');
+                  return Array.from(c.getContext('2d').getImageData(c.width - 2, 1, 1, 1).data);
+                }"""
+            )
+            assert zero[3] == 255 and sum(zero[:3]) < 120, zero
 
 
 # The panel's colours outside JupyterLab, read from the built stylesheet in a bare page: VS Code's
