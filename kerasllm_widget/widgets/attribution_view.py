@@ -9,7 +9,6 @@ import traitlets
 
 from kerasllm_widget import inspect
 from kerasllm_widget.generation import settings
-from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets.attribution_requests import MAX_STEPS
 from kerasllm_widget.widgets.inspector_widget import InspectorWidget, bundle
 
@@ -59,17 +58,7 @@ class AttributionView(InspectorWidget):
             method=method,
             steps=steps,
         )
-        self.source = ChatSource(model, chat, text=lambda: self.text)
-        self._start_service(
-            model=self.source.model,
-            sequence=lambda t: self.source.sequence(
-                t if t is not None or self.follows_chat else self.text
-            ),
-        )
-        self.source.watch(self._conversation_changed)
-
-    def _conversation_changed(self) -> None:
-        self.revision += 1
+        self._follow(model, chat)
 
     @traitlets.validate("method")
     def _check_method(self, proposal: Any) -> str:

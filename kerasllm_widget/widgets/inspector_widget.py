@@ -9,6 +9,7 @@ import anywidget
 import traitlets
 
 from kerasllm_widget.widgets._bundle import bundle
+from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets.inspector_service import InspectorService
 
 __all__ = ["InspectorWidget", "bundle", "source_name"]
@@ -37,6 +38,21 @@ class InspectorWidget(anywidget.AnyWidget):
     def _start_service(self, **kwargs: Any) -> None:
         self.service = InspectorService(self, **kwargs)
         self.on_msg(self._route_message)
+
+    def _follow(self, model: Any, chat: Any) -> None:
+        """Answers the views on the widget's ``text`` with ``model``, or, with ``follows_chat``
+        set, on ``chat``'s conversation, and calls `_conversation_changed` when it changes."""
+        self.source = ChatSource(model, chat, text=lambda: self.text)
+        self._start_service(
+            model=self.source.model,
+            sequence=lambda t: self.source.sequence(
+                t if t is not None or self.follows_chat else self.text
+            ),
+        )
+        self.source.watch(self._conversation_changed)
+
+    def _conversation_changed(self) -> None:
+        self.revision += 1  # every open view asks again
 
     def _route_message(self, widget: Any, content: Any, buffers: Any) -> None:
         self.service.handle(content, buffers)

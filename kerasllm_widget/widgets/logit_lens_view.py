@@ -7,7 +7,6 @@ from typing import Any
 import traitlets
 
 from kerasllm_widget import inspect
-from kerasllm_widget.widgets._chat_source import ChatSource
 from kerasllm_widget.widgets.inspector_widget import InspectorWidget, bundle
 
 
@@ -39,17 +38,7 @@ class LogitLensView(InspectorWidget):
 
     def __init__(self, model: Any = None, text: str | None = None, chat: Any = None) -> None:
         super().__init__(text=text or "", follows_chat=chat is not None and text is None)
-        self.source = ChatSource(model, chat, text=lambda: self.text)
-        self._start_service(
-            model=self.source.model,
-            sequence=lambda t: self.source.sequence(
-                t if t is not None or self.follows_chat else self.text
-            ),
-        )
-        self.source.watch(self._conversation_changed)
-
-    def _conversation_changed(self) -> None:
-        self.revision += 1
+        self._follow(model, chat)
 
     def lens(self) -> inspect.LogitLens:
         """The `LogitLens` of what the view shows, for the same numbers in code (the view's own

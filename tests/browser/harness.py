@@ -306,6 +306,36 @@ def open_notebook(browser: Any, url: str, flavour: str, viewport=(1280, 1000)) -
     return notebook
 
 
+@contextmanager
+def notebook_session(
+    root: Path, name: str, cells: list[str], flavour: str, viewport=(1280, 1200)
+) -> Iterator[NotebookPage]:
+    """A notebook of ``cells`` written to ``root/name.ipynb``, served and opened in ``flavour``
+    (``"lab"`` or ``"notebook7"``); on the way out, a screenshot of the whole page
+    (``name-flavour-page.png``), then the browser context and the kernels are closed.
+
+    Example:
+        >>> with notebook_session(tmp, "lens", CELLS, "lab") as notebook:  # doctest: +SKIP
+        ...     notebook.run_cell(0)
+    """
+    if chromium_path() is None:
+        raise RuntimeError(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
+    write_notebook(root / f"{name}.ipynb", cells)
+    with jupyter_server(root) as server, chromium_browser() as browser:
+        path = f"{name}.ipynb"
+        url = server.lab_url(path) if flavour == "lab" else server.notebook7_url(path)
+        notebook = open_notebook(browser, url, flavour, viewport=viewport)
+        try:
+            yield notebook
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            notebook.page.screenshot(path=str(ARTIFACTS / f"{name}-{flavour}-page.png"))
+            notebook.page.context.close()
+            server.shutdown_kernels()
+
+
 # ---- reading the chat panel ----
 
 # Installed in the page: records every distinct text the streaming reply shows, with a timestamp,

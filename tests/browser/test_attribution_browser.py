@@ -44,25 +44,11 @@ BACKGROUNDS = """(view) => {
 
 @pytest.fixture(scope="module", params=["lab", "notebook7"])
 def notebook(request, tmp_path_factory, smollm2_gguf):
-    if H.chromium_path() is None:
-        pytest.fail(
-            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
-        )
-    flavour = request.param
-    root = tmp_path_factory.mktemp(f"jupyter-attribution-{flavour}")
-    H.write_notebook(root / "attribution.ipynb", CELLS)
-    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        url = (
-            server.lab_url("attribution.ipynb")
-            if flavour == "lab"
-            else server.notebook7_url("attribution.ipynb")
-        )
-        page = H.open_notebook(browser, url, flavour, viewport=(1280, 1200))
-        try:
-            yield page
-        finally:
-            page.page.context.close()
-            server.shutdown_kernels()
+    root = tmp_path_factory.mktemp(f"jupyter-attribution-{request.param}")
+    with H.notebook_session(
+        root, "attribution", CELLS, request.param, viewport=(1280, 1200)
+    ) as notebook:
+        yield notebook
 
 
 def shot(notebook, locator, name: str) -> None:

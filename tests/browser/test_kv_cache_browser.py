@@ -39,25 +39,11 @@ STATE_JS = """() => {
 
 @pytest.fixture(scope="module", params=["lab", "notebook7"])
 def notebook(request, tmp_path_factory, smollm2_gguf):
-    if H.chromium_path() is None:
-        pytest.fail(
-            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
-        )
-    flavour = request.param
-    root = tmp_path_factory.mktemp(f"jupyter-kv-cache-{flavour}")
-    H.write_notebook(root / "kv_cache.ipynb", CELLS)
-    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        url = (
-            server.lab_url("kv_cache.ipynb")
-            if flavour == "lab"
-            else server.notebook7_url("kv_cache.ipynb")
-        )
-        page = H.open_notebook(browser, url, flavour, viewport=(1280, 1100))
-        try:
-            yield page
-        finally:
-            page.page.context.close()
-            server.shutdown_kernels()
+    root = tmp_path_factory.mktemp(f"jupyter-kv_cache-{request.param}")
+    with H.notebook_session(
+        root, "kv_cache", CELLS, request.param, viewport=(1280, 1100)
+    ) as notebook:
+        yield notebook
 
 
 def _wait_for_turn(page, done: int) -> dict:

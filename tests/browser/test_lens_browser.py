@@ -31,23 +31,9 @@ CELLS = [
 
 @pytest.fixture(scope="module", params=["lab", "notebook7"])
 def notebook(request, tmp_path_factory, smollm2_gguf):
-    if H.chromium_path() is None:
-        pytest.fail(
-            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
-        )
-    flavour = request.param
-    root = tmp_path_factory.mktemp(f"jupyter-lens-{flavour}")
-    H.write_notebook(root / "lens.ipynb", CELLS)
-    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        url = (
-            server.lab_url("lens.ipynb") if flavour == "lab" else server.notebook7_url("lens.ipynb")
-        )
-        page = H.open_notebook(browser, url, flavour, viewport=(1280, 1200))
-        try:
-            yield page
-        finally:
-            page.page.context.close()
-            server.shutdown_kernels()
+    root = tmp_path_factory.mktemp(f"jupyter-lens-{request.param}")
+    with H.notebook_session(root, "lens", CELLS, request.param, viewport=(1280, 1200)) as notebook:
+        yield notebook
 
 
 def widget(index: int) -> str:

@@ -39,27 +39,11 @@ ROOT = "document.querySelectorAll('.kerasllm-widget')[0]"
 
 @pytest.fixture(scope="module", params=["lab", "notebook7"])
 def notebook(request, tmp_path_factory, smollm2_gguf):
-    if H.chromium_path() is None:
-        pytest.fail(
-            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
-        )
-    flavour = request.param
-    root = tmp_path_factory.mktemp(f"jupyter-steering-{flavour}")
-    H.write_notebook(root / "steering.ipynb", CELLS)
-    with H.jupyter_server(root) as server, H.chromium_browser() as browser:
-        url = (
-            server.lab_url("steering.ipynb")
-            if flavour == "lab"
-            else server.notebook7_url("steering.ipynb")
-        )
-        page = H.open_notebook(browser, url, flavour, viewport=(1280, 1200))
-        try:
-            yield page
-        finally:
-            H.ARTIFACTS.mkdir(exist_ok=True)
-            page.page.screenshot(path=str(H.ARTIFACTS / f"steering-{flavour}-page.png"))
-            page.page.context.close()
-            server.shutdown_kernels()
+    root = tmp_path_factory.mktemp(f"jupyter-steering-{request.param}")
+    with H.notebook_session(
+        root, "steering", CELLS, request.param, viewport=(1280, 1200)
+    ) as notebook:
+        yield notebook
 
 
 def test_the_steered_reply_differs_from_the_unsteered_one(notebook):
