@@ -14,7 +14,10 @@ from kerasllm_widget.checkpoints.presets import load_checkpoint
 from kerasllm_widget.inspect import AttentionMaps, attention
 from kerasllm_widget.models.llama3_backbone import Llama3Backbone
 
-TOLERANCE = 1e-5
+# Float32 probabilities after a layer's residual: XLA and torch sum in different orders, and that
+# order depends on the CPU's vector width (the largest difference at layer 1 was 1.07e-5 on an
+# AVX-512 machine, under 1e-5 on an AVX2 one).
+TOLERANCE = 2e-5
 
 
 def reference_attentions(model, token_ids, padding_mask=None):
