@@ -2,7 +2,7 @@
 // it follows), its method and steps in step with the `method` and `steps` traitlets.
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { standalone, textBox } from "../shared/standalone";
+import { mountTextView, standalone, textBox } from "../shared/standalone";
 import { AttributionView } from "./attribution_view";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -37,16 +37,9 @@ export function renderAttributionView(
   const box = textBox(model, "Text to explain", Boolean(model.get("follows_chat")), () =>
     view.open(),
   );
-  shell.on(["text", "revision"], () => {
-    box.sync();
-    view.open();
-  });
   shell.on(["method", "steps"], () => view.setSettings(model.get("method"), model.get("steps")));
   view.open();
-  return shell.mount([box.input, view.el], () => {
-    box.cancel();
-    view.dispose();
-  });
+  return mountTextView(shell, box, view, () => view.open());
 }
 
 export default {

@@ -2,7 +2,7 @@
 // inspector over the widget's `text` (or the chat it follows).
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { standalone, textBox } from "../shared/standalone";
+import { mountTextView, standalone, textBox } from "../shared/standalone";
 import { LensView } from "./lens_view";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -22,14 +22,7 @@ export function renderLensView(model: AnyModel<LensModel>, el: HTMLElement): () 
   const box = textBox(model, "Text to look through", Boolean(model.get("follows_chat")), () =>
     view.refresh(),
   );
-  shell.on(["text", "revision"], () => {
-    box.sync();
-    view.refresh();
-  });
-  return shell.mount([box.input, view.el], () => {
-    box.cancel();
-    view.dispose();
-  });
+  return mountTextView(shell, box, view, () => view.refresh());
 }
 
 export default {

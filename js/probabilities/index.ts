@@ -1,7 +1,7 @@
 // ProbabilitiesView's front end: the probabilities inspector over the widget's `text`.
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { standalone, textBox } from "../shared/standalone";
+import { mountTextView, standalone, textBox } from "../shared/standalone";
 import { ProbabilitiesView } from "./probabilities_view";
 import "../chat_widget/shell.css";
 import "../chat/chat.css";
@@ -22,14 +22,7 @@ export function renderProbabilitiesView(
   const followsChat = Boolean(model.get("follows_chat"));
   const view = new ProbabilitiesView({ client: shell.client, text: () => null, chat: followsChat });
   const box = textBox(model, "Text to score", followsChat, () => view.refresh());
-  shell.on(["text", "revision"], () => {
-    box.sync();
-    view.refresh();
-  });
-  return shell.mount([box.input, view.el], () => {
-    box.cancel();
-    view.dispose();
-  });
+  return mountTextView(shell, box, view, () => view.refresh());
 }
 
 export default {

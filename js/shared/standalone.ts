@@ -85,3 +85,23 @@ export function textBox(
     cancel: () => write.cancel(),
   };
 }
+
+/**
+ * Shows `box` above `view` and asks the view again (`ask`) whenever the text or the conversation
+ * (`revision`) changes; returns the cleanup anywidget's `render` returns.
+ */
+export function mountTextView(
+  shell: Standalone,
+  box: TextBox,
+  view: { el: HTMLElement; dispose(): void },
+  ask: () => void,
+): () => void {
+  shell.on(["text", "revision"], () => {
+    box.sync();
+    ask();
+  });
+  return shell.mount([box.input, view.el], () => {
+    box.cancel();
+    view.dispose();
+  });
+}

@@ -336,6 +336,24 @@ def notebook_session(
             server.shutdown_kernels()
 
 
+def run_flow(server: JupyterServer, browser: Any, name: str, flavour: str, flow) -> None:
+    """Opens ``name-flavour.ipynb`` from ``server`` in ``flavour`` and runs ``flow(notebook,
+    flavour)``; a failure leaves a screenshot of the page (``name-flavour-failure-page.png``).
+    The browser context and the kernels are closed either way."""
+    path = f"{name}-{flavour}.ipynb"
+    url = server.lab_url(path) if flavour == "lab" else server.notebook7_url(path)
+    notebook = open_notebook(browser, url, flavour)
+    try:
+        flow(notebook, flavour)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        notebook.page.screenshot(path=str(ARTIFACTS / f"{name}-{flavour}-failure-page.png"))
+        raise
+    finally:
+        notebook.page.context.close()
+        server.shutdown_kernels()
+
+
 # ---- reading the chat panel ----
 
 # Installed in the page: records every distinct text the streaming reply shows, with a timestamp,

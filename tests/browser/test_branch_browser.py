@@ -121,24 +121,9 @@ def branch_flow(notebook: H.NotebookPage, label: str) -> None:
     H.screenshot(panel.locator(".kw-root"), f"branch-{label}-switched.png")
 
 
-def _run_flow(server, browser, flavour: str) -> None:
-    name = f"branch-{flavour}.ipynb"
-    url = server.lab_url(name) if flavour == "lab" else server.notebook7_url(name)
-    notebook = H.open_notebook(browser, url, flavour)
-    try:
-        branch_flow(notebook, flavour)
-    except Exception:
-        H.ARTIFACTS.mkdir(exist_ok=True)
-        notebook.page.screenshot(path=str(H.ARTIFACTS / f"branch-{flavour}-failure-page.png"))
-        raise
-    finally:
-        notebook.page.context.close()
-        server.shutdown_kernels()
-
-
 def test_branch_in_jupyterlab(server, browser):
-    _run_flow(server, browser, "lab")
+    H.run_flow(server, browser, "branch", "lab", branch_flow)
 
 
 def test_branch_in_notebook7(server, browser):
-    _run_flow(server, browser, "notebook7")
+    H.run_flow(server, browser, "branch", "notebook7", branch_flow)

@@ -187,24 +187,9 @@ def chat_flow(notebook: H.NotebookPage, label: str) -> None:
     H.screenshot(panel.locator(".kw-root"), f"chat-{label}.png")
 
 
-def _run_flow(server, browser, flavour: str) -> None:
-    notebook_name = f"chat-{flavour}.ipynb"
-    url = server.lab_url(notebook_name) if flavour == "lab" else server.notebook7_url(notebook_name)
-    notebook = H.open_notebook(browser, url, flavour)
-    try:
-        chat_flow(notebook, flavour)
-    except Exception:
-        H.ARTIFACTS.mkdir(exist_ok=True)
-        notebook.page.screenshot(path=str(H.ARTIFACTS / f"chat-{flavour}-failure-page.png"))
-        raise
-    finally:
-        notebook.page.context.close()
-        server.shutdown_kernels()
-
-
 def test_chat_in_jupyterlab(server, browser):
-    _run_flow(server, browser, "lab")
+    H.run_flow(server, browser, "chat", "lab", chat_flow)
 
 
 def test_chat_in_notebook7(server, browser):
-    _run_flow(server, browser, "notebook7")
+    H.run_flow(server, browser, "chat", "notebook7", chat_flow)
