@@ -162,10 +162,11 @@ def worker_transformers(dtype: str, repeats: int) -> dict:
 
 
 def convert_gguf(source: Path, target: Path, dtype: str) -> None:
-    """Rewrites a quantized GGUF with F32 or F16 tensors (norms stay F32, as llama.cpp has them)."""
+    """Rewrites a quantized GGUF with F32, F16 or Q8_0 matrices (norms stay F32, as llama.cpp
+    has them); Q8_0 is quantized by the `gguf` package from the dequantized weights."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize, quantize
 
     reader = GGUFReader(source)
     arch = reader.fields["general.architecture"].contents()
@@ -178,24 +179,38 @@ def convert_gguf(source: Path, target: Path, dtype: str) -> None:
             writer.add_array(name, field.contents())
         else:
             writer.add_key_value(name, field.contents(), value_type)
-    writer.add_file_type(0 if dtype == "F32" else 1)
+    writer.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7}[dtype])
     for tensor in reader.tensors:
         data = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        raw_dtype = None
         if dtype == "F16" and data.ndim == 2:
-            data = data.astype(np.float16)
-        writer.add_tensor(
-            tensor.name,
-            data,
-            raw_dtype=None if data.dtype != np.float16 else GGMLQuantizationType.F16,
-        )
+            data, raw_dtype = data.astype(np.float16), GGMLQuantizationType.F16
+        elif dtype == "Q8_0" and data.ndim == 2 and data.shape[-1] % 32 == 0:
+            raw_dtype = GGMLQuantizationType.Q8_0
+            data = quantize(data, raw_dtype)
+        writer.add_tensor(tensor.name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-def worker_llama_cpp(dtype: str, repeats: int) -> dict:
+def worker_llama_cpp(dtype: str, repeats: int, extra_buffers: bool = True) -> dict:
+    """llama.cpp on the GGUF converted to ``dtype``. ``extra_buffers=False`` loads it without
+    llama.cpp's repacked (AMX / AVX-512) weight buffers (`use_extra_bufts`), its plain CPU path."""
+    import llama_cpp
     from llama_cpp import Llama
+
+    if not extra_buffers:
+        defaults = llama_cpp.llama_model_default_params
+
+        def plain_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
+        llama_cpp.llama.llama_cpp.llama_model_default_params = plain_buffers
 
     gguf = smollm2_gguf()
     folder = Path(tempfile.gettempdir()) / "kerasllm-bench"
@@ -458,7 +473,7 @@ def spawn(args: list[str]) -> dict | None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode or not lines:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)[-300:]}
+        return {"error": f"exit status {result.returncode}: " + " | ".join(tail)[-300:]}
     return json.loads(lines[-1])
 
 
@@ -505,6 +520,7 @@ def main() -> None:
     )
     parser.add_argument("--no-branch", action="store_true", help="skip the branch row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-buffers", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -513,7 +529,7 @@ def main() -> None:
             "ours": lambda: worker_ours(args.dtype, None, args.repeats),
             "ours-int8": lambda: worker_ours("float32", "int8", args.repeats),
             "transformers": lambda: worker_transformers(args.dtype, args.repeats),
-            "llama.cpp": lambda: worker_llama_cpp(args.dtype, args.repeats),
+            "llama.cpp": lambda: worker_llama_cpp(args.dtype, args.repeats, not args.plain_buffers),
             "chat": lambda: worker_chat(args.chat_turns),
             "branch": lambda: worker_branch(str(smollm2_gguf()), STORY),
         }[args.worker]
@@ -625,10 +641,23 @@ def main() -> None:
                 spawn(["--worker", "ours-int8", "--repeats", str(args.repeats)]),
             )
         )
+        if not args.no_llama_cpp and llama_cpp_available():
+            q8 = ["--worker", "llama.cpp", "--dtype", "Q8_0", "--repeats", str(args.repeats)]
+            result = spawn(q8)
+            if "error" in result:
+                # llama.cpp's repacked Q8_0 path (AMX on CPUs that have it) has crashed on some
+                # machines: say so, and time its plain CPU path instead.
+                print(
+                    f"llama.cpp Q8_0 with its repacked weights failed ({result['error']}); "
+                    "timing it without them (use_extra_bufts=False)"
+                )
+                result = spawn([*q8, "--plain-buffers"])
+            rows.append(("llama.cpp Q8_0", "int8", result))
 
     print(
         f"\n{'engine':<28} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}  "
-        "decode vs transformers / llama.cpp (same dtype; int8 vs float32 / F16)"
+        "decode speed-up / TTFT ratio (below 1: sooner) against transformers and llama.cpp "
+        "(same dtype; int8 against transformers float32 and llama.cpp Q8_0 and F16)"
     )
     by_name = {name: result for name, _, result in rows}
     for name, dtype, result in rows:
@@ -640,11 +669,15 @@ def main() -> None:
             parts = []
             for other in (
                 f"transformers {'float32' if dtype == 'int8' else dtype}",
+                *(["llama.cpp Q8_0"] if dtype == "int8" else []),
                 f"llama.cpp {'F32' if dtype == 'float32' else 'F16'}",
             ):
                 ref = by_name.get(other)
                 if ref and "error" not in ref:
-                    parts.append(f"{result['decode_tok_s'] / ref['decode_tok_s']:.2f}x {other}")
+                    parts.append(
+                        f"{result['decode_tok_s'] / ref['decode_tok_s']:.2f}x / "
+                        f"{result['ttft_s'] / ref['ttft_s']:.2f} {other}"
+                    )
             ratios = ", ".join(parts)
         print(
             f"{name:<28} {result['ttft_s'] * 1e3:>8.1f} {result['prefill_tok_s']:>14.0f} "

@@ -18,7 +18,13 @@ from kernel_support import needs_cpu_kernel
 
 from kerasllm_widget.kernels import cpu, products
 
-SHAPES = [(576, 960), (100, 37), (1536, 576), (8, 3)]  # tails: K and N not multiples of 8
+SHAPES = [
+    (576, 960),
+    (100, 37),
+    (1536, 576),
+    (8, 3),
+    (37, 45),
+]  # tails: K and N not multiples of 8, odd K
 
 
 def matvec(x, w, scale=None, transposed=False):

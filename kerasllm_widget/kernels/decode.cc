@@ -17,7 +17,12 @@
 // (absolute maximum to 127, as Keras' int8 Dense quantizes its inputs), so each step multiplies
 // 32 weights. int8 weights stored [K, N] are widened to float32 instead (x stays exact).
 //
-// Built by kerasllm_widget/kernels/cpu.py with the machine's C++ compiler on first use.
+// A prompt (more than 8 rows) times weights stored [K, N] is a GEMM (see "prompts" below); with
+// bfloat16 rows and weights on a CPU with AMX it runs on the tile registers.
+//
+// Built by kerasllm_widget/kernels/cpu.py with the machine's C++ compiler on first use, for the
+// machine's own instruction set (-march=native): AVX2, AVX-512 (16 lanes) and AMX paths are
+// compiled where the CPU has them, a portable loop elsewhere.
 
 #include <algorithm>
 #include <atomic>
@@ -31,6 +36,18 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define KLW_AVX2 1
+#endif
+// AVX-512 paths (16 lanes) where the compiler targets them (-march=native on such a CPU); the
+// AVX2 paths stay for every other x86 CPU.
+#if defined(KLW_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define KLW_AVX512 1
+#endif
+
+// AMX tiles (Sapphire Rapids and later): a prompt's bfloat16 rows times bfloat16 weights.
+#if defined(KLW_AVX512) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#define KLW_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -116,6 +133,9 @@ struct F32 {
 #ifdef KLW_AVX2
   static __m256 eight(const T* p) { return _mm256_loadu_ps(p); }
 #endif
+#ifdef KLW_AVX512
+  static __m512 sixteen(const T* p) { return _mm512_loadu_ps(p); }
+#endif
 };
 struct F16 {
   using T = uint16_t;
@@ -123,6 +143,11 @@ struct F16 {
 #ifdef KLW_AVX2
   static __m256 eight(const T* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+#endif
+#ifdef KLW_AVX512
+  static __m512 sixteen(const T* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
 #endif
 };
@@ -135,6 +160,12 @@ struct BF16 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
 #endif
+#ifdef KLW_AVX512
+  static __m512 sixteen(const T* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+#endif
 };
 struct I8 {
   using T = int8_t;
@@ -143,6 +174,11 @@ struct I8 {
   static __m256 eight(const T* p) {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  }
+#endif
+#ifdef KLW_AVX512
+  static __m512 sixteen(const T* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
 #endif
 };
@@ -184,23 +220,40 @@ void columns_kn(const float* x, int64_t rows, int64_t K, const typename W::T* w,
   for (int64_t m = 0; m < rows; ++m) std::fill(acc + m * stride, acc + m * stride + width, 0.0f);
   int64_t k = k0;
 #ifdef KLW_AVX2
-  const int64_t vec_width = width & ~int64_t{7};
+  const int64_t row_bytes = N * static_cast<int64_t>(sizeof(typename W::T));
+  // The next four rows of W, from column j on, on the first row of x.
+  auto prefetch_next = [&](const typename W::T* w0, int64_t j) {
+    if (((j * sizeof(typename W::T)) & 63) == 0) {
+      const char* next = reinterpret_cast<const char*>(w0 + 4 * N + j);
+      _mm_prefetch(next, _MM_HINT_T0);
+      _mm_prefetch(next + row_bytes, _MM_HINT_T0);
+      _mm_prefetch(next + 2 * row_bytes, _MM_HINT_T0);
+      _mm_prefetch(next + 3 * row_bytes, _MM_HINT_T0);
+    }
+  };
   for (; k + 4 <= k1; k += 4) {
     const typename W::T* w0 = w + k * N + n0;
     for (int64_t m = 0; m < rows; ++m) {
       const float* xm = x + m * K + k;
+      float* a = acc + m * stride;
+      int64_t j = 0;
+#ifdef KLW_AVX512
+      const __m512 y0 = _mm512_set1_ps(xm[0]), y1 = _mm512_set1_ps(xm[1]);
+      const __m512 y2 = _mm512_set1_ps(xm[2]), y3 = _mm512_set1_ps(xm[3]);
+      for (; j + 16 <= width; j += 16) {
+        if (m == 0) prefetch_next(w0, j);
+        __m512 s = _mm512_loadu_ps(a + j);
+        s = _mm512_fmadd_ps(W::sixteen(w0 + j), y0, s);
+        s = _mm512_fmadd_ps(W::sixteen(w0 + N + j), y1, s);
+        s = _mm512_fmadd_ps(W::sixteen(w0 + 2 * N + j), y2, s);
+        s = _mm512_fmadd_ps(W::sixteen(w0 + 3 * N + j), y3, s);
+        _mm512_storeu_ps(a + j, s);
+      }
+#endif
       const __m256 x0 = _mm256_set1_ps(xm[0]), x1 = _mm256_set1_ps(xm[1]);
       const __m256 x2 = _mm256_set1_ps(xm[2]), x3 = _mm256_set1_ps(xm[3]);
-      float* a = acc + m * stride;
-      for (int64_t j = 0; j < vec_width; j += 8) {
-        if (m == 0 && ((j * sizeof(typename W::T)) & 63) == 0) {  // the next four rows
-          const char* next = reinterpret_cast<const char*>(w0 + 4 * N + j);
-          const int64_t row_bytes = N * sizeof(typename W::T);
-          _mm_prefetch(next, _MM_HINT_T0);
-          _mm_prefetch(next + row_bytes, _MM_HINT_T0);
-          _mm_prefetch(next + 2 * row_bytes, _MM_HINT_T0);
-          _mm_prefetch(next + 3 * row_bytes, _MM_HINT_T0);
-        }
+      for (; j + 8 <= width; j += 8) {
+        if (m == 0) prefetch_next(w0, j);
         __m256 s = _mm256_loadu_ps(a + j);
         s = _mm256_fmadd_ps(W::eight(w0 + j), x0, s);
         s = _mm256_fmadd_ps(W::eight(w0 + N + j), x1, s);
@@ -208,7 +261,7 @@ void columns_kn(const float* x, int64_t rows, int64_t K, const typename W::T* w,
         s = _mm256_fmadd_ps(W::eight(w0 + 3 * N + j), x3, s);
         _mm256_storeu_ps(a + j, s);
       }
-      for (int64_t j = vec_width; j < width; ++j) {
+      for (; j < width; ++j) {
         a[j] += W::one(w0 + j) * xm[0] + W::one(w0 + N + j) * xm[1] +
                 W::one(w0 + 2 * N + j) * xm[2] + W::one(w0 + 3 * N + j) * xm[3];
       }
@@ -238,6 +291,17 @@ void rows_nk(const float* x, int64_t rows, int64_t K, const typename W::T* w, in
       const float* xm = x + m * K;
       int64_t k = 0;
       float total = 0.0f;
+#ifdef KLW_AVX512
+      __m512 z0 = _mm512_setzero_ps(), z1 = _mm512_setzero_ps();
+      for (; k + 32 <= K; k += 32) {
+        if (m == 0 && ((k * sizeof(typename W::T)) & 63) == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(r + k) + kPrefetchBytes, _MM_HINT_T0);
+        }
+        z0 = _mm512_fmadd_ps(W::sixteen(r + k), _mm512_loadu_ps(xm + k), z0);
+        z1 = _mm512_fmadd_ps(W::sixteen(r + k + 16), _mm512_loadu_ps(xm + k + 16), z1);
+      }
+      total = _mm512_reduce_add_ps(_mm512_add_ps(z0, z1));
+#endif
 #ifdef KLW_AVX2
       __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
       for (; k + 16 <= K; k += 16) {
@@ -247,7 +311,7 @@ void rows_nk(const float* x, int64_t rows, int64_t K, const typename W::T* w, in
         s0 = _mm256_fmadd_ps(W::eight(r + k), _mm256_loadu_ps(xm + k), s0);
         s1 = _mm256_fmadd_ps(W::eight(r + k + 8), _mm256_loadu_ps(xm + k + 8), s1);
       }
-      total = horizontal_sum(_mm256_add_ps(s0, s1));
+      total += horizontal_sum(_mm256_add_ps(s0, s1));
 #endif
       for (; k < K; ++k) total += W::one(r + k) * xm[k];
       out[m * width + (n - n0)] = total;
@@ -268,6 +332,24 @@ void rows_nk_q8(const int8_t* xq, const float* xs, int64_t rows, int64_t K, cons
       const int8_t* xm = xq + m * K;
       int64_t k = 0;
       int32_t total = 0;
+#if defined(KLW_AVX512) && defined(__AVX512VNNI__)
+      // VPDPBUSD: 64 unsigned |w| times x with w's sign, four at a time into int32 lanes.
+      __m512i z0 = _mm512_setzero_si512(), z1 = _mm512_setzero_si512();
+      const __m512i zero = _mm512_setzero_si512();
+      for (; k + 128 <= K; k += 128) {
+        if (m == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(r + k) + kPrefetchBytes, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(r + k) + kPrefetchBytes + 64, _MM_HINT_T0);
+        }
+        const __m512i w0 = _mm512_loadu_si512(r + k), w1 = _mm512_loadu_si512(r + k + 64);
+        const __m512i x0 = _mm512_loadu_si512(xm + k), x1 = _mm512_loadu_si512(xm + k + 64);
+        z0 = _mm512_dpbusd_epi32(
+            z0, _mm512_abs_epi8(w0), _mm512_mask_sub_epi8(x0, _mm512_movepi8_mask(w0), zero, x0));
+        z1 = _mm512_dpbusd_epi32(
+            z1, _mm512_abs_epi8(w1), _mm512_mask_sub_epi8(x1, _mm512_movepi8_mask(w1), zero, x1));
+      }
+      total = _mm512_reduce_add_epi32(_mm512_add_epi32(z0, z1));
+#endif
 #ifdef KLW_AVX2
       const __m256i ones = _mm256_set1_epi16(1);
       __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
@@ -296,7 +378,7 @@ void rows_nk_q8(const int8_t* xq, const float* xs, int64_t rows, int64_t K, cons
       const __m256i s = _mm256_add_epi32(s0, s1);
       const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
       const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-      total = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
+      total += _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
 #endif
       for (; k < K; ++k) total += int32_t{r[k]} * xm[k];
       out[m * width + (n - n0)] = xs[m] * static_cast<float>(total);
@@ -417,16 +499,25 @@ bool is_float(ffi::DataType t) {
 // ---------------------------------------------------------------------------- prompts (GEMM)
 
 // y[M, N] = x[M, K] @ W[K, N] for many rows (a prompt), W stored [K, N] in any weight type.
-// Each task takes panels of 16 columns: the panel is widened to float32 once into a contiguous
-// [K, 16] buffer, then every block of 6 rows of x is multiplied through it with the 12
-// accumulators in registers (6 x 16: the classic AVX2 float32 micro-kernel, bound by the FMA
-// units rather than by loads). XLA on a CPU widens 16-bit weights to float32 in a separate pass
-// over the whole matrix first, and its float32 GEMM reaches 60-70% of this on prompt shapes.
+// Each task takes panels of `kPanel` columns: a panel is widened to float32 once into a contiguous
+// [K, kPanel] buffer, and x is packed once per product into blocks of `kRowsPerBlock` rows laid
+// out [K, kRowsPerBlock] (one pointer walks a block); every block is then multiplied through the
+// panel with its accumulators in registers (AVX2: 6 x 16 in 12 registers; AVX-512: 12 x 32 in
+// 24), bound by the FMA units rather than by loads. XLA on a CPU widens 16-bit weights to float32
+// in a separate pass over the whole matrix first.
+
+#ifdef KLW_AVX512
+constexpr int64_t kPanel = 32, kRowsPerBlock = 12;
+#else
 constexpr int64_t kPanel = 16, kRowsPerBlock = 6;
+#endif
 
 struct GemmJob {
-  const float* x;  // [M, K]
+  const float* xp;  // [blocks, K, kRowsPerBlock]: x packed (rows past M are zeros)
   int64_t M, K, N;
+  // AMX: x in bfloat16, [padded_rows, depth] with zeros past M and K; else null.
+  const uint16_t* xb = nullptr;
+  int64_t padded_rows = 0, depth = 0;
   const void* w;
   ffi::DataType w_type;
   const float* scale;  // [N] or null
@@ -436,36 +527,62 @@ struct GemmJob {
   std::atomic<int64_t> next{0}, done{0};
 };
 
-// out[i, 0:16] = x_i @ panel for six rows of x (`rows[i]`; a short block repeats its last row),
-// the twelve accumulators named one by one so that they stay in registers.
-void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float* panel,
-                  float* out /* [6, 16] */) {
-#ifdef KLW_AVX2
-  const float *x0 = rows[0], *x1 = rows[1], *x2 = rows[2], *x3 = rows[3], *x4 = rows[4],
-              *x5 = rows[5];
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+// out[i, 0:kPanel] (+)= x_i @ panel over `K` inputs for the block's rows (`a`: [K,
+// kRowsPerBlock]); `accumulate`: add to `out` (a later slice of the inputs) rather than set it.
+void micro_kernel(const float* a, int64_t K, const float* panel, float* out, bool accumulate) {
+#if defined(KLW_AVX512)
+  __m512 c[kRowsPerBlock][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < kRowsPerBlock; ++i) {
+    c[i][0] = accumulate ? _mm512_loadu_ps(out + i * kPanel) : _mm512_setzero_ps();
+    c[i][1] = accumulate ? _mm512_loadu_ps(out + i * kPanel + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(panel + k * kPanel);
+    const __m512 b1 = _mm512_loadu_ps(panel + k * kPanel + 16);
+    const float* ak = a + k * kRowsPerBlock;
+#pragma GCC unroll 12
+    for (int i = 0; i < kRowsPerBlock; ++i) {
+      const __m512 x = _mm512_set1_ps(ak[i]);
+      c[i][0] = _mm512_fmadd_ps(x, b0, c[i][0]);
+      c[i][1] = _mm512_fmadd_ps(x, b1, c[i][1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < kRowsPerBlock; ++i) {
+    _mm512_storeu_ps(out + i * kPanel, c[i][0]);
+    _mm512_storeu_ps(out + i * kPanel + 16, c[i][1]);
+  }
+#elif defined(KLW_AVX2)
+  // The twelve accumulators named one by one so that they stay in registers.
+  auto start = [&](int i, int half) {
+    return accumulate ? _mm256_loadu_ps(out + i * kPanel + 8 * half) : _mm256_setzero_ps();
+  };
+  __m256 c00 = start(0, 0), c01 = start(0, 1), c10 = start(1, 0), c11 = start(1, 1);
+  __m256 c20 = start(2, 0), c21 = start(2, 1), c30 = start(3, 0), c31 = start(3, 1);
+  __m256 c40 = start(4, 0), c41 = start(4, 1), c50 = start(5, 0), c51 = start(5, 1);
   for (int64_t k = 0; k < K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(panel + k * kPanel);
     const __m256 b1 = _mm256_loadu_ps(panel + k * kPanel + 8);
-    __m256 a = _mm256_broadcast_ss(x0 + k);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(x1 + k);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(x2 + k);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(x3 + k);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(x4 + k);
-    c40 = _mm256_fmadd_ps(a, b0, c40);
-    c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(x5 + k);
-    c50 = _mm256_fmadd_ps(a, b0, c50);
-    c51 = _mm256_fmadd_ps(a, b1, c51);
+    const float* ak = a + k * kRowsPerBlock;
+    __m256 x = _mm256_broadcast_ss(ak);
+    c00 = _mm256_fmadd_ps(x, b0, c00);
+    c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(ak + 1);
+    c10 = _mm256_fmadd_ps(x, b0, c10);
+    c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(ak + 2);
+    c20 = _mm256_fmadd_ps(x, b0, c20);
+    c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(ak + 3);
+    c30 = _mm256_fmadd_ps(x, b0, c30);
+    c31 = _mm256_fmadd_ps(x, b1, c31);
+    x = _mm256_broadcast_ss(ak + 4);
+    c40 = _mm256_fmadd_ps(x, b0, c40);
+    c41 = _mm256_fmadd_ps(x, b1, c41);
+    x = _mm256_broadcast_ss(ak + 5);
+    c50 = _mm256_fmadd_ps(x, b0, c50);
+    c51 = _mm256_fmadd_ps(x, b1, c51);
   }
   const __m256 c[kRowsPerBlock][2] = {{c00, c01}, {c10, c11}, {c20, c21},
                                       {c30, c31}, {c40, c41}, {c50, c51}};
@@ -476,18 +593,18 @@ void micro_kernel(const float* const rows[kRowsPerBlock], int64_t K, const float
 #else
   for (int i = 0; i < kRowsPerBlock; ++i) {
     for (int64_t j = 0; j < kPanel; ++j) {
-      float total = 0.0f;
-      for (int64_t k = 0; k < K; ++k) total += rows[i][k] * panel[k * kPanel + j];
+      float total = accumulate ? out[i * kPanel + j] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) total += a[k * kRowsPerBlock + i] * panel[k * kPanel + j];
       out[i * kPanel + j] = total;
     }
   }
 #endif
 }
 
-// Panels [n0, n0 + count * 16) of W, each widened into its own [K, 16] block of `panels` (the
-// matrix's last panel may be narrower: padded with zeros): one pass down the rows, each row's
-// segment read start to end (a column panel alone would read 64 bytes per row, which memory
-// serves slowly), with the rows ahead prefetched.
+// Panels [n0, n0 + count * kPanel) of W, each widened into its own [K, kPanel] block of `panels`
+// (the matrix's last panel may be narrower: padded with zeros): one pass down the rows, each
+// row's segment read start to end (a column panel alone would read 64 bytes per row, which
+// memory serves slowly), with the rows ahead prefetched.
 template <typename W>
 void pack_panels(const typename W::T* w, int64_t K, int64_t N, int64_t n0, int64_t count,
                  float* panels) {
@@ -505,11 +622,15 @@ void pack_panels(const typename W::T* w, int64_t K, int64_t N, int64_t n0, int64
     const int64_t whole = columns / kPanel;
     for (int64_t c = 0; c < whole; ++c) {
       float* out = panels + c * K * kPanel + k * kPanel;
-#ifdef KLW_AVX2
-      _mm256_storeu_ps(out, W::eight(row + c * kPanel));
-      _mm256_storeu_ps(out + 8, W::eight(row + c * kPanel + 8));
+      const typename W::T* in = row + c * kPanel;
+#if defined(KLW_AVX512)
+      _mm512_storeu_ps(out, W::sixteen(in));
+      _mm512_storeu_ps(out + 16, W::sixteen(in + 16));
+#elif defined(KLW_AVX2)
+      _mm256_storeu_ps(out, W::eight(in));
+      _mm256_storeu_ps(out + 8, W::eight(in + 8));
 #else
-      for (int64_t j = 0; j < kPanel; ++j) out[j] = W::one(row + c * kPanel + j);
+      for (int64_t j = 0; j < kPanel; ++j) out[j] = W::one(in + j);
 #endif
     }
     if (whole < count) {  // the narrower last panel
@@ -521,37 +642,146 @@ void pack_panels(const typename W::T* w, int64_t K, int64_t N, int64_t n0, int64
   }
 }
 
-template <typename W>
-void gemm_task(GemmJob& job, int64_t t) {
-  thread_local std::vector<float> panels;
-  const int64_t first = t * job.panels_per_task;
-  const int64_t last = std::min(job.panels, first + job.panels_per_task);
-  panels.resize((last - first) * job.K * kPanel);
-  const auto* w = static_cast<const typename W::T*>(job.w);
-  pack_panels<W>(w, job.K, job.N, first * kPanel, last - first, panels.data());
-  float block[kRowsPerBlock * kPanel];
-  for (int64_t p = first; p < last; ++p) {
-    const int64_t n0 = p * kPanel, width = std::min(kPanel, job.N - n0);
-    const float* panel = panels.data() + (p - first) * job.K * kPanel;
-    for (int64_t m0 = 0; m0 < job.M; m0 += kRowsPerBlock) {
-      const int64_t rows = std::min(kRowsPerBlock, job.M - m0);
-      const float* x[kRowsPerBlock];
-      for (int64_t i = 0; i < kRowsPerBlock; ++i) {
-        x[i] = job.x + (m0 + std::min(i, rows - 1)) * job.K;
-      }
-      micro_kernel(x, job.K, panel, block);
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t j = 0; j < width; ++j) {
-          const float v = block[i * kPanel + j];
-          store(job.y, job.y_type, (m0 + i) * job.N + n0 + j,
-                      job.scale ? v * job.scale[n0 + j] : v);
-        }
-      }
+// Rows [0, M) and columns [n0, n0 + width) of y, from `sums` ([M, kPanel]) times the scale.
+void store_panel(GemmJob& job, float* sums, int64_t n0, int64_t width) {
+  if (job.scale) {
+    for (int64_t i = 0; i < job.M; ++i) {
+      for (int64_t j = 0; j < width; ++j) sums[i * kPanel + j] *= job.scale[n0 + j];
+    }
+  }
+  for (int64_t i = 0; i < job.M; ++i) {
+    const float* row = sums + i * kPanel;
+    if (job.y_type == ffi::DataType::F32) {
+      std::memcpy(static_cast<float*>(job.y) + i * job.N + n0, row, width * sizeof(float));
+    } else {
+      for (int64_t j = 0; j < width; ++j) store(job.y, job.y_type, i * job.N + n0 + j, row[j]);
     }
   }
 }
 
+// Inputs per pass over a panel: a slice of the panel (192 x 32 floats, 24 KB) and of a block of
+// x (9 KB) stay in L1 while every block of x goes through it.
+constexpr int64_t kDepth = 192;
+
+template <typename W>
+void gemm_task(GemmJob& job, int64_t t) {
+  const int64_t first = t * job.panels_per_task;
+  const int64_t last = std::min(job.panels, first + job.panels_per_task);
+  const int64_t blocks = (job.M + kRowsPerBlock - 1) / kRowsPerBlock;
+  thread_local std::vector<float> panels, sums;
+  sums.resize(blocks * kRowsPerBlock * kPanel);
+  panels.resize((last - first) * job.K * kPanel);
+  pack_panels<W>(static_cast<const typename W::T*>(job.w), job.K, job.N, first * kPanel,
+                 last - first, panels.data());
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, job.N - n0);
+    const float* panel = panels.data() + (p - first) * job.K * kPanel;
+    for (int64_t k0 = 0; k0 < job.K; k0 += kDepth) {
+      const int64_t depth = std::min(kDepth, job.K - k0);
+      for (int64_t b = 0; b < blocks; ++b) {
+        micro_kernel(job.xp + (b * job.K + k0) * kRowsPerBlock, depth, panel + k0 * kPanel,
+                     sums.data() + b * kRowsPerBlock * kPanel, k0 > 0);
+      }
+    }
+    store_panel(job, sums.data(), n0, width);
+  }
+}
+
+#ifdef KLW_AMX
+// With AMX a bfloat16 prompt is multiplied in tiles: x in blocks of 32 rows by 32 inputs (two
+// 16 x 32 tiles), the weights as pairs of consecutive rows side by side (two 16-column tiles of
+// 16 pairs), four 16 x 16 float32 tiles of sums. One TDPBF16PS is 8,192 multiply-adds; the
+// products of bfloat16 values are exact and summed in float32, as the float32 path sums them.
+constexpr int64_t kTileRows = 16, kTileDepth = 32;
+
+// Whether this process may use the tile registers: Linux grants them on request, once per
+// process (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA); where it refuses, the float32 path.
+bool amx_ready() {
+  static const bool ready = [] {
+    constexpr long kRequestPermission = 0x1023, kTileData = 18;
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
+  return ready;
+}
+
+// Columns [n0, n0 + 32) of bfloat16 W as pairs: element 2j of pair p's row is W[2p, n0 + j],
+// element 2j + 1 is W[2p + 1, n0 + j]; zeros past K and N. `panel`: [pairs, 64].
+void pack_pairs(const uint16_t* w, int64_t K, int64_t N, int64_t n0, int64_t pairs,
+                uint16_t* panel) {
+  alignas(64) static const uint16_t kLow[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5,
+                                                37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42,
+                                                11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t kHigh[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                 53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i low = _mm512_load_si512(kLow), high = _mm512_load_si512(kHigh);
+  const int64_t width = std::min(kPanel, N - n0);
+  const __mmask32 mask = width >= 32 ? ~__mmask32{0} : (__mmask32{1} << width) - 1;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* first = w + 2 * p * N + n0;
+    if (2 * p + 8 < K) _mm_prefetch(reinterpret_cast<const char*>(first + 8 * N), _MM_HINT_T0);
+    const __m512i a = 2 * p < K ? _mm512_maskz_loadu_epi16(mask, first) : _mm512_setzero_si512();
+    const __m512i b =
+        2 * p + 1 < K ? _mm512_maskz_loadu_epi16(mask, first + N) : _mm512_setzero_si512();
+    _mm512_storeu_si512(panel + p * 2 * kPanel, _mm512_permutex2var_epi16(a, low, b));
+    _mm512_storeu_si512(panel + p * 2 * kPanel + kPanel, _mm512_permutex2var_epi16(a, high, b));
+  }
+}
+
+struct TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void amx_task(GemmJob& job, int64_t t) {
+  const int64_t first = t * job.panels_per_task;
+  const int64_t last = std::min(job.panels, first + job.panels_per_task);
+  const int64_t pairs = job.depth / 2, stride = job.depth * 2;
+  thread_local std::vector<uint16_t> panel;
+  thread_local std::vector<float> sums;
+  panel.resize(pairs * 2 * kPanel);
+  sums.resize(job.padded_rows * kPanel);
+  // Tiles 0-3: sums; 4, 5: x; 6, 7: weights. Set for each task: other code on this thread
+  // may configure the tiles its own way between two calls.
+  TileConfig config;
+  for (int i = 0; i < 8; ++i) config.rows[i] = kTileRows, config.bytes_per_row[i] = 64;
+  _tile_loadconfig(&config);
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t n0 = p * kPanel;
+    pack_pairs(static_cast<const uint16_t*>(job.w), job.K, job.N, n0, pairs, panel.data());
+    for (int64_t r = 0; r < job.padded_rows; r += 2 * kTileRows) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const uint16_t* x = job.xb + r * job.depth;
+      for (int64_t k = 0; k < job.depth; k += kTileDepth) {
+        _tile_loadd(4, x + k, stride);
+        _tile_loadd(5, x + kTileRows * job.depth + k, stride);
+        _tile_loadd(6, panel.data() + k * kPanel, 4 * kPanel);
+        _tile_loadd(7, panel.data() + k * kPanel + kPanel, 4 * kPanel);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      float* out = sums.data() + r * kPanel;
+      _tile_stored(0, out, 4 * kPanel);
+      _tile_stored(1, out + 16, 4 * kPanel);
+      _tile_stored(2, out + kTileRows * kPanel, 4 * kPanel);
+      _tile_stored(3, out + kTileRows * kPanel + 16, 4 * kPanel);
+    }
+    store_panel(job, sums.data(), n0, std::min(kPanel, job.N - n0));
+  }
+  _tile_release();
+}
+#endif
+
 void run(GemmJob& job, int64_t t) {
+#ifdef KLW_AMX
+  if (job.xb) return amx_task(job, t);
+#endif
   switch (job.w_type) {
     case ffi::DataType::F32: gemm_task<F32>(job, t); break;
     case ffi::DataType::F16: gemm_task<F16>(job, t); break;
@@ -560,11 +790,37 @@ void run(GemmJob& job, int64_t t) {
   }
 }
 
-void gemm(ffi::ThreadPool& pool, const float* x, int64_t M, int64_t K, int64_t N, const void* w,
-          ffi::DataType w_type, const float* scale, void* y, ffi::DataType y_type) {
+// `xb`: the rows as given when they are bfloat16 (else null): with bfloat16 weights on a CPU
+// with AMX, the product is taken in tiles.
+void gemm(ffi::ThreadPool& pool, const float* x, const uint16_t* xb, int64_t M, int64_t K,
+          int64_t N, const void* w, ffi::DataType w_type, const float* scale, void* y,
+          ffi::DataType y_type) {
   auto job = std::make_shared<GemmJob>();
-  job->x = x, job->M = M, job->K = K, job->N = N;
+  job->M = M, job->K = K, job->N = N;
   job->w = w, job->w_type = w_type, job->scale = scale, job->y = y, job->y_type = y_type;
+  // x packed for the tasks, which share it (rows past M and inputs past K are zeros).
+  std::vector<float> xp;
+  std::vector<uint16_t> padded;
+#ifdef KLW_AMX
+  if (xb && w_type == ffi::DataType::BF16 && amx_ready()) {
+    job->padded_rows = (M + 2 * kTileRows - 1) / (2 * kTileRows) * (2 * kTileRows);
+    job->depth = (K + kTileDepth - 1) / kTileDepth * kTileDepth;
+    padded.assign(job->padded_rows * job->depth, 0);
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(padded.data() + m * job->depth, xb + m * K, K * sizeof(uint16_t));
+    }
+    job->xb = padded.data();
+  }
+#endif
+  if (!job->xb) {
+    const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
+    xp.assign(blocks * K * kRowsPerBlock, 0.0f);
+    for (int64_t m = 0; m < M; ++m) {
+      float* out = xp.data() + (m / kRowsPerBlock) * K * kRowsPerBlock + m % kRowsPerBlock;
+      for (int64_t k = 0; k < K; ++k) out[k * kRowsPerBlock] = x[m * K + k];
+    }
+    job->xp = xp.data();
+  }
   job->panels = (N + kPanel - 1) / kPanel;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   // Several panels per task (packed in one pass), as many as keep the packed block within
@@ -610,7 +866,9 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi:
 
   const float* scale_data = scale_count ? static_cast<const float*>(scale.untyped_data()) : nullptr;
   if (M > kMaxRowsPerPass && !transposed) {  // a prompt: many rows
-    gemm(pool, xf, M, K, N, w.untyped_data(), wt, scale_data, y->untyped_data(), yt);
+    const auto* xb = xt == ffi::DataType::BF16 ? static_cast<const uint16_t*>(x.untyped_data())
+                                               : nullptr;
+    gemm(pool, xf, xb, M, K, N, w.untyped_data(), wt, scale_data, y->untyped_data(), yt);
     return ffi::Error::Success();
   }
 
