@@ -74,6 +74,20 @@ def test_prompt_sized_products_match_numpy(rows, weight_type):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("rows", [9, 40, 112])  # 32-row tiles on AMX: tails of 9 and 8, 16
+def test_bfloat16_prompts_sum_exact_products_in_float32(rows):
+    # bfloat16 x bfloat16 products are exact in float32; only the order of the float32 sums
+    # may differ from numpy's (on a CPU with AMX this product runs on its tiles).
+    rng = np.random.default_rng(rows)
+    for k, n in SHAPES:
+        x = rng.standard_normal((rows, k)).astype(ml_dtypes.bfloat16)
+        w = rng.standard_normal((k, n)).astype(ml_dtypes.bfloat16)
+        got = np.asarray(jax.jit(lambda a, b: cpu.matvec(a, b, out_dtype=jnp.float32))(x, w))
+        expected = x.astype(np.float64) @ w.astype(np.float64)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.sqrt(k))
+
+
+@needs_cpu_kernel
 def test_int8_weights_stored_in_out_are_widened_and_scaled():
     rng = np.random.default_rng(0)
     for k, n in SHAPES:

@@ -128,7 +128,9 @@ def test_fsdp_generation_lays_the_batch_out_like_the_activations(report):
     assert len(set(got["generated"])) > 1
     for name in ("token_ids", "token_valid", "positions", "cache[0][0]", "cache[1][1]", "valid"):
         assert got["prefill_inputs"][name] is not None, name
-        assert got["prefill_inputs"][name].startswith('[{"batch"}'), (name, got["prefill_inputs"])
+        # split 8 ways (the "batch" axis) along its first dimension, nowhere else
+        assert got["prefill_inputs"][name][0] == 8, (name, got["prefill_inputs"])
+        assert set(got["prefill_inputs"][name][1:]) <= {1}, (name, got["prefill_inputs"])
 
 
 def test_data_parallel_replicates_the_weights(report):
@@ -256,12 +258,32 @@ def _main(workdir: Path) -> None:
     (workdir / "report.json").write_text(json.dumps(report, default=list))
 
 
-def _argument_shardings(folder: Path, program: str) -> dict[str, str | None]:
-    """The sharding of each named argument of the lowered ``program`` (its dims, e.g.
-    ``[{"batch"}, {}]``), read from the StableHLO JAX wrote to ``folder``; None: unspecified."""
+def _argument_shardings(folder: Path, program: str) -> dict[str, list[int] | None]:
+    """How many ways each named argument of the lowered ``program`` is split along each of its
+    dimensions (e.g. ``[8, 1]``), read from the StableHLO JAX wrote to ``folder``: Shardy's
+    ``sdy.sharding`` (dims named by mesh axis; JAX 0.7 on) or GSPMD's ``mhlo.sharding`` (tile
+    counts; JAX 0.6). None: unspecified."""
     import re
 
-    found: dict[str, str | None] = {}
+    sizes = {"batch": 8, "model": 1}  # the mesh the FSDP run lays the model out on
+
+    def splits(argument: str) -> list[int] | None:
+        shardy = re.search(r"sdy\.sharding<@\w+, (\[.*?\])>", argument)
+        if shardy:
+            return [
+                math.prod(sizes[axis] for axis in re.findall(r'"(\w+)"', dim))
+                for dim in re.findall(r"\{[^{}]*\}", shardy.group(1))
+            ]
+        gspmd = re.search(r'mhlo\.sharding = "\{([^"]*)\}"', argument)
+        if gspmd is None:
+            return None
+        tiles = re.search(r"devices=\[([\d,]+)\]", gspmd.group(1))
+        if tiles is None:  # {replicated}
+            return [1]
+        counts = [int(n) for n in tiles.group(1).split(",")]
+        return counts[:-1] if "last_tile_dim_replicate" in gspmd.group(1) else counts
+
+    found: dict[str, list[int] | None] = {}
     for path in sorted(folder.glob(f"*{program}*.mlir")):
         text = path.read_text()
         signature = re.search(r"func\.func public @main\((.*?)\) ->", text, re.S)
@@ -274,8 +296,7 @@ def _argument_shardings(folder: Path, program: str) -> dict[str, str | None]:
             if location is None:
                 continue
             name = aliases.get(location.group(1), location.group(1).strip('"'))
-            spec = re.search(r"sdy\.sharding<@\w+, (\[.*?\])>", argument)
-            found[name] = spec.group(1) if spec else None
+            found[name] = splits(argument)
     return found
 
 

@@ -4,7 +4,8 @@ XLA's CPU dot reads float32 weights at about half this machine class's memory ba
 token is multiplied through a matrix, and int8, float16 and bfloat16 weights slower still (it
 widens the whole matrix first). `matvec` hands those products to a small C++ kernel that streams
 the weights once. It is compiled with the machine's C++ compiler against the XLA FFI headers that
-jaxlib ships (`jax.ffi.include_dir()`), for this machine's instruction set (``-march=native``),
+jaxlib ships (`jax.ffi.include_dir()`), for this machine's instruction set (``-march=native``:
+AVX2, AVX-512 with VNNI, and AMX tiles for bfloat16 prompts, where the CPU has them),
 into the user's cache folder, keyed by the source, jaxlib version and CPU, so it is built once
 per machine (several seconds). Without a compiler, or with ``KERASLLM_CPU_KERNELS=0``, `available`
 is False and callers keep XLA's dot. Unless it was turned off on purpose, a one-time warning says

@@ -6,7 +6,8 @@ route their products through `product` / `dense_product`, which pick the kernel 
 
 - a few rows (a decode step: one token per sequence), every weight layout and type;
 - many rows (a prompt) times float weights stored ``[in, out]``: the kernel's GEMM widens
-  16-bit weights one panel at a time, where XLA converts the whole matrix first;
+  16-bit weights one panel at a time, where XLA converts the whole matrix first, and multiplies
+  bfloat16 rows by bfloat16 weights on AMX tiles where the CPU has them;
 
 and fall back to the layer's own call for everything else (LoRA, biases, int8 prompts, which
 keep Keras' own int8 arithmetic).
