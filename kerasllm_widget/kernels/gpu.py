@@ -62,6 +62,9 @@ STREAMED = frozenset({"attention", "gate_up", "down", "lm_head"})
 _PROGRAMS = 264
 # The tensor cores' smallest product has 16 rows: more than one row is padded to it.
 _DOT_ROWS = 16
+# Pallas' matrix product inside a Triton kernel: `pallas.triton.dot` from JAX 0.7 on
+# (`pallas.dot` is deprecated there); JAX 0.6 has only `pallas.dot`.
+_dot = getattr(plgpu, "dot", None) or pl.dot
 
 
 class Tiling(NamedTuple):
@@ -123,7 +126,7 @@ def _partial_product(x, w):
     cores for more (``R`` is then padded to 16)."""
     if x.shape[0] == 1:
         return jnp.sum(w.astype(jnp.float32) * x.astype(jnp.float32), axis=1)[None, :]
-    return plgpu.dot(x.astype(w.dtype), w, trans_b=True)
+    return _dot(x.astype(w.dtype), w, trans_b=True)
 
 
 def _matvec_kernel(x_ref, w_ref, o_ref, *, block_k: int):
