@@ -40,9 +40,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-MISSING_CHROMIUM = "chromium is not installed (apt-get install chromium); `make test-deps` does it"
-
-
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -322,7 +319,9 @@ def notebook_session(
         ...     notebook.run_cell(0)
     """
     if chromium_path() is None:
-        raise RuntimeError(MISSING_CHROMIUM)
+        raise RuntimeError(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
     write_notebook(root / f"{name}.ipynb", cells)
     with jupyter_server(root) as server, chromium_browser() as browser:
         path = f"{name}.ipynb"

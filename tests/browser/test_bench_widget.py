@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import harness as H  # tests/browser is on sys.path for the tests beside it
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_widget_benchmark_smoke_run(smollm2_gguf, chromium):
+def test_widget_benchmark_smoke_run(smollm2_gguf):
+    if H.chromium_path() is None:
+        pytest.fail("chromium is not installed (apt-get install chromium); `make test-deps` does")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "widget.py"), "--smoke", "--timeout", "600"],

@@ -25,12 +25,22 @@ BRANCH_AT = 3
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, smollm2_gguf, chromium):
+def server(tmp_path_factory, smollm2_gguf):
+    if H.chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
     root = tmp_path_factory.mktemp("jupyter")
     for flavour in ("lab", "notebook7"):
         H.write_notebook(root / f"branch-{flavour}.ipynb", CELLS)
     with H.jupyter_server(root) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with H.chromium_browser() as browser:
+        yield browser
 
 
 def _reply_tokens(reply) -> list[str]:

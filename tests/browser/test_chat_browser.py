@@ -31,14 +31,24 @@ LOAD_TIMEOUT_S = 300  # model load and first compilation on a small CPU machine
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, smollm2_gguf, chromium):
+def server(tmp_path_factory, smollm2_gguf):
     # smollm2_gguf (tests/conftest.py) fails with a clear message when the model is not installed.
+    if H.chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
     root = tmp_path_factory.mktemp("jupyter")
     # One notebook per front end, so each test gets its own kernel.
     for flavour in ("lab", "notebook7"):
         H.write_notebook(root / f"chat-{flavour}.ipynb", CELLS)
     with H.jupyter_server(root) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with H.chromium_browser() as browser:
+        yield browser
 
 
 def _panel(page):

@@ -20,6 +20,17 @@ CELLS = [
 
 
 @pytest.fixture(scope="module")
+def browser():
+    # One Playwright per module: a second one may not start while the first runs.
+    if H.chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
+    with H.chromium_browser() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
 def notebook(tmp_path_factory, smollm2_gguf, browser):
     root = tmp_path_factory.mktemp("jupyter-dark")
     H.write_notebook(root / "dark.ipynb", CELLS)

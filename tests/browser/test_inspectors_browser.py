@@ -40,7 +40,11 @@ def cells(tokenizer_json: str) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=["lab", "notebook7"])
-def notebook(request, tmp_path_factory, smollm2_gguf, llama3_tokenizer_json, chromium):
+def notebook(request, tmp_path_factory, smollm2_gguf, llama3_tokenizer_json):
+    if H.chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
     flavour = request.param
     root = tmp_path_factory.mktemp(f"jupyter-inspectors-{flavour}")
     H.write_notebook(root / "inspectors.ipynb", cells(str(llama3_tokenizer_json)))

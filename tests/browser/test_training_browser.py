@@ -31,7 +31,11 @@ CELLS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, chromium):
+def server(tmp_path_factory):
+    if H.chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install chromium); `make test-deps` does it"
+        )
     root = tmp_path_factory.mktemp("jupyter")
     H.write_notebook(root / "training.ipynb", CELLS)
     with H.jupyter_server(root) as server:
